@@ -1,0 +1,93 @@
+"""The `alexnet` command. The only module that reads sys.argv; each subcommand calls library code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from alexnet import __version__
+from alexnet.errors import UserError
+
+
+def _cmd_summary(args: argparse.Namespace) -> None:
+    import torch
+
+    from alexnet.model import count_parameters, create_model, multiply_adds
+    from alexnet.runtime import keep_freed_memory, resolve_device
+
+    keep_freed_memory()
+    model = create_model(args.variant, **({"num_classes": args.classes} if args.classes else {}))
+    device = resolve_device(args.device)
+    model.eval().to(device)
+    c = model.config
+    print(f"variant {args.variant}: {count_parameters(model):,} parameters, "
+          f"{multiply_adds(model) / 1e6:,.0f} M multiply-adds per {c.input_size}x{c.input_size} image")
+    print(f"{'layer':<8}{'output':>20}{'parameters':>14}")
+    x = torch.zeros(1, 3, c.input_size, c.input_size, device=device)
+    shapes: dict[str, tuple] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+             for n, m in model.named_children()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for name, module in model.named_children():
+        if name in shapes:
+            params = sum(p.numel() for p in module.parameters())
+            print(f"{name:<8}{'x'.join(map(str, shapes[name])):>20}{params:>14,}")
+    batch = torch.randn(args.batch, 3, c.input_size, c.input_size, device=device) * 50
+    with torch.no_grad():
+        model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        logits = model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    print(f"forward pass of {args.batch} random images on {device}: logits {tuple(logits.shape)}, "
+          f"{seconds * 1000:.0f} ms ({args.batch / seconds:,.0f} images/s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from alexnet.model import VARIANTS
+
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="Krizhevsky, Sutskever & Hinton (2012): prepare ImageNet-style data, train and "
+        "evaluate the paper's network, and look at what it learned.",
+    )
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("summary", help="print a variant's layers, sizes and parameters and time a forward pass",
+                       description="Print a variant's layers, map sizes and parameter counts, then run a "
+                       "forward pass on random input.")
+    p.add_argument("--variant", default="paper", choices=sorted(VARIANTS), help="model variant (default: paper)")
+    p.add_argument("--classes", type=int, default=0, help="number of classes (default: the variant's, 1000)")
+    p.add_argument("--batch", type=int, default=8, help="images in the timed forward pass (default: 8)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.set_defaults(func=_cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

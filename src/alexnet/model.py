@@ -1,0 +1,292 @@
+"""The network of §3 (Fig. 2), written in the paper's order: conv1 ... conv5, fc6, fc7, fc8.
+
+Input: raw RGB patches on the 0..255 scale with the training set's mean image subtracted (§2), shape
+(B, 3, 224, 224). The two GPUs of §3.2 are the two groups of one `nn.Conv2d` (`groups=2`) in the layers
+whose kernels see only their own tower's maps (conv2, conv4, conv5); conv3 and the fully connected
+layers see both. `ModelConfig` (alexnet.config) sets every choice; `VARIANTS` names the ones the CLI
+and the experiments pick by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from alexnet.config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------------
+# §3.3 Local response normalisation
+#   b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2) ** beta
+# ---------------------------------------------------------------------------------------------------
+
+
+def channel_window_sum(t: Tensor, size: int) -> Tensor:
+    """Sum of `t` over the `size` channels (dim 1) centred on each channel, cut off at the first and
+    last channel as §3.3's max(0, .) and min(N-1, .) bounds say."""
+    half = size // 2
+    out = t.clone()
+    for d in range(1, min(half, t.shape[1] - 1) + 1):
+        out[:, d:] += t[:, :-d]  # j = i - d
+        out[:, :-d] += t[:, d:]  # j = i + d
+    return out
+
+
+def _lrn_scale(x: Tensor, size: int, alpha: float, k: float) -> Tensor:
+    scale = channel_window_sum(x * x, size)
+    return scale.mul_(alpha).add_(k)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class _LocalResponseNorm(torch.autograd.Function):
+    """The formula with a hand-written backward. Autograd through the eager formula keeps five
+    intermediates alive and recomputes a pow; this keeps x, scale and scale^-beta and needs no pow in
+    the backward, which makes training on CPU markedly faster (bench/lrn.py has the figures).
+
+    d b_i / d a_j = delta_ij s_i^-beta - 2 alpha beta a_i a_j s_i^(-beta-1)  for j in i's window, so
+    grad_a_j = g_j s_j^-beta - 2 alpha beta a_j sum_{i: j in window(i)} g_i a_i s_i^(-beta-1), and the
+    window is symmetric, so the sum is the same channel-window sum.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+        xf = _at_least_float32(x)
+        scale = _lrn_scale(xf, size, alpha, k)
+        inv = scale.pow(-beta)
+        ctx.save_for_backward(xf, scale, inv)
+        ctx.constants = (size, alpha, beta)
+        return (xf * inv).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xf, scale, inv = ctx.saved_tensors
+        size, alpha, beta = ctx.constants
+        g = grad.to(xf.dtype)
+        t = channel_window_sum(g * xf * inv / scale, size)
+        grad_x = torch.addcmul(g * inv, xf, t, value=-2.0 * alpha * beta)
+        return grad_x.to(grad.dtype), None, None, None, None
+
+
+def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> Tensor:
+    """§3.3 on (B, C, H, W) maps, alpha on the plain sum (torch's F.local_response_norm takes n*alpha).
+
+    Computed in at least float32 whatever the input dtype: in bf16, k + alpha*sum ~ 2.07 would be rounded to
+    steps of 1/64, about the size of the whole normalisation effect."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _LocalResponseNorm.apply(x, size, alpha, beta, k)
+    xf = _at_least_float32(x)
+    return (xf * _lrn_scale(xf, size, alpha, k).pow(-beta)).to(x.dtype)
+
+
+class LocalResponseNorm(nn.Module):
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__()
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"LRN size n must be odd (a window centred on each map), got {size}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class PaperDropout(nn.Module):
+    """§4.2: while training, zero each output with probability p; at test time use every neuron but
+    multiply its output by 1-p. (nn.Dropout instead scales by 1/(1-p) while training; the two nets
+    compute the same at test time but differ in the scale the next layer's weights, their N(0, 0.01)
+    init and their weight decay see while training.)"""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0:
+            return x
+        if self.training:
+            return x * torch.empty_like(x).bernoulli_(1.0 - self.p)
+        return x * (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# §3.5 The network
+# ---------------------------------------------------------------------------------------------------
+
+
+def conv_channels(config: ModelConfig) -> list[int]:
+    """Kernels per conv layer after the width multiplier, each a multiple of the tower count."""
+    if len(config.channels) != 5:
+        raise ValueError(f"model.channels needs five kernel counts (conv1..conv5), got {config.channels}")
+    t = config.towers
+    return [max(t, int(round(c * config.width / t)) * t) for c in config.channels]
+
+
+def map_sizes(config: ModelConfig) -> dict[str, int]:
+    """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6)."""
+    z, s = config.pool_size, config.pool_stride
+    sizes = {"input": config.input_size}
+    sizes["conv1"] = (config.input_size + 2 * 2 - 11) // 4 + 1
+    sizes["pool1"] = (sizes["conv1"] - z) // s + 1
+    sizes["conv2"] = sizes["pool1"]
+    sizes["pool2"] = (sizes["conv2"] - z) // s + 1
+    sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
+    sizes["pool5"] = (sizes["conv5"] - z) // s + 1
+    if config.extra_conv:
+        sizes["conv6"] = sizes["pool5"]
+    return sizes
+
+
+class AlexNet(nn.Module):
+    """§3.5, Fig. 2. `forward` gives the logits of the 1000-way softmax; `embed` the 4096-d last hidden
+    layer (fc7 after its ReLU, §6.1); `forward_features` the last conv stage's pooled maps."""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        config = dataclasses.replace(config or ModelConfig(), **overrides)
+        self.config = config
+        sizes = map_sizes(config)
+        if min(sizes.values()) < 1:
+            small = next(name for name, v in sizes.items() if v < 1)
+            raise ValueError(
+                f"input size {config.input_size} is too small for this net: the {small} maps would be empty "
+                f"({', '.join(f'{k} {v}' for k, v in sizes.items())}); use at least 63 for the paper's geometry"
+            )
+        if config.remove_conv not in (0, 3, 4, 5):
+            raise ValueError(f"model.remove_conv must be 0 (none), 3, 4 or 5, got {config.remove_conv}")
+        if config.towers not in (1, 2):
+            raise ValueError(f"model.towers must be 1 or 2, got {config.towers}")
+        self.map_sizes = sizes
+        c1, c2, c3, c4, c5 = conv_channels(config)
+        t = config.towers
+        z, s = config.pool_size, config.pool_stride
+        self.act = {"relu": F.relu, "tanh": torch.tanh}[config.nonlinearity]
+
+        def norm() -> nn.Module:
+            if not config.lrn:
+                return nn.Identity()
+            alpha = config.lrn_alpha / config.lrn_size if config.lrn_alpha_over_n else config.lrn_alpha
+            return LocalResponseNorm(config.lrn_size, alpha, config.lrn_beta, config.lrn_k)
+
+        # conv1: 96 kernels 11x11x3, stride 4. A 224 input gives 55x55 maps (Fig. 2) only with padding:
+        # (224 + 2*2 - 11) // 4 + 1 = 55, while no padding gives 54 (the reason others feed 227).
+        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=2)  # (B, 96, 55, 55)
+        self.norm1 = norm()
+        self.pool1 = nn.MaxPool2d(z, s)  # (B, 96, 27, 27)
+        # conv2: 256 kernels 5x5x48, each tower sees only its own 48 maps of conv1.
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=t)  # (B, 256, 27, 27)
+        self.norm2 = norm()
+        self.pool2 = nn.MaxPool2d(z, s)  # (B, 256, 13, 13)
+        # conv3: 384 kernels 3x3x256, connected to all maps of conv2: the towers exchange here.
+        cin = c2
+        self.conv3 = None if config.remove_conv == 3 else nn.Conv2d(cin, c3, 3, padding=1)  # (B, 384, 13, 13)
+        cin = cin if self.conv3 is None else c3
+        # conv4: 384 kernels 3x3x192, conv5: 256 kernels 3x3x192, each within its tower.
+        self.conv4 = None if config.remove_conv == 4 else nn.Conv2d(cin, c4, 3, padding=1, groups=t)  # (B, 384, 13, 13)
+        cin = cin if self.conv4 is None else c4
+        self.conv5 = None if config.remove_conv == 5 else nn.Conv2d(cin, c5, 3, padding=1, groups=t)  # (B, 256, 13, 13)
+        cin = cin if self.conv5 is None else c5
+        self.pool5 = nn.MaxPool2d(z, s)  # (B, 256, 6, 6)
+        # §6: "an extra sixth convolutional layer over the last pooling layer". The paper gives no
+        # shape; we keep the maps' size and count (3x3, padding 1) and connect both towers.
+        self.conv6 = nn.Conv2d(cin, cin, 3, padding=1) if config.extra_conv else None  # (B, 256, 6, 6)
+        self.feature_dim = cin * sizes["pool5"] ** 2  # 9216 for the paper's net
+        self.fc6 = nn.Linear(self.feature_dim, config.fc_width)  # (B, 4096)
+        self.drop6 = PaperDropout(config.dropout)
+        self.fc7 = nn.Linear(config.fc_width, config.fc_width)  # (B, 4096)
+        self.drop7 = PaperDropout(config.dropout)
+        self.fc8 = nn.Linear(config.fc_width, config.num_classes)  # (B, 1000), into the softmax
+        init_paper_(self, config.init_std, config.init_bias)
+
+    def _conv(self, conv: nn.Module | None, x: Tensor) -> Tensor:
+        return x if conv is None else self.act(conv(x))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.pool1(self.norm1(self.act(self.conv1(x))))
+        x = self.pool2(self.norm2(self.act(self.conv2(x))))
+        x = self._conv(self.conv5, self._conv(self.conv4, self._conv(self.conv3, x)))
+        x = self.pool5(x)
+        return self._conv(self.conv6, x)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The last hidden layer (fc7 after ReLU): §6.1's feature vector for retrieval."""
+        x = torch.flatten(self.forward_features(x), 1)
+        x = self.drop6(self.act(self.fc6(x)))
+        return self.act(self.fc7(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc8(self.drop7(self.embed(x)))
+
+
+@torch.no_grad()
+def init_paper_(model: nn.Module, std: float = 0.01, bias: float = 1.0) -> None:
+    """§5: every weight ~ N(0, std^2); biases of conv2, conv4, conv5 and the fully connected hidden
+    layers (fc6, fc7) set to `bias` ("provides the ReLUs with positive inputs"), all others to 0.
+    The extra conv6 of §6 counts among the later conv layers and also gets `bias`."""
+    ones = {"conv2", "conv4", "conv5", "conv6", "fc6", "fc7"}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, std)
+            nn.init.constant_(module.bias, bias if name.split(".")[-1] in ones else 0.0)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def multiply_adds(model: AlexNet) -> int:
+    """Multiply-adds of one forward pass of one image through the conv and fc layers."""
+    total = 0
+    sizes = model.map_sizes
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6"):
+        conv = getattr(model, name)
+        if conv is not None:
+            side = sizes[name]
+            total += conv.weight.numel() * side * side
+    for name in ("fc6", "fc7", "fc8"):
+        total += getattr(model, name).weight.numel()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Named variants (built by the same class, never copies of it)
+# ---------------------------------------------------------------------------------------------------
+
+VARIANTS: dict[str, ModelConfig] = {
+    # §3.5, Fig. 2: two towers, 60,965,224 parameters.
+    "paper": ModelConfig(),
+    # §3.2 footnote 2: one GPU, half the kernels in every conv layer but the last (and full fc layers).
+    "one-tower": ModelConfig(towers=1, channels=(48, 128, 192, 192, 256)),
+    # §6: a sixth conv layer over the last pooling layer (the net pre-trained on ImageNet Fall 2011).
+    "six-conv": ModelConfig(extra_conv=True),
+    # For CPUs: 64x64 patches (the smallest size the geometry allows is 63), a quarter of the kernels,
+    # 512-wide fc layers. Same layers, same LRN, pooling, dropout and init as the paper.
+    "small": ModelConfig(input_size=64, width=0.25, fc_width=512),
+    # Smallest useful net, for tests and smoke runs.
+    "tiny": ModelConfig(input_size=64, width=0.125, fc_width=64),
+}
+
+
+def variant_config(name: str) -> ModelConfig:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})") from None
+
+
+def create_model(name: str = "paper", **overrides) -> AlexNet:
+    """`create_model("small", num_classes=10)`: a registered variant with some settings changed."""
+    return AlexNet(variant_config(name), **overrides)
