@@ -1,0 +1,137 @@
+"""Training-batch throughput: the store + batch loader vs a plain per-image Pillow pipeline.
+
+    python bench/loader.py [--images 512] [--batch 128] [--device auto]
+
+Makes an ImageNet-like folder (JPEG q90, ~500x375, mixed aspect ratios) in a temporary directory,
+prepares it into a raw and a jpeg store at 256, then times in one run:
+Each row is the median of three runs.
+  naive   per image: Pillow decode, shorter side to 256, random 224 crop, random flip, float CHW
+          tensor minus the mean (what a plain Dataset + transforms does), one process, one core;
+  loader  this package's BatchLoader: uint8 (B, 256, 256, 3) batches gathered by background threads;
+  + aug   the loader plus BatchTransforms.train on the device (crop, flip, mean, PCA lighting).
+Images/s per core divides by the cores the row can use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import environment, markdown_table, sync, write_results  # noqa: E402
+
+from alexnet.data import ImageStore  # noqa: E402
+from alexnet.data.augment import BatchTransforms  # noqa: E402
+from alexnet.data.loader import BatchLoader, train_plan  # noqa: E402
+from alexnet.data.prepare import prepare  # noqa: E402
+from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
+
+
+def make_folder(root: Path, n: int, classes: int = 8) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        w, h = int(rng.integers(400, 520)), int(rng.integers(300, 400))
+        if i % 5 == 0:
+            w, h = h, w
+        small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+        pixels = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        folder = root / "train" / f"n{i % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"img_{i:05d}.JPEG", quality=90)
+
+
+def naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator) -> float:
+    start = time.perf_counter()
+    for f in files:
+        img = Image.open(f).convert("RGB")
+        w, h = img.size
+        s = 256 / min(w, h)
+        img = img.resize((max(256, round(w * s)), max(256, round(h * s))), Image.Resampling.BILINEAR)
+        top, left = rng.integers(0, img.size[1] - 224 + 1), rng.integers(0, img.size[0] - 224 + 1)
+        img = img.crop((left, top, left + 224, top + 224))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) - mean).permute(2, 0, 1).contiguous()
+        del x
+    return len(files) / (time.perf_counter() - start)
+
+
+def loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None,
+                repeats: int = 3) -> float:
+    """Median images/s of `repeats` runs of `epochs` passes (the page cache holds the store)."""
+    return float(np.median([_loader_rate(store, batch, workers, device, epochs, transforms) for _ in range(repeats)]))
+
+
+def _loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None) -> float:
+    n = 0
+    gen = torch.Generator(device).manual_seed(0)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        for images, labels, _ in BatchLoader(store, train_plan(len(store), batch, epoch, 0), device, workers):
+            if transforms is not None:
+                x = transforms.train(images, gen)
+                if device.type == "cpu":
+                    x = x.contiguous()
+            n += len(labels)
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0, help="loader threads (default: all cores)")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the store for the loader rows")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    keep_freed_memory()
+    device = resolve_device(args.device)
+    cores = os.cpu_count() or 1
+    workers = args.workers or cores
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        make_folder(src, args.images)
+        t = time.perf_counter()
+        prepare(src, Path(tmp) / "raw", size=256, progress=False, log=lambda *a: None)
+        prep_raw = args.images / (time.perf_counter() - t)
+        prepare(src, Path(tmp) / "jpeg", size=256, fmt="jpeg", progress=False, log=lambda *a: None)
+        raw, jpg = ImageStore(Path(tmp) / "raw"), ImageStore(Path(tmp) / "jpeg")
+        files = sorted((src / "train").rglob("*.JPEG"))
+        naive = float(np.median([naive_pipeline(files, raw.mean[16:240, 16:240], np.random.default_rng(r))
+                                 for r in range(3)]))
+        rows.append({"pipeline": "naive Pillow per image (decode, resize, crop, flip, tensor)", "cores": 1,
+                     "images/s": naive, "images/s/core": naive, "vs naive per core": "1.0x"})
+
+        def add(name, rate, used):
+            rows.append({"pipeline": name, "cores": used, "images/s": rate, "images/s/core": rate / used,
+                         "vs naive per core": f"{rate / used / naive:.1f}x"})
+
+        add("loader, raw store (uint8 batches)", loader_rate(raw, args.batch, 1, device, args.epochs), 1)
+        add(f"loader, raw store, {workers} threads", loader_rate(raw, args.batch, workers, device, args.epochs), cores)
+        add("loader, jpeg store (decode 256px)", loader_rate(jpg, args.batch, 1, device, 1), 1)
+        add(f"loader, jpeg store, {workers} threads", loader_rate(jpg, args.batch, workers, device, 1), cores)
+        tr = BatchTransforms.for_store(raw, 224, device=device)
+        used = 1 if device.type == "cuda" else cores
+        add(f"loader + batch augmentation on {device.type}, raw store",
+            loader_rate(raw, args.batch, workers, device, args.epochs, tr), used if device.type == "cpu" else cores)
+    print(f"{args.images} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
+          f"prepare {prep_raw:.0f} images/s; {environment()}")
+    print(markdown_table(rows))
+    if args.out:
+        write_results(args.out, "loader", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""§4.1 batch transforms against NumPy slicing and the paper's lighting formula."""
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.config import DataConfig
+from alexnet.data.augment import (
+    BatchTransforms,
+    center_crop,
+    crop_and_flip,
+    crop_params,
+    lighting_noise,
+    pca_lighting,
+    random_crop_and_flip,
+    ten_crop,
+    ten_crop_offsets,
+)
+
+
+def images(n=6, size=20, seed=0):
+    g = np.random.default_rng(seed)
+    return torch.from_numpy(g.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_crop_and_flip_matches_numpy_slicing():
+    x = images(8, 20)
+    top = torch.tensor([0, 1, 2, 3, 4, 0, 6, 6])
+    left = torch.tensor([6, 5, 4, 3, 2, 0, 0, 6])
+    flip = torch.tensor([0, 1, 0, 1, 0, 1, 1, 0]).bool()
+    out = crop_and_flip(x, top, left, flip, 14)
+    assert out.shape == (8, 14, 14, 3) and out.dtype == torch.uint8
+    xn = x.numpy()
+    for b in range(8):
+        ref = xn[b, top[b] : top[b] + 14, left[b] : left[b] + 14]
+        if flip[b]:
+            ref = ref[:, ::-1]
+        np.testing.assert_array_equal(out[b].numpy(), ref)
+
+
+def test_crop_and_flip_of_one_image_gives_each_patch_of_it():
+    mean = torch.rand(1, 12, 12, 3, dtype=torch.float64)
+    top, left, flip = torch.tensor([0, 4, 2]), torch.tensor([4, 0, 1]), torch.tensor([True, False, True])
+    out = crop_and_flip(mean, top, left, flip, 8)
+    for b in range(3):
+        ref = mean[0, top[b] : top[b] + 8, left[b] : left[b] + 8]
+        torch.testing.assert_close(out[b], ref.flip(1) if flip[b] else ref)
+
+
+def test_random_crops_cover_every_position_and_flip_half():
+    top, left, flip = crop_params(20_000, 256, 224, gen(1))
+    assert top.min() == 0 and top.max() == 32 and left.min() == 0 and left.max() == 32
+    assert len(torch.unique(top * 33 + left)) == 33 * 33  # all 1089 positions occur
+    assert abs(flip.float().mean().item() - 0.5) < 0.02
+    _, _, never = crop_params(100, 256, 224, gen(1), flip=False)
+    assert not never.any()
+
+
+def test_random_crop_is_deterministic_under_a_seed():
+    x = images(16, 20)
+    a = random_crop_and_flip(x, 16, gen(3))
+    b = random_crop_and_flip(x, 16, gen(3))
+    c = random_crop_and_flip(x, 16, gen(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_center_crop_and_the_ten_views():
+    x = images(3, 20)
+    xn = x.numpy()
+    np.testing.assert_array_equal(center_crop(x, 14).numpy(), xn[:, 3:17, 3:17])
+    views = ten_crop(x, 14)
+    assert views.shape == (3, 10, 14, 14, 3)
+    expected = [(0, 0), (0, 6), (6, 0), (6, 6), (3, 3)]
+    assert ten_crop_offsets(20, 14) == expected
+    for v, (t, l) in enumerate(expected):
+        patch = xn[:, t : t + 14, l : l + 14]
+        np.testing.assert_array_equal(views[:, v].numpy(), patch)
+        np.testing.assert_array_equal(views[:, v + 5].numpy(), patch[:, :, ::-1])
+    # the five positions are distinct, and the mirror views differ from the originals
+    assert len({tuple(p.flatten().tolist()) for p in views[0, :5].reshape(5, -1)}) == 5
+
+
+def test_lighting_offset_is_the_papers_formula_with_one_draw_per_image():
+    eigvals = torch.tensor([30.0, 5.0, 1.0], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=gen(0)))
+    x = torch.zeros(4, 5, 5, 3, dtype=torch.float64)
+    out = pca_lighting(x, eigvals, q, 0.1, gen(7))
+    alpha = torch.randn(4, 3, generator=gen(7), dtype=torch.float32).double() * 0.1  # the same draws
+    for b in range(4):
+        expected = q @ (alpha[b] * eigvals)  # [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T
+        torch.testing.assert_close(out[b], expected.expand(5, 5, 3), rtol=1e-6, atol=1e-6)
+
+
+def test_lighting_noise_statistics():
+    eigvals = torch.tensor([40.0, 8.0, 2.0])
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=gen(1)))
+    noise = lighting_noise(200_000, eigvals, q, 0.1, gen(2)).double()
+    assert noise.mean(0).abs().max() < 0.05
+    # projected back on the eigenvectors: independent N(0, (0.1 lambda_i)^2)
+    alphas = noise @ q.double() / eigvals.double()
+    torch.testing.assert_close(alphas.std(0), torch.full((3,), 0.1, dtype=torch.float64), rtol=0.01, atol=0)
+    corr = torch.corrcoef(alphas.T)
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() < 0.01
+    cov = torch.cov(noise.T)
+    torch.testing.assert_close(cov, (q @ torch.diag((0.1 * eigvals) ** 2) @ q.T).double(), rtol=0.02, atol=0.01)
+
+
+def _transforms(config=DataConfig(), size=20, crop=16):
+    rng = np.random.default_rng(9)
+    mean = rng.uniform(0, 255, (size, size, 3))
+    return BatchTransforms(mean, np.array([400.0, 25.0, 4.0]), np.eye(3), crop, config), mean
+
+
+def test_train_pipeline_is_crop_minus_aligned_mean_plus_one_colour_shift_per_image():
+    t, mean = _transforms()
+    x = images(5, 20)
+    out = t.train(x, gen(11))
+    assert out.shape == (5, 3, 16, 16) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    top, left, flip = crop_params(5, 20, 16, gen(11))
+    crops = crop_and_flip(x, top, left, flip, 16).double().numpy()
+    mean_crops = crop_and_flip(torch.from_numpy(mean)[None], top, left, flip, 16).numpy()
+    residual = out.permute(0, 2, 3, 1).double().numpy() - (crops - mean_crops)
+    # what is left is one RGB offset per image, constant over its pixels ...
+    per_image = residual.reshape(5, -1, 3)
+    assert np.abs(per_image - per_image[:, :1]).max() < 1e-3
+    # ... of magnitude sqrt(lambda) * N(0, 0.1): "stddev" scaling, here with eigvecs = identity
+    offsets = per_image[:, 0]
+    assert np.abs(offsets).max() < 0.1 * 20 * 5 and np.abs(offsets).max() > 0
+
+
+def test_train_pipeline_switches():
+    x = images(4, 20)
+    t, mean = _transforms(DataConfig(lighting_std=0.0, flip=False, mean="center"))
+    out = t.train(x, gen(5)).permute(0, 2, 3, 1).double().numpy()
+    top, left, _ = crop_params(4, 20, 16, gen(5), flip=False)
+    for b in range(4):
+        ref = x[b, top[b] : top[b] + 16, left[b] : left[b] + 16].double().numpy() - mean[2:18, 2:18]
+        np.testing.assert_allclose(out[b], ref, rtol=1e-5, atol=1e-4)
+    # the printed formula's eigenvalue scaling is sqrt(lambda) times larger than the code's
+    a, _ = _transforms(DataConfig(lighting_magnitude="eigenvalue"))
+    b, _ = _transforms(DataConfig(lighting_magnitude="stddev"))
+    torch.testing.assert_close(a.magnitudes, b.magnitudes**2)
+
+
+def test_test_views_subtract_the_mean_at_their_own_positions():
+    t, mean = _transforms()
+    x = images(2, 20)
+    one = t.test(x, 1).permute(0, 2, 3, 1).double().numpy()
+    np.testing.assert_allclose(one, x.numpy()[:, 2:18, 2:18] - mean[2:18, 2:18], rtol=1e-5, atol=1e-4)
+    ten = t.test(x, 10)
+    assert ten.shape == (20, 3, 16, 16)
+    views = ten.reshape(2, 10, 3, 16, 16).permute(0, 1, 3, 4, 2).double().numpy()
+    for v, (top, left) in enumerate(ten_crop_offsets(20, 16)):
+        ref = x.numpy()[:, top : top + 16, left : left + 16] - mean[top : top + 16, left : left + 16]
+        np.testing.assert_allclose(views[:, v], ref, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(views[:, v + 5], ref[:, :, ::-1], rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError):
+        t.test(x, 5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transforms_on_cuda_match_cpu():
+    t_cpu, mean = _transforms()
+    t_gpu = BatchTransforms(mean, np.array([400.0, 25.0, 4.0]), np.eye(3), 16, DataConfig(), "cuda")
+    x = images(8, 20)
+    g = torch.Generator("cuda").manual_seed(0)
+    out = t_gpu.train(x.cuda(), g)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(t_gpu.test(x.cuda(), 10).cpu(), t_cpu.test(x, 10))
