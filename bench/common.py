@@ -67,3 +67,11 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def report(name: str, title: str, rows: list[dict], out: str = "") -> None:
+    """Print a benchmark's title line (with the environment) and table; append them to `out`."""
+    print(f"{title}; {environment()}")
+    print(markdown_table(rows))
+    if out:
+        write_results(out, name, rows)

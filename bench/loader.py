@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, markdown_table, sync, write_results  # noqa: E402
+from common import report, sync  # noqa: E402
 
 from alexnet.data import ImageStore  # noqa: E402
 from alexnet.data.augment import BatchTransforms  # noqa: E402
@@ -126,11 +126,8 @@ def main() -> None:
         used = 1 if device.type == "cuda" else cores
         add(f"loader + batch augmentation on {device.type}, raw store",
             loader_rate(raw, args.batch, workers, device, args.epochs, tr), used if device.type == "cpu" else cores)
-    print(f"{args.images} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
-          f"prepare {prep_raw:.0f} images/s; {environment()}")
-    print(markdown_table(rows))
-    if args.out:
-        write_results(args.out, "loader", rows)
+    report("loader", f"{args.images} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
+           f"prepare {prep_raw:.0f} images/s", rows, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, markdown_table, time_it, write_results  # noqa: E402
+from common import report, time_it  # noqa: E402
 
 from alexnet.model import _lrn_scale, local_response_norm  # noqa: E402
 from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
@@ -62,11 +62,7 @@ def main() -> None:
                 base = base or seconds
                 rows.append({"dtype": dtype_name, "layer": layer, "impl": name, "ms": seconds * 1000,
                              "speedup": f"{base / seconds:.2f}x"})
-    env = environment()
-    print(f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}, {env}")
-    print(markdown_table(rows))
-    if args.out:
-        write_results(args.out, "lrn", rows)
+    report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
 
 
 if __name__ == "__main__":

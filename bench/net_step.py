@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, markdown_table  # noqa: E402
+from common import report  # noqa: E402
 
 CONFIGS = [  # (lrn, keep freed memory, channels_last, bf16)
     ("torch", False, False, False),
@@ -91,8 +91,7 @@ def main() -> None:
         rows.append({"LRN": lrn, "keep freed memory": keep, "layout": "channels_last" if cl else "NCHW",
                      "precision": "bf16 autocast" if bf else "fp32", "images/s": float(out.strip().splitlines()[-1])})
         print(rows[-1], flush=True)
-    print(f"paper net, one training step, batch {args.batch}: {environment()}")
-    print(markdown_table(rows))
+    report("net_step", f"paper net, one training step, batch {args.batch}", rows)
 
 
 if __name__ == "__main__":

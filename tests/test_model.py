@@ -322,3 +322,20 @@ def test_model_config_defaults_are_the_papers():
     c = ModelConfig()
     assert (c.lrn_k, c.lrn_size, c.lrn_alpha, c.lrn_beta) == (2.0, 5, 1e-4, 0.75)
     assert (c.pool_size, c.pool_stride, c.dropout, c.init_std) == (3, 2, 0.5, 0.01)
+
+
+def test_paper_init_leaves_the_top_layers_nearly_independent_of_the_input():
+    """The measured reason the paper's init stalls on small nets (README): with N(0, 0.01^2) weights
+    and biases of 1, fc7's response to the image is under 1% of its bias-driven activity; the
+    "scaled" init keeps it of the same order."""
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 14, 14) * 255, size=(224, 224), mode="bicubic")
+    x = x - x.mean(0, keepdim=True)
+    ratios = {}
+    for scheme in ("paper", "scaled"):
+        m = AlexNet(init_scheme=scheme).eval()
+        with torch.no_grad():
+            fc7 = m.embed(x)
+        ratios[scheme] = (fc7.std(0).mean() / fc7.mean()).item()
+    assert ratios["paper"] < 0.02
+    assert ratios["scaled"] > 0.1 and ratios["scaled"] > 10 * ratios["paper"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from alexnet import __version__
 from alexnet.errors import UserError
@@ -82,6 +83,109 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
     print(f"wrote {args.classes} classes x ({args.train_per_class} train + {args.val_per_class} val) images to {root}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# train / eval / plot / demo
+# ---------------------------------------------------------------------------------------------------
+
+# flag -> (section.key, type); applied only when given, so --resume keeps the run's own settings.
+TRAIN_FLAGS = {
+    "variant": ("variant", str),
+    "epochs": ("train.epochs", int),
+    "batch_size": ("train.batch_size", int),
+    "lr": ("optim.lr", float),
+    "crop_size": ("model.input_size", int),
+    "workers": ("data.workers", int),
+    "device": ("train.device", str),
+    "seed": ("train.seed", int),
+    "amp": ("train.amp", str),
+    "channels_last": ("train.channels_last", str),
+    "schedule": ("schedule.kind", str),
+    "patience": ("schedule.patience", int),
+    "eval_crops": ("train.eval_crops", int),
+    "checkpoint_every": ("train.checkpoint_every", int),
+    "max_steps": ("train.max_steps", int),
+}
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    from alexnet.config import parse_overrides
+
+    items = [f"{key}={getattr(args, flag)}" for flag, (key, _) in TRAIN_FLAGS.items() if getattr(args, flag) is not None]
+    if args.compile:
+        items.append("train.compile=true")
+    return parse_overrides(items + list(args.set or []))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from alexnet.config import apply, load_toml, resolve
+    from alexnet.train import fit
+
+    overrides = train_overrides(args)
+    if args.resume:
+        from alexnet.checkpoint import checkpoint_config, load_checkpoint
+
+        if args.config:
+            raise UserError("--config cannot change a resumed run; give single settings with --set")
+        config = apply(checkpoint_config(load_checkpoint(Path(args.resume) / "last.pt")), overrides)
+        out = args.resume
+    else:
+        layers = [load_toml(args.config)] if args.config else []
+        config = resolve(*layers, overrides)
+        out = args.out or f"runs/{config.variant}"
+    result = fit(config, args.data, out, resume=bool(args.resume), progress=not args.quiet, plot=args.plot)
+    if result["rank"] == 0:
+        last = result["last"]
+        summary = f"{result['status']}: {result['epochs']} epoch(s) in {result['out']}"
+        if "val_top1_err" in last:
+            summary += f"; last val top-1 error {last['val_top1_err']:.1%}, top-5 {last['val_top5_err']:.1%}"
+        print(summary)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from alexnet.evaluate import evaluate
+
+    result = evaluate(args.checkpoints, args.data, args.split, args.crops, args.batch_size, args.device,
+                      progress=not args.quiet)
+    print_eval(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def print_eval(result: dict) -> None:
+    views = "centre patch" if result["crops"] == 1 else "average of 10 patches"
+    if len(result["models"]) > 1:
+        for m in result["models"]:
+            print(f"  {m['checkpoint']}: top-1 error {m['top1_err']:.2%}, top-5 error {m['top5_err']:.2%}")
+    which = "ensemble of %d" % len(result["models"]) if len(result["models"]) > 1 else result["checkpoints"][0]
+    print(f"{which} on {result['split']} ({result['n']} images, {views}): "
+          f"top-1 error {result['top1_err']:.2%}, top-5 error {result['top5_err']:.2%}")
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    import json
+
+    from alexnet.analysis.figures import plot_curves
+
+    run = Path(args.run)
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{metrics} does not exist (is {run} a training run folder?)")
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not history:
+        raise UserError(f"{metrics} has no finished epoch yet")
+    out = plot_curves(history, args.out or run / "curves.png", title=run.name)
+    print(f"wrote {out}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from alexnet.demo import run_demo
+
+    run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alexnet.model import VARIANTS
 
@@ -129,6 +233,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("train", help="train on a prepared store (§5)",
+                       description="Train a variant on a store with the paper's recipe (§5): SGD with momentum 0.9 "
+                       "and weight decay 0.0005 by the paper's update rule, batch 128, lr 0.01 divided by 10 when the "
+                       "validation error stops improving. Defaults are the paper's; a TOML --config file, the flags "
+                       "and --set section.key=value override them. Under torchrun it trains data-parallel (DDP). "
+                       "Ctrl-C saves a checkpoint; --resume RUN continues exactly where the run stopped.")
+    p.add_argument("--data", help="store written by `alexnet prepare` (default on --resume: the run's own)")
+    p.add_argument("--out", help="run folder for checkpoints, metrics and logs (default: runs/VARIANT)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--config", help="TOML file with [model] [data] [optim] [schedule] [train] settings")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), help="model variant (default: paper)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 90, §5)")
+    p.add_argument("--batch-size", type=int, help="global batch size, split across processes (default: 128, §5)")
+    p.add_argument("--lr", type=float, help="initial learning rate (default: 0.01, §5)")
+    p.add_argument("--crop-size", type=int, help="training patch side = the net's input (default: the variant's, 224)")
+    p.add_argument("--workers", type=int, help="loader threads (default: 2 for a raw store, all cores for jpeg)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: 0)")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on CUDA only)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], help="channels_last memory (auto: on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--schedule", choices=["plateau", "step"], help="lr schedule (default: plateau, §5)")
+    p.add_argument("--patience", type=int, help="epochs without improvement before the lr is divided by 10")
+    p.add_argument("--eval-crops", type=int, choices=[1, 10], help="validation views (default: 1, the centre)")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: epoch ends only)")
+    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N optimizer steps in all")
+    p.add_argument("--plot", action="store_true", help="write RUN/curves.png at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 error of checkpoints, 1 or 10 patches (§4.1, §6)",
+                       description="Evaluate one checkpoint, or average the softmax outputs of several (the "
+                       "paper's ensembles), on the centre patch or the ten patches of §4.1.")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="a .pt file or a run folder (its best.pt)")
+    p.add_argument("--data", help="store (default: the one the first checkpoint was trained on)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", help="also write the results, with per-class accuracy, to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("plot", help="plot a run's training curves", description="Write a run's loss, error and "
+                       "learning-rate curves from RUN/metrics.jsonl to a PNG.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="PNG to write (default: RUN/curves.png)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("demo", help="the main job on built-in data: generate, prepare, train, evaluate",
+                       description="Generate the demo data, prepare it, train the small variant for a few minutes "
+                       "on this machine, evaluate it with 1 and 10 patches, and say where everything went.")
+    p.add_argument("--dir", default="alexnet-demo", help="folder for everything the demo writes (default: alexnet-demo)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

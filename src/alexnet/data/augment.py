@@ -119,17 +119,24 @@ class BatchTransforms:
         eigvals, eigvecs = store.pca
         return cls(store.mean, eigvals, eigvecs, crop, config, device)
 
-    def train(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """uint8 (B, S, S, 3) on the device -> float32 (B, 3, crop, crop)."""
+    def train(self, images: Tensor, generator: torch.Generator, start: int = 0, total: int | None = None) -> Tensor:
+        """uint8 (B, S, S, 3) on the device -> float32 (B, 3, crop, crop).
+
+        With `total`, the random draws are made for a batch of `total` images and images get rows
+        start..start+B of them: a process holding one slice of a distributed batch draws what a
+        single process holding the whole batch would."""
         c = self.config
-        top, left, flip = crop_params(images.shape[0], images.shape[1], self.crop, generator, c.flip)
+        n = images.shape[0]
+        total = n if total is None else total
+        top, left, flip = (t[start : start + n] for t in crop_params(total, images.shape[1], self.crop, generator, c.flip))
         x = crop_and_flip(images, top, left, flip, self.crop).float()
         if c.mean == "aligned":
             x -= crop_and_flip(self.mean[None], top, left, flip, self.crop)
         else:
             x -= self.center_mean
         if c.lighting_std > 0:
-            x += lighting_noise(images.shape[0], self.magnitudes, self.eigvecs, c.lighting_std, generator)[:, None, None, :]
+            noise = lighting_noise(total, self.magnitudes, self.eigvecs, c.lighting_std, generator)[start : start + n]
+            x += noise[:, None, None, :]
         return to_nchw(x)
 
     def test(self, images: Tensor, views: int = 1) -> Tensor:

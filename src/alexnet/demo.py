@@ -1,0 +1,82 @@
+"""`alexnet demo`: the whole system on built-in data, in a few minutes on a CPU.
+
+Generates the demo images (alexnet/data/demo.py), prepares them into a store at 72x72, trains the
+`small` variant with the paper's recipe on 64x64 patches, evaluates it on the centre patch and on the
+ten patches, and says where everything went. Each stage is skipped when its output already exists, so
+running it again is cheap (and an interrupted training resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from alexnet.config import resolve
+
+DEMO_SIZE = 72  # store side: 64x64 patches of 72x72 images, as 224 of 256 (the ratio is 0.89 vs 0.875)
+DEMO_EPOCHS = 40
+DEMO_CLASSES = 10
+DEMO_TRAIN_PER_CLASS = 260
+DEMO_VAL_PER_CLASS = 50
+
+
+def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None, device: str = "auto",
+             progress: bool = True, classes: int = DEMO_CLASSES, train_per_class: int = DEMO_TRAIN_PER_CLASS,
+             val_per_class: int = DEMO_VAL_PER_CLASS, overrides: dict | None = None, echo=print) -> dict:
+    from alexnet.data.demo import make_demo_data
+    from alexnet.data.prepare import prepare
+    from alexnet.evaluate import evaluate
+    from alexnet.train import fit
+
+    root = Path(root)
+    src, store, run = root / "images", root / "store", root / "run"
+    epochs = epochs or DEMO_EPOCHS
+    echo(f"== 1/4 demo images -> {src}")
+    if not (src / "LOC_synset_mapping.txt").exists():
+        make_demo_data(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class)
+        echo(f"wrote {classes} classes x ({train_per_class} train + {val_per_class} val) JPEGs of mixed sizes")
+    else:
+        echo("already there")
+    echo(f"== 2/4 prepare (§2: shorter side to {DEMO_SIZE}, centre crop, mean image, RGB PCA) -> {store}")
+    if not (store / "meta.json").exists():
+        report = prepare(src, store, size=DEMO_SIZE, progress=progress, log=echo)
+        for path, note in report.converted:
+            echo(f"converted {path}: {note}")
+        echo(f"wrote {report.counts['train']} train and {report.counts.get('val', 0)} val images "
+             f"in {report.seconds:.1f} s")
+    else:
+        echo("already there")
+    echo(f"== 3/4 train the small variant (§5 recipe: SGD momentum 0.9, weight decay 5e-4, batch 128, "
+         f"lr 0.01 /10 on plateau) -> {run}")
+    config = resolve({"variant": "small", "train": {"epochs": epochs, "device": device}}, overrides or {})
+    last = run / "last.pt"
+    if last.exists():
+        from alexnet.checkpoint import load_checkpoint
+
+        done = load_checkpoint(last)["epoch"] >= epochs
+        result = None if done else fit(config, store, run, resume=True, progress=progress, plot=True)
+        if done:
+            echo("already trained")
+    else:
+        result = fit(config, store, run, progress=progress, plot=True)
+    if result is not None and result["status"] != "finished":
+        echo(f"training {result['status']}; run `alexnet demo` again to continue")
+        return {"status": result["status"]}
+    echo("== 4/4 evaluate on the validation images (§4.1: centre patch, then the average of ten patches)")
+    results = {}
+    for views in (1, 10):
+        r = evaluate([run / "best.pt"], store, "val", views, device=device, progress=progress)
+        (run / f"eval_{views}crop.json").write_text(json.dumps(r, indent=1) + "\n")
+        results[views] = r
+        echo(f"{'centre patch' if views == 1 else 'ten patches '}: top-1 error {r['top1_err']:.1%}, "
+             f"top-5 error {r['top5_err']:.1%} on {r['n']} images "
+             f"(chance: {1 - 1 / len(r['per_class']):.0%} top-1)")
+    outputs = {"images": src, "store": store, "run": run, "checkpoint": run / "best.pt",
+               "metrics": run / "metrics.jsonl", "curves": run / "curves.png",
+               "evaluation": run / "eval_1crop.json"}
+    echo("== done. Where everything went:")
+    for name, path in outputs.items():
+        echo(f"  {name:<11} {path}")
+    return {"status": "finished", "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
+            "outputs": {k: str(v) for k, v in outputs.items()}}

@@ -1,0 +1,219 @@
+"""Training (§5) end to end on the demo data: it learns, resumes bit for bit, runs under torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.cli import main
+from alexnet.config import load_toml, resolve
+from alexnet.data.demo import make_demo_data
+from alexnet.data.prepare import prepare
+from alexnet.errors import UserError
+from alexnet.train import TrainingDiverged, fit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root / "src", classes=10, train_per_class=100, val_per_class=10, seed=1)
+    prepare(root / "src", root / "store", size=72, workers=1, progress=False, log=lambda *a: None)
+    return root / "store"
+
+
+def tiny_config(**train):
+    t = {"epochs": 2, "batch_size": 32, "log_every": 3, **train}
+    return resolve({"variant": "tiny", "train": t})
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_the_demo_learns(tmp_path):
+    """`alexnet demo` end to end on a smaller setting: validation error far below chance."""
+    from alexnet.demo import run_demo
+
+    settings = {"train": {"batch_size": 64}, "schedule": {"kind": "step", "milestones": []}}
+    lines = []
+    result = run_demo(tmp_path / "demo", epochs=20, classes=10, train_per_class=100, val_per_class=10,
+                      device="cpu", progress=False, overrides=settings, echo=lines.append)
+    assert result["status"] == "finished"
+    assert result["top1_err"] < 0.5 and result["top1_err_10crop"] < 0.5  # chance is 0.9 for ten classes
+    run = tmp_path / "demo" / "run"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, 21))
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.5
+    assert (run / "curves.png").stat().st_size > 10_000
+    assert json.loads((run / "eval_10crop.json").read_text())["crops"] == 10
+    assert resolve(load_toml(run / "config.toml")) == resolve(
+        {"variant": "small", "model": {"num_classes": 10}, "train": {"epochs": 20, "device": "cpu"}}, settings)
+    assert any("Where everything went" in line for line in lines)
+    # a second run finds everything done and only evaluates again
+    again = run_demo(tmp_path / "demo", epochs=20, device="cpu", progress=False, overrides=settings, echo=lines.append)
+    assert again["top1_err"] == result["top1_err"] and lines.count("already trained") == 1
+
+
+def test_interrupted_run_resumes_bit_for_bit(demo_store, tmp_path):
+    fit(tiny_config(), demo_store, tmp_path / "full", progress=False, echo=False)
+    # stop mid-epoch 1 (31 steps an epoch), then twice more, resuming each time
+    r = fit(tiny_config(max_steps=7), demo_store, tmp_path / "cut", progress=False, echo=False)
+    assert r["status"] == "stopped at max_steps" and r["position"] == {"epoch": 0, "step": 7, "global_step": 7}
+    cut = load_checkpoint(tmp_path / "cut" / "last.pt")
+    fit(tiny_config(max_steps=40), None, tmp_path / "cut", resume=True, progress=False, echo=False)
+    r = fit(tiny_config(), None, tmp_path / "cut", resume=True, progress=False, echo=False)
+    assert r["status"] == "finished" and cut["step"] == 7
+    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for a, b in zip(full["history"], resumed["history"]):
+        assert a["val_top1_err"] == b["val_top1_err"] and a["val_loss"] == b["val_loss"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)
+    for k, v in full["optimizer"]["state"].items():
+        assert torch.equal(v["momentum_buffer"], resumed["optimizer"]["state"][k]["momentum_buffer"])
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # one per epoch, no duplicates from the restarts
+
+
+def _run_cli(args, **kw):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "alexnet.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_training_process_resumes_to_the_same_weights(demo_store, tmp_path, sig):
+    common = ["--data", str(demo_store), "--variant", "tiny", "--epochs", "2", "--batch-size", "32", "--quiet"]
+    fit(tiny_config(), demo_store, tmp_path / "full", progress=False, echo=False)
+    proc = _run_cli(["train", *common, "--out", str(tmp_path / "run"), "--checkpoint-every", "5"])
+    last = tmp_path / "run" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 0, out
+        assert "interrupted" in out and "--resume" in out
+        assert "Traceback" not in out
+    stopped = load_checkpoint(last)
+    if stopped["epoch"] == 2:
+        pytest.skip("the run finished before the signal arrived")
+    proc = _run_cli(["train", "--resume", str(tmp_path / "run"), "--quiet"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(last))
+
+
+DDP_SCRIPT = """
+import sys, torch
+from alexnet.config import resolve
+from alexnet.train import fit
+out = sys.argv[1]
+config = resolve({{"variant": "tiny", "model": {{"dropout": 0.0}},
+                  "train": {{"epochs": 1, "batch_size": 32, "max_steps": 6, "device": "cpu"}}}})
+fit(config, {store!r}, out, progress=False, echo=False)
+rank = torch.distributed.get_rank()
+torch.save({{k: v.clone() for k, v in torch.load(out + "/last.pt", weights_only=False)["model"].items()}}, out + f"/rank{{rank}}.pt")
+"""
+
+
+def test_two_processes_under_torchrun_stay_in_sync_and_match_one(demo_store, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(store=str(demo_store)))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rank0 = torch.load(tmp_path / "ddp" / "rank0.pt")
+    rank1 = torch.load(tmp_path / "ddp" / "rank1.pt")
+    assert_same_weights(rank0, rank1)
+    config = resolve({"variant": "tiny", "model": {"dropout": 0.0},
+                      "train": {"epochs": 1, "batch_size": 32, "max_steps": 6, "device": "cpu"}})
+    fit(config, demo_store, tmp_path / "single", progress=False, echo=False)
+    single = weights(tmp_path / "single" / "last.pt")
+    for k in single:
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-6)
+    from alexnet.model import AlexNet
+
+    torch.manual_seed(0)
+    init = AlexNet(resolve({"variant": "tiny", "model": {"num_classes": 10}}).model).state_dict()
+    assert (rank0["fc8.weight"] - init["fc8.weight"]).abs().max() > 1e-4  # six steps did move the weights
+
+
+def test_bad_settings_get_clear_errors(demo_store, tmp_path, capsys):
+    with pytest.raises(UserError, match="does not exist"):
+        fit(tiny_config(), tmp_path / "nowhere", tmp_path / "a", progress=False, echo=False)
+    with pytest.raises(UserError, match="larger than the store"):
+        fit(resolve({"variant": "paper"}), demo_store, tmp_path / "b", progress=False, echo=False)
+    fit(tiny_config(max_steps=2), demo_store, tmp_path / "c", progress=False, echo=False)
+    with pytest.raises(UserError, match="--resume"):
+        fit(tiny_config(), demo_store, tmp_path / "c", progress=False, echo=False)
+    with pytest.raises(UserError, match="nothing to resume"):
+        fit(tiny_config(), demo_store, tmp_path / "d", resume=True, progress=False, echo=False)
+    with pytest.raises(TrainingDiverged, match="too high"):
+        fit(resolve({"variant": "tiny", "optim": {"lr": 1e12}, "train": {"batch_size": 32, "log_every": 1}}),
+            demo_store, tmp_path / "e", progress=False, echo=False)
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_one_and_ten_crops_and_ensembles(demo_store, tmp_path, capsys):
+    from alexnet.data import ImageStore
+    from alexnet.evaluate import evaluate, predict_probabilities
+
+    for seed in (0, 1):
+        fit(resolve({"variant": "tiny", "train": {"epochs": 2, "batch_size": 32, "seed": seed}}), demo_store,
+            tmp_path / f"run{seed}", progress=False, echo=False)
+    one = evaluate([tmp_path / "run0"], demo_store, views=1, device="cpu", progress=False)
+    ten = evaluate([tmp_path / "run0"], demo_store, views=10, device="cpu", progress=False)
+    assert one["n"] == ten["n"] == 100 and one["crops"] == 1 and ten["crops"] == 10
+    store = ImageStore(demo_store, "val")
+    models = [model_from_checkpoint(load_checkpoint(tmp_path / f"run{s}")) for s in (0, 1)]
+    probs = [predict_probabilities(m, store, torch.device("cpu"), views=10) for m in models]
+    np.testing.assert_allclose(probs[0].sum(1), 1.0, rtol=1e-5)
+    avg = (probs[0] + probs[1]) / 2
+    expected_top1 = 1 - (avg.argmax(1) == store.labels).mean()
+    both = evaluate([tmp_path / "run0", tmp_path / "run1"], demo_store, views=10, device="cpu", progress=False)
+    assert both["top1_err"] == pytest.approx(expected_top1)
+    assert len(both["models"]) == 2
+    assert both["models"][0]["top1_err"] == pytest.approx(ten["top1_err"])
+    per_class = both["per_class"]
+    assert len(per_class) == 10 and sum(c["n"] for c in per_class) == 100
+    hits = sum(c["top1_accuracy"] * c["n"] for c in per_class)
+    assert hits == pytest.approx(100 * (1 - both["top1_err"]))
+    assert per_class[0]["name"] == "disc" and per_class[0]["wnid"] == "n90000000"
+    assert main(["eval", str(tmp_path / "run0" / "best.pt"), "--crops", "10", "--json", str(tmp_path / "e.json"),
+                 "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "average of 10 patches" in out and "top-5 error" in out
+    assert json.loads((tmp_path / "e.json").read_text())["top1_err"] == pytest.approx(ten["top1_err"])
+
+
+def test_eval_refuses_a_store_with_other_classes(demo_store, tmp_path):
+    fit(tiny_config(max_steps=2), demo_store, tmp_path / "run", progress=False, echo=False)
+    make_demo_data(tmp_path / "other", classes=3, train_per_class=4, val_per_class=2)
+    prepare(tmp_path / "other", tmp_path / "store3", size=72, workers=1, progress=False, log=lambda *a: None)
+    from alexnet.evaluate import evaluate
+
+    with pytest.raises(UserError, match="other classes"):
+        evaluate([tmp_path / "run" / "last.pt"], tmp_path / "store3", progress=False)
+    with pytest.raises(UserError, match="not an alexnet checkpoint|cannot be read"):
+        (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+        evaluate([tmp_path / "junk.pt"], demo_store, progress=False)
