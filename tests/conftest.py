@@ -36,3 +36,27 @@ def tree(tmp_path):
             save(smooth_image(rng, 48 + 7 * i, 36), root / "val" / wnid / f"v{wnid}_{i}.png", "PNG")
     (root / "LOC_synset_mapping.txt").write_text("n01 first thing\nn02 second, other\nn03 third\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory):
+    """The demo data at 72x72: 10 classes, 100 train and 10 val images each."""
+    from alexnet.data.demo import make_demo_data
+    from alexnet.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root / "src", classes=10, train_per_class=100, val_per_class=10, seed=1)
+    prepare(root / "src", root / "store", size=72, workers=1, progress=False, log=lambda *a: None)
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_store, tmp_path_factory):
+    """A `tiny` net trained for two epochs on the demo store (its run folder)."""
+    from alexnet.config import resolve
+    from alexnet.train import fit
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    fit(resolve({"variant": "tiny", "train": {"epochs": 2, "batch_size": 32}}), demo_store, out,
+        progress=False, echo=False)
+    return out

@@ -23,14 +23,6 @@ from alexnet.train import TrainingDiverged, fit
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root / "src", classes=10, train_per_class=100, val_per_class=10, seed=1)
-    prepare(root / "src", root / "store", size=72, workers=1, progress=False, log=lambda *a: None)
-    return root / "store"
-
-
 def tiny_config(**train):
     t = {"epochs": 2, "batch_size": 32, "log_every": 3, **train}
     return resolve({"variant": "tiny", "train": t})

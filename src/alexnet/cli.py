@@ -186,6 +186,132 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet)
 
 
+# ---------------------------------------------------------------------------------------------------
+# predict / features / neighbors / figures / export (§6.1)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from alexnet.predict import predict_files
+
+    results = predict_files(args.checkpoint, args.images, args.crops, args.device, args.top)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            print(r["file"])
+            for t in r["top"]:
+                print(f"  {t['probability']:6.1%}  {t['name']} ({t['wnid']})")
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"alexnet predict: cannot read {r['file']}: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _cmd_features(args: argparse.Namespace) -> None:
+    from alexnet.analysis.features import extract_features
+    from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from alexnet.data import ImageStore
+    from alexnet.runtime import keep_freed_memory, resolve_device
+
+    keep_freed_memory()
+    payload = load_checkpoint(args.checkpoint)
+    data = args.data or payload.get("data")
+    if not data:
+        raise UserError("give the store with --data")
+    store = ImageStore(data, args.split)
+    out = extract_features(model_from_checkpoint(payload), store, args.out, resolve_device(args.device),
+                           args.batch_size, args.dtype, checkpoint_config(payload).data, progress=not args.quiet,
+                           meta={"checkpoint": payload["path"]})
+    print(f"wrote {out}: {len(store)} x {payload['config']['model']['fc_width']} {args.dtype} ({args.split} split of {data})")
+
+
+def _cmd_neighbors(args: argparse.Namespace) -> None:
+    import json
+
+    import numpy as np
+
+    from alexnet.analysis.features import load_features
+    from alexnet.analysis.neighbours import (hamming_neighbours, label_precision, nearest_neighbours,
+                                             train_binary_coder)
+    from alexnet.runtime import resolve_device
+
+    database, db_meta = load_features(args.database)
+    queries, q_meta = load_features(args.queries)
+    if queries.shape[1] != database.shape[1]:
+        raise UserError(f"queries have {queries.shape[1]} features, the database {database.shape[1]}")
+    if args.query_index:
+        rows = np.asarray(args.query_index)
+        if rows.max() >= len(queries) or rows.min() < 0:
+            raise UserError(f"--query-index must lie within 0..{len(queries) - 1}")
+    else:
+        rows = np.arange(min(args.num_queries, len(queries)))
+    device = resolve_device(args.device)
+    q = np.asarray(queries[rows], dtype=np.float32)
+    if args.codes:
+        coder = train_binary_coder(database, bits=args.codes, device=device)
+        dist, idx = hamming_neighbours(coder.encode(q, device=device), coder.encode(database, device=device), args.k)
+        how = f"Hamming distance between {args.codes}-bit auto-encoder codes"
+    else:
+        dist, idx = nearest_neighbours(q, database, args.k, device, progress=not args.quiet)
+        how = "Euclidean distance of the fc7 vectors (§6.1)"
+    stores = {}
+    for name, meta in (("db", db_meta), ("q", q_meta)):
+        if meta.get("data") and meta.get("split"):
+            from alexnet.data import ImageStore
+
+            try:
+                stores[name] = ImageStore(meta["data"], meta["split"])
+            except UserError:
+                pass
+    result = []
+    for r, d, i in zip(rows, dist, idx):
+        entry = {"query": int(r), "neighbours": [int(j) for j in i], "distances": [float(x) for x in d]}
+        if "q" in stores:
+            entry.update(file=stores["q"].files[r], label=int(stores["q"].labels[r]))
+        if "db" in stores:
+            entry["neighbour_files"] = [stores["db"].files[j] for j in i]
+            entry["neighbour_labels"] = [int(stores["db"].labels[j]) for j in i]
+        result.append(entry)
+    print(f"{len(rows)} queries, {args.k} nearest of {len(database)} by {how}:")
+    for e in result:
+        print(f"query {e['query']}" + (f" ({e['file']})" if "file" in e else "") + ": " +
+              ", ".join(f"{j} ({x:.3g})" for j, x in zip(e["neighbours"], e["distances"])))
+    if "q" in stores and "db" in stores:
+        p = label_precision(np.array([e["neighbour_labels"] for e in result]), [e["label"] for e in result])
+        print(f"neighbours with the query's label: {p:.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from alexnet.analysis.report import write_figures
+    from alexnet.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    paths = write_figures(args.checkpoint, args.data, args.out, args.device, args.crops,
+                          train_features=args.train_features, progress=not args.quiet)
+    for name, path in paths.items():
+        print(f"wrote {path}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from alexnet.export import export_onnx
+
+    r = export_onnx(args.checkpoint, args.onnx, verify=not args.no_verify)
+    print(f"wrote {r['onnx']}: input 'image' (batch, 3, {r['input'][2]}, {r['input'][3]}) RGB 0..255, output 'logits'")
+    if r["max_abs_diff"] is not None:
+        print(f"onnxruntime vs PyTorch on 5 random images: largest difference {r['max_abs_diff']:.2e} "
+              f"(largest logit {r['max_abs_logit']:.3g})")
+    elif not args.no_verify:
+        print("onnxruntime is not installed: not checked (pip install onnxruntime)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alexnet.model import VARIANTS
 
@@ -292,6 +418,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("predict", help="five most probable labels of image files (§6.1)",
+                       description="Print the five most probable labels of each image file, after the store's "
+                       "resize and the centre patch (or ten patches) as in evaluation.")
+    p.add_argument("checkpoint", help="a .pt file or a run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
+    p.add_argument("--top", type=int, default=5, help="labels to show (default: 5)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("features", help="last-hidden-layer (fc7) vectors of a whole split (§6.1)",
+                       description="Write the 4096-d fc7 vectors (after ReLU) of every image of a split to a .npy "
+                       "file, streamed batch by batch (a JSON file beside it says where they came from).")
+    p.add_argument("checkpoint", help="a .pt file or a run folder")
+    p.add_argument("--data", help="store (default: the checkpoint's)")
+    p.add_argument("--split", default="train", help="split (default: train)")
+    p.add_argument("--out", required=True, help=".npy file to write")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("neighbors", aliases=["neighbours"], help="nearest training images in fc7 space (§6.1)",
+                       description="For query rows of a feature file, find the k nearest rows of a database feature "
+                       "file by Euclidean distance (exact, chunked matrix products; GPU when there is one), or by "
+                       "Hamming distance between short binary codes of an auto-encoder (--codes BITS).")
+    p.add_argument("--database", required=True, help="features of the images to search (e.g. the train split)")
+    p.add_argument("--queries", required=True, help="features of the query images (e.g. the val split)")
+    p.add_argument("--query-index", type=int, nargs="+", help="query rows (default: the first --num-queries)")
+    p.add_argument("--num-queries", type=int, default=5)
+    p.add_argument("-k", type=int, default=6, help="neighbours per query (default: 6, as Fig. 4)")
+    p.add_argument("--codes", type=int, metavar="BITS", help="search binary auto-encoder codes of this many bits")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="write the neighbours to this JSON file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_neighbors)
+
+    p = sub.add_parser("figures", help="Fig. 3 and Fig. 4 and the training curves as PNGs",
+                       description="Write kernels.png (Fig. 3), top5.png (Fig. 4 left), neighbours.png (Fig. 4 right) "
+                       "and curves.png for a checkpoint and its store.")
+    p.add_argument("checkpoint", help="a .pt file or a run folder")
+    p.add_argument("--data", help="store (default: the checkpoint's)")
+    p.add_argument("--out", default="figures", help="folder for the PNGs (default: figures)")
+    p.add_argument("--train-features", help="features of the train split from `alexnet features` (else computed)")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 10])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_figures)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX",
+                       description="Write the net, with the mean subtraction inside, as ONNX; with onnxruntime "
+                       "installed, check that its outputs match PyTorch's.")
+    p.add_argument("checkpoint", help="a .pt file or a run folder")
+    p.add_argument("--onnx", required=True, help="ONNX file to write")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -302,14 +487,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -72,11 +72,15 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
         echo(f"{'centre patch' if views == 1 else 'ten patches '}: top-1 error {r['top1_err']:.1%}, "
              f"top-5 error {r['top5_err']:.1%} on {r['n']} images "
              f"(chance: {1 - 1 / len(r['per_class']):.0%} top-1)")
+    echo("== figures (§6.1: Fig. 3 kernels, Fig. 4 top-5 labels and nearest neighbours, training curves)")
+    from alexnet.analysis.report import write_figures
+
+    figures = write_figures(run / "best.pt", store, root / "figures", device=device, progress=progress)
     outputs = {"images": src, "store": store, "run": run, "checkpoint": run / "best.pt",
-               "metrics": run / "metrics.jsonl", "curves": run / "curves.png",
-               "evaluation": run / "eval_1crop.json"}
+               "metrics": run / "metrics.jsonl", "evaluation": run / "eval_1crop.json",
+               **{f"figure {k}": v for k, v in figures.items()}}
     echo("== done. Where everything went:")
     for name, path in outputs.items():
-        echo(f"  {name:<11} {path}")
+        echo(f"  {name:<18} {path}")
     return {"status": "finished", "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
             "outputs": {k: str(v) for k, v in outputs.items()}}

@@ -1,0 +1,89 @@
+"""`alexnet export`: the trained net as ONNX, with the mean subtraction inside the graph.
+
+Input "image": (batch, 3, S, S) float32 RGB on the 0..255 scale, the centre S x S patch of an image
+whose shorter side was resized to the store's size (§2); output "logits" (batch, classes). The class
+WordNet ids and names travel in the model's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from alexnet.errors import UserError
+
+
+class WithMean(nn.Module):
+    """The net with the training mean (its centre patch, §2) subtracted from its input first."""
+
+    def __init__(self, model: nn.Module, mean_patch: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean_patch.permute(2, 0, 1)[None].contiguous())  # (1, 3, S, S)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image - self.mean)
+
+
+def deployable(checkpoint: str | os.PathLike) -> tuple[WithMean, dict]:
+    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet.data.augment import center_crop
+
+    payload = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload)
+    crop = model.config.input_size
+    mean_patch = center_crop(payload["mean"][None].float(), crop)[0]
+    return WithMean(model, mean_patch).eval(), payload
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: bool = True) -> dict:
+    """Write the ONNX file (atomically) and, when onnxruntime is installed, the largest difference
+    between its outputs and PyTorch's on random images."""
+    wrapped, payload = deployable(checkpoint)
+    crop = wrapped.model.config.input_size
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial.onnx")
+    example = torch.rand(2, 3, crop, crop) * 255
+    with torch.no_grad():
+        try:
+            import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+
+            torch.onnx.export(wrapped, (example,), tmp, input_names=["image"], output_names=["logits"],
+                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True,
+                              external_data=False, verbose=False)
+        except ImportError:
+            try:
+                torch.onnx.export(wrapped, (example,), tmp, input_names=["image"], output_names=["logits"],
+                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"ONNX export needs the onnx packages: pip install 'alexnet[onnx]' ({e})") from None
+    try:
+        import onnx
+
+        proto = onnx.load(tmp)
+        meta = {"classes": json.dumps(payload["classes"]), "class_names": json.dumps(payload["class_names"]),
+                "image_size": str(payload["image_size"]), "input": f"(batch, 3, {crop}, {crop}) RGB 0..255, "
+                f"centre patch of an image resized to shorter side {payload['image_size']}"}
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, tmp)
+    except ImportError:
+        pass
+    os.replace(tmp, out)
+    result = {"onnx": str(out), "input": (None, 3, crop, crop), "max_abs_diff": None}
+    if verify:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return result
+        x = torch.rand(5, 3, crop, crop, generator=torch.Generator().manual_seed(0)) * 255
+        with torch.no_grad():
+            ref = wrapped(x).numpy()
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+        result["max_abs_diff"] = float(abs(got - ref).max())
+        result["max_abs_logit"] = float(abs(ref).max())
+    return result

@@ -1,0 +1,99 @@
+"""Exact nearest neighbours against NumPy float64 brute force; binary codes against brute force."""
+
+import json
+
+import numpy as np
+import pytest
+
+from alexnet.analysis.neighbours import (
+    hamming_neighbours,
+    label_precision,
+    nearest_neighbours,
+    overlap_with_exact,
+    pack_codes,
+    random_projection_codes,
+    train_binary_coder,
+)
+from alexnet.cli import main
+
+
+def brute_force(q, db, k):
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - db[None].astype(np.float64)) ** 2).sum(-1))
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, 1), idx
+
+
+def test_exact_search_matches_brute_force_across_chunks(tmp_path):
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(1000, 32)).astype(np.float32)
+    q = rng.normal(size=(23, 32)).astype(np.float32)
+    np.save(tmp_path / "db.npy", db)
+    mapped = np.load(tmp_path / "db.npy", mmap_mode="r")  # read from disk, chunk by chunk
+    d, i = nearest_neighbours(q, mapped, k=5, chunk=128, query_block=7)
+    ref_d, ref_i = brute_force(q, db, 5)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-4)
+    d_all, i_all = nearest_neighbours(q[:2], db[:3], k=10)  # k larger than the database
+    assert i_all.shape == (2, 3) and sorted(i_all[0]) == [0, 1, 2]
+
+
+def test_a_database_row_is_its_own_nearest_neighbour():
+    rng = np.random.default_rng(1)
+    db = np.maximum(rng.normal(size=(500, 64)), 0).astype(np.float32)
+    d, i = nearest_neighbours(db[[3, 77, 499]], db, k=1, chunk=100)
+    assert i[:, 0].tolist() == [3, 77, 499] and np.allclose(d, 0, atol=1e-2)
+
+
+def test_hamming_search_matches_brute_force():
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2, (300, 40)).astype(bool)
+    qbits = rng.integers(0, 2, (9, 40)).astype(bool)
+    d, i = hamming_neighbours(pack_codes(qbits), pack_codes(bits), k=7, chunk=64)
+    ref = (qbits[:, None, :] != bits[None]).sum(-1)
+    for row in range(9):
+        order = np.lexsort((np.arange(300), ref[row]))[:7]  # by distance, ties by index
+        np.testing.assert_array_equal(i[row], order)
+        np.testing.assert_array_equal(d[row], ref[row][order])
+
+
+def clusters(n, dim=64, k=8, seed=0, noise=0.3):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).gamma(1.0, 1.0, (k, dim))
+    labels = rng.integers(0, k, n)
+    return np.maximum(centres[labels] + rng.normal(0, noise, (n, dim)), 0).astype(np.float32), labels
+
+
+def test_binary_codes_keep_neighbours_of_the_same_class():
+    db, db_labels = clusters(2000)
+    q, q_labels = clusters(100, seed=1)
+    coder = train_binary_coder(db, bits=16, epochs=15)
+    codes = coder.encode(db)
+    assert codes.shape == (2000, 2) and codes.dtype == np.uint8
+    _, found = hamming_neighbours(coder.encode(q), codes, k=6)
+    assert label_precision(db_labels[found], q_labels) > 0.9  # chance: 1/8
+    rp, mean, proj = random_projection_codes(db, 32)
+    _, found_rp = hamming_neighbours(random_projection_codes(q, 32, mean=mean, projection=proj)[0], rp, k=6)
+    assert label_precision(db_labels[found_rp], q_labels) > 0.5
+    _, exact = nearest_neighbours(q, db, k=6)
+    assert overlap_with_exact(exact, exact) == 1.0
+    assert 0 <= overlap_with_exact(found, exact) <= 1
+
+
+def test_neighbors_command(tiny_run, demo_store, tmp_path, capsys):
+    assert main(["features", str(tiny_run), "--split", "train", "--out", str(tmp_path / "train"), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert main(["features", str(tiny_run), "--split", "val", "--out", str(tmp_path / "val.npy"), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert main(["neighbors", "--database", str(tmp_path / "train.npy"), "--queries", str(tmp_path / "val.npy"),
+                 "--query-index", "0", "13", "-k", "4", "--json", str(tmp_path / "nn.json"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 queries, 4 nearest of 1000" in out and "neighbours with the query's label" in out
+    result = json.loads((tmp_path / "nn.json").read_text())
+    assert [r["query"] for r in result] == [0, 13] and len(result[0]["neighbours"]) == 4
+    assert result[0]["neighbour_files"][0].startswith("train/")
+    assert result[0]["distances"] == sorted(result[0]["distances"])
+    assert main(["neighbors", "--database", str(tmp_path / "train.npy"), "--queries", str(tmp_path / "val.npy"),
+                 "--num-queries", "3", "--codes", "16", "--quiet"]) == 0
+    assert "16-bit auto-encoder codes" in capsys.readouterr().out
+    assert main(["neighbors", "--database", str(tmp_path / "nope.npy"), "--queries", str(tmp_path / "val.npy")]) == 2
+    assert "does not exist" in capsys.readouterr().err
