@@ -24,8 +24,11 @@ from alexnet.model import (
 # ---------------------------------------------------------------------------------------------------
 
 
-def np_lrn(a: np.ndarray, k=2.0, n=5, alpha=1e-4, beta=0.75) -> np.ndarray:
-    """§3.3 literally: b^i = a^i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} (a^j)^2)^beta."""
+def np_lrn(a: np.ndarray, k=2.0, n=5, alpha=1e-4, beta=0.75, groups=1) -> np.ndarray:
+    """§3.3 literally: b^i = a^i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} (a^j)^2)^beta,
+    each of `groups` towers on its own N = C/groups maps."""
+    if groups > 1:
+        return np.concatenate([np_lrn(part, k, n, alpha, beta) for part in np.split(a, groups, axis=1)], axis=1)
     N = a.shape[1]
     b = np.empty_like(a)
     for i in range(N):
@@ -58,8 +61,9 @@ def np_alexnet(model: AlexNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     P = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
     relu = lambda t: np.maximum(t, 0)  # noqa: E731
     t = model.config.towers
-    h = np_maxpool(np_lrn(relu(np_conv(x, P["conv1.weight"], P["conv1.bias"], stride=4, pad=2))))
-    h = np_maxpool(np_lrn(relu(np_conv(h, P["conv2.weight"], P["conv2.bias"], pad=2, groups=t))))
+    g = t if model.config.lrn_within_towers else 1
+    h = np_maxpool(np_lrn(relu(np_conv(x, P["conv1.weight"], P["conv1.bias"], stride=4, pad=2)), groups=g))
+    h = np_maxpool(np_lrn(relu(np_conv(h, P["conv2.weight"], P["conv2.bias"], pad=2, groups=t)), groups=g))
     h = relu(np_conv(h, P["conv3.weight"], P["conv3.bias"], pad=1))
     h = relu(np_conv(h, P["conv4.weight"], P["conv4.bias"], pad=1, groups=t))
     h = np_maxpool(relu(np_conv(h, P["conv5.weight"], P["conv5.bias"], pad=1, groups=t)))
@@ -121,13 +125,15 @@ def test_kernel_shapes_and_tower_split():
     assert x.grad[:, 128:].abs().max() > 0
 
 
-@pytest.mark.parametrize("variant", ["tiny", "one-tower-tiny"])
+@pytest.mark.parametrize("variant", ["tiny", "one-tower-tiny", "lrn-across-towers"])
 def test_forward_matches_independent_float64_computation(variant):
     torch.manual_seed(0)
     if variant == "tiny":
         model = create_model("tiny", num_classes=7)
-    else:
+    elif variant == "one-tower-tiny":
         model = AlexNet(VARIANTS["tiny"], towers=1, num_classes=7)
+    else:
+        model = AlexNet(VARIANTS["tiny"], lrn_within_towers=False, num_classes=7)
     model = model.double().eval()
     # Re-draw weights larger than the paper's init so every layer, LRN included, is far from trivial.
     with torch.no_grad():
@@ -158,6 +164,22 @@ def test_lrn_matches_the_formula_in_float64(channels):
     np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-12)
     # The effect is not negligible at these activations (else the test would prove little).
     assert np.abs(ref - a.numpy() / 2**0.75).max() > 1.0
+
+
+def test_lrn_within_towers_stops_at_the_tower_boundary():
+    torch.manual_seed(0)
+    a = torch.rand(2, 12, 3, 3, dtype=torch.float64) * 80
+    grouped = local_response_norm(a, groups=2)
+    np.testing.assert_allclose(grouped.numpy(), np_lrn(a.numpy(), groups=2), rtol=1e-12)
+    # map 5 (last of tower 1) must not see map 6 (first of tower 2), and vice versa
+    b = a.clone()
+    b[:, 6:] *= 3
+    torch.testing.assert_close(local_response_norm(b, groups=2)[:, :6], grouped[:, :6])
+    assert not torch.allclose(local_response_norm(b)[:, :6], local_response_norm(a)[:, :6])
+    x = a.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 5, 1e-3, 0.75, 2.0, groups=2), (x,))
+    assert AlexNet().norm1.groups == 2 and AlexNet(lrn_within_towers=False).norm1.groups == 1
+    assert create_model("one-tower").norm1.groups == 1
 
 
 def test_lrn_gradient_matches_finite_differences():

@@ -40,6 +40,9 @@ class ModelConfig:
     # cuda-convnet (the authors' code) divides alpha by n; torch.nn.LocalResponseNorm does too. The
     # paper prints the formula without. True reproduces the code, False (default) the paper.
     lrn_alpha_over_n: bool = False
+    # §3.2: the GPUs communicate only at conv3 and the fc layers, so each normalises its own 48 maps:
+    # the window stops at the tower boundary (N = 48). False runs it across all 96 maps (§3.3's N).
+    lrn_within_towers: bool = True
     pool_size: int = 3  # §3.4: z, overlapping pooling (z=3 > s=2)
     pool_stride: int = 2  # §3.4: s
     dropout: float = 0.5  # §4.2: on fc6 and fc7

@@ -25,24 +25,29 @@ from alexnet.config import ModelConfig
 # ---------------------------------------------------------------------------------------------------
 
 
-def channel_window_sum(t: Tensor, size: int) -> Tensor:
-    """Sum of `t` over the `size` channels (dim 1) centred on each channel, cut off at the first and
-    last channel as §3.3's max(0, .) and min(N-1, .) bounds say."""
-    half = size // 2
+def channel_window_sum(t: Tensor, size: int, dim: int = 1) -> Tensor:
+    """Sum of `t` over the `size` channels (along `dim`) centred on each channel, cut off at the first
+    and last channel as §3.3's max(0, .) and min(N-1, .) bounds say."""
+    half, n = size // 2, t.shape[dim]
     out = t.clone()
-    for d in range(1, min(half, t.shape[1] - 1) + 1):
-        out[:, d:] += t[:, :-d]  # j = i - d
-        out[:, :-d] += t[:, d:]  # j = i + d
+    for d in range(1, min(half, n - 1) + 1):
+        out.narrow(dim, d, n - d).add_(t.narrow(dim, 0, n - d))  # j = i - d
+        out.narrow(dim, 0, n - d).add_(t.narrow(dim, d, n - d))  # j = i + d
     return out
 
 
-def _lrn_scale(x: Tensor, size: int, alpha: float, k: float) -> Tensor:
-    scale = channel_window_sum(x * x, size)
+def _lrn_scale(x: Tensor, size: int, alpha: float, k: float, dim: int = 1) -> Tensor:
+    scale = channel_window_sum(x * x, size, dim)
     return scale.mul_(alpha).add_(k)
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _by_group(x: Tensor, groups: int) -> Tensor:
+    """(B, C, H, W) -> (B, groups, C/groups, H, W), a view whatever the memory format."""
+    return x.unflatten(1, (groups, x.shape[1] // groups))
 
 
 class _LocalResponseNorm(torch.autograd.Function):
@@ -56,47 +61,51 @@ class _LocalResponseNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
-        xf = _at_least_float32(x)
-        scale = _lrn_scale(xf, size, alpha, k)
+    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
+        xf = _by_group(_at_least_float32(x), groups)
+        scale = _lrn_scale(xf, size, alpha, k, dim=2)
         inv = scale.pow(-beta)
         ctx.save_for_backward(xf, scale, inv)
         ctx.constants = (size, alpha, beta)
-        return (xf * inv).to(x.dtype)
+        return (xf * inv).flatten(1, 2).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         xf, scale, inv = ctx.saved_tensors
         size, alpha, beta = ctx.constants
-        g = grad.to(xf.dtype)
-        t = channel_window_sum(g * xf * inv / scale, size)
+        g = _by_group(grad.to(xf.dtype), xf.shape[1])
+        t = channel_window_sum(g * xf * inv / scale, size, dim=2)
         grad_x = torch.addcmul(g * inv, xf, t, value=-2.0 * alpha * beta)
-        return grad_x.to(grad.dtype), None, None, None, None
+        return grad_x.flatten(1, 2).to(grad.dtype), None, None, None, None, None
 
 
-def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> Tensor:
+def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+                        groups: int = 1) -> Tensor:
     """§3.3 on (B, C, H, W) maps, alpha on the plain sum (torch's F.local_response_norm takes n*alpha).
+    With groups > 1 the window stays within each group of C/groups maps (each tower normalises its own).
 
-    Computed in at least float32 whatever the input dtype: in bf16, k + alpha*sum ~ 2.07 would be rounded to
-    steps of 1/64, about the size of the whole normalisation effect."""
+    Computed in at least float32 whatever the input dtype: in bf16, k + alpha*sum ~ 2.07 would be
+    rounded to steps of 1/64, about the size of the whole normalisation effect."""
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
     if x.requires_grad and torch.is_grad_enabled():
-        return _LocalResponseNorm.apply(x, size, alpha, beta, k)
-    xf = _at_least_float32(x)
-    return (xf * _lrn_scale(xf, size, alpha, k).pow(-beta)).to(x.dtype)
+        return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
+    xf = _by_group(_at_least_float32(x), groups)
+    return (xf * _lrn_scale(xf, size, alpha, k, dim=2).pow(-beta)).flatten(1, 2).to(x.dtype)
 
 
 class LocalResponseNorm(nn.Module):
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1):
         super().__init__()
         if size < 1 or size % 2 == 0:
             raise ValueError(f"LRN size n must be odd (a window centred on each map), got {size}")
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: Tensor) -> Tensor:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
 
 
 class PaperDropout(nn.Module):
@@ -179,7 +188,8 @@ class AlexNet(nn.Module):
             if not config.lrn:
                 return nn.Identity()
             alpha = config.lrn_alpha / config.lrn_size if config.lrn_alpha_over_n else config.lrn_alpha
-            return LocalResponseNorm(config.lrn_size, alpha, config.lrn_beta, config.lrn_k)
+            groups = t if config.lrn_within_towers else 1
+            return LocalResponseNorm(config.lrn_size, alpha, config.lrn_beta, config.lrn_k, groups)
 
         # conv1: 96 kernels 11x11x3, stride 4. A 224 input gives 55x55 maps (Fig. 2) only with padding:
         # (224 + 2*2 - 11) // 4 + 1 = 55, while no padding gives 54 (the reason others feed 227).
