@@ -56,11 +56,11 @@ def main() -> None:
                 try:
                     seconds = time_it(step, device, warmup=1, repeats=args.repeats)
                 except RuntimeError as e:  # e.g. no bf16 kernel for avg_pool3d on CPU
-                    rows.append({"dtype": dtype_name, "layer": layer, "impl": name, "ms": float("nan"),
+                    rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "impl": name, "ms": float("nan"),
                                  "speedup": f"fails: {str(e).splitlines()[0][:60]}"})
                     continue
                 base = base or seconds
-                rows.append({"dtype": dtype_name, "layer": layer, "impl": name, "ms": seconds * 1000,
+                rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "impl": name, "ms": seconds * 1000,
                              "speedup": f"{base / seconds:.2f}x"})
     report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
 

@@ -209,3 +209,45 @@ def test_eval_refuses_a_store_with_other_classes(demo_store, tmp_path):
     with pytest.raises(UserError, match="not an alexnet checkpoint|cannot be read"):
         (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
         evaluate([tmp_path / "junk.pt"], demo_store, progress=False)
+
+
+def test_finetuning_keeps_every_layer_but_fc8(demo_store, tiny_run, tmp_path, capsys):
+    """§6: a net trained on one class set, fc8 replaced, trained on a store with other classes."""
+    from alexnet.train import Processes, Trainer
+
+    make_demo_data(tmp_path / "src3", classes=3, train_per_class=40, val_per_class=8, seed=7)
+    prepare(tmp_path / "src3", tmp_path / "store3", size=72, workers=1, progress=False, log=lambda *a: None)
+    pretrained = load_checkpoint(tiny_run)
+    config = resolve({"variant": "tiny", "model": {"num_classes": 3}, "train": {"batch_size": 32}})
+    trainer = Trainer(config, tmp_path / "store3", tmp_path / "t", Processes(), torch.device("cpu"), False)
+    fresh_fc8 = trainer.model.fc8.weight.detach().clone()
+    trainer.load_pretrained(pretrained)
+    state = trainer.model.state_dict()
+    for name, value in pretrained["model"].items():
+        if not name.startswith("fc8."):
+            assert torch.equal(state[name], value), name
+    assert state["fc8.weight"].shape == (3, 64) and torch.equal(state["fc8.weight"], fresh_fc8)
+    assert main(["train", "--data", str(tmp_path / "store3"), "--finetune", str(tiny_run), "--epochs", "2",
+                 "--batch-size", "32", "--out", str(tmp_path / "ft"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuning from" in out and "finished: 2 epoch(s)" in out
+    done = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert done["model"]["fc8.weight"].shape == (3, 64) and done["classes"] == ["n90000000", "n90000001", "n90000002"]
+    assert done["config"]["variant"] == "tiny"
+    with pytest.raises(UserError, match="does not fit"):
+        Trainer(resolve({"variant": "small", "model": {"num_classes": 3}, "train": {"batch_size": 32}}),
+                tmp_path / "store3", tmp_path / "u", Processes(), torch.device("cpu"), False).load_pretrained(pretrained)
+
+
+def test_bf16_autocast_runs_and_out_of_memory_is_one_clear_line(demo_store, tmp_path, monkeypatch):
+    r = fit(tiny_config(max_steps=2, amp="bf16"), demo_store, tmp_path / "bf16", progress=False, echo=False)
+    assert r["status"] == "stopped at max_steps"
+    assert load_checkpoint(tmp_path / "bf16" / "last.pt")["model"]["conv1.weight"].dtype == torch.float32
+    import alexnet.train as T
+
+    def out_of_memory(self, stop):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(T.Trainer, "train_one_epoch", out_of_memory)
+    with pytest.raises(UserError, match="out of memory .* lower --batch-size"):
+        fit(tiny_config(), demo_store, tmp_path / "oom", progress=False, echo=False)

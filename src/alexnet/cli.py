@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,14 @@ def print_prepare_report(report) -> None:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
-    from alexnet.data.demo import make_demo_data
+    from alexnet.data.demo import make_demo_cifar, make_demo_data
+
+    if args.cifar:
+        root = make_demo_cifar(args.dir, train_per_class=args.train_per_class, test_per_class=args.val_per_class,
+                               seed=args.seed)
+        print(f"wrote the demo classes at 32x32 in CIFAR-10's python format ({args.train_per_class} train + "
+              f"{args.val_per_class} test per class) to {root}")
+        return
 
     root = make_demo_data(args.dir, classes=args.classes, train_per_class=args.train_per_class,
                           val_per_class=args.val_per_class, seed=args.seed)
@@ -104,6 +112,8 @@ TRAIN_FLAGS = {
     "eval_crops": ("train.eval_crops", int),
     "checkpoint_every": ("train.checkpoint_every", int),
     "max_steps": ("train.max_steps", int),
+    "model_parallel": ("train.model_parallel", int),
+    "devices": ("train.devices", str),
 }
 
 
@@ -124,15 +134,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         from alexnet.checkpoint import checkpoint_config, load_checkpoint
 
-        if args.config:
-            raise UserError("--config cannot change a resumed run; give single settings with --set")
+        if args.config or args.finetune:
+            raise UserError("--config and --finetune cannot change a resumed run; give single settings with --set")
         config = apply(checkpoint_config(load_checkpoint(Path(args.resume) / "last.pt")), overrides)
         out = args.resume
+    elif args.finetune:
+        from alexnet.checkpoint import checkpoint_config, load_checkpoint
+
+        base = checkpoint_config(load_checkpoint(args.finetune))  # the pretrained net's architecture
+        layers = [load_toml(args.config)] if args.config else []
+        config = apply(dataclasses.replace(resolve(*layers), variant=base.variant, model=base.model), overrides)
+        out = args.out or f"runs/{config.variant}-finetuned"
     else:
         layers = [load_toml(args.config)] if args.config else []
         config = resolve(*layers, overrides)
         out = args.out or f"runs/{config.variant}"
-    result = fit(config, args.data, out, resume=bool(args.resume), progress=not args.quiet, plot=args.plot)
+    result = fit(config, args.data, out, resume=bool(args.resume), progress=not args.quiet, plot=args.plot,
+                 finetune=args.finetune)
     if result["rank"] == 0:
         last = result["last"]
         summary = f"{result['status']}: {result['epochs']} epoch(s) in {result['out']}"
@@ -312,6 +330,36 @@ def _cmd_export(args: argparse.Namespace) -> None:
         print("onnxruntime is not installed: not checked (pip install onnxruntime)")
 
 
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from alexnet.experiments import EXPERIMENTS, FIG1, run_experiment
+
+    if args.list or not args.names:
+        for name, e in EXPERIMENTS.items():
+            print(f"{name:<14} {e.section:<7} {e.what}")
+        print(f"{FIG1:<14} §3.1    Fig. 1: ReLU vs tanh, four-layer net on CIFAR-10 (needs --cifar)")
+        return
+    names = list(EXPERIMENTS) if args.names == ["all"] else args.names
+    for name in names:
+        if name == FIG1:
+            from alexnet.cifar import relu_vs_tanh
+
+            if not args.cifar:
+                raise UserError(f"{FIG1} trains on CIFAR-10: give its python-batches folder with --cifar")
+            out = Path(args.results) / FIG1
+            r = relu_vs_tanh(args.cifar, out, lrs=tuple(args.lrs), trial_epochs=args.trial_epochs,
+                             max_epochs=args.max_epochs, device=args.device)
+            it = {k: v["iterations_to_target"] for k, v in r["runs"].items()}
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a (a net did not reach the target)"
+            print(f"iterations to {r['target']:.0%} training error: ReLU {it['relu']}, tanh {it['tanh']}; "
+                  f"tanh/ReLU {ratio}; wrote {out / 'fig1.png'} and {out / 'fig1.json'}")
+            continue
+        if not args.data:
+            raise UserError(f"experiment {name} trains on a store: give it with --data")
+        overrides = train_overrides(args)
+        run_experiment(name, args.data, args.base, args.results, (overrides,), args.device or "auto",
+                       progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alexnet.model import VARIANTS
 
@@ -358,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--val-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cifar", action="store_true", help="write 32x32 images in CIFAR-10's python-pickle batches "
+                   "instead (for `alexnet experiment relu-vs-tanh` without CIFAR-10)")
     p.set_defaults(func=_cmd_demo_data)
 
     p = sub.add_parser("train", help="train on a prepared store (§5)",
@@ -369,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="store written by `alexnet prepare` (default on --resume: the run's own)")
     p.add_argument("--out", help="run folder for checkpoints, metrics and logs (default: runs/VARIANT)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--finetune", metavar="CHECKPOINT", help="§6: start from this checkpoint's weights (any class "
+                   "count), with a new fc8 for this store's classes")
     p.add_argument("--config", help="TOML file with [model] [data] [optim] [schedule] [train] settings")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--variant", choices=sorted(VARIANTS), help="model variant (default: paper)")
@@ -387,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crops", type=int, choices=[1, 10], help="validation views (default: 1, the centre)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: epoch ends only)")
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N optimizer steps in all")
+    p.add_argument("--model-parallel", type=int, choices=[1, 2], help="§3.2: 2 puts one tower on each of two devices")
+    p.add_argument("--devices", help="the two devices for --model-parallel 2 (default: cuda:0,cuda:1)")
     p.add_argument("--plot", action="store_true", help="write RUN/curves.png at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
@@ -477,6 +531,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="ONNX file to write")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("experiment", help="run one of the paper's experiments (ablations, Fig. 1)",
+                       description="Train and evaluate a named ablation of the paper's net with the paper's recipe "
+                       "and add a row to RESULTS/results.md (comparable across runs), or run Fig. 1 (relu-vs-tanh) "
+                       "on CIFAR-10. NAME 'all' runs every ablation; no NAME lists them.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiment(s) to run")
+    p.add_argument("--list", action="store_true", help="list the experiments")
+    p.add_argument("--data", help="store for the ablations")
+    p.add_argument("--base", default="paper", choices=sorted(VARIANTS), help="variant the ablation changes (default: paper)")
+    p.add_argument("--results", default="experiments", help="folder for runs and the results table (default: experiments)")
+    p.add_argument("--cifar", help="CIFAR-10 python-batches folder, for relu-vs-tanh")
+    p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1],
+                   help="relu-vs-tanh: learning rates tried for each nonlinearity")
+    p.add_argument("--trial-epochs", type=int, default=2, help="relu-vs-tanh: epochs of each learning-rate trial")
+    p.add_argument("--max-epochs", type=int, default=60, help="relu-vs-tanh: epochs at most to reach 25%% training error")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
+    for flag in ("epochs", "batch-size", "lr", "seed", "workers"):
+        p.add_argument(f"--{flag}", type=float if flag == "lr" else int)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_experiment, compile=False, **{k: None for k in TRAIN_FLAGS if k not in
+                   ("epochs", "batch_size", "lr", "seed", "workers", "device")})
     return parser
 
 

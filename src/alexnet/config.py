@@ -104,6 +104,8 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
     compile: bool = False  # torch.compile the model
+    model_parallel: int = 1  # §3.2: 2 puts one tower on each of two devices, as the paper's two GPUs
+    devices: str = ""  # for model_parallel 2: "cuda:0,cuda:1" (default: the first two GPUs)
     eval_crops: int = 1  # validation during training: centre crop (1) or ten patches (10)
     checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0 = at epoch ends only)
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit; for tests)

@@ -90,6 +90,18 @@ class Processes:
             torch.distributed.barrier()
 
 
+def model_parallel_devices(names: str, device: torch.device) -> tuple[torch.device, torch.device]:
+    """The two devices of --model-parallel 2: as given, else the first two GPUs, else the device twice."""
+    if names:
+        parts = [resolve_device(n.strip()) for n in names.split(",")]
+        if len(parts) != 2:
+            raise UserError(f"--devices needs two devices for --model-parallel 2, got '{names}'")
+        return parts[0], parts[1]
+    if device.type == "cuda" and torch.cuda.device_count() >= 2:
+        return torch.device("cuda", 0), torch.device("cuda", 1)
+    return device, device
+
+
 def setup_processes(device_name: str) -> tuple[Processes, torch.device]:
     """Join the process group when started by torchrun (RANK/WORLD_SIZE set), pick this process's
     device (its LOCAL_RANK-th GPU), and share the CPU's threads among local processes."""
@@ -167,11 +179,10 @@ class Trainer:
     """The state of a run and the two loops over the data. `fit` drives it."""
 
     def __init__(self, config: Config, data: str | os.PathLike, out: str | os.PathLike, procs: Processes,
-                 device: torch.device, progress: bool = True, log=None):
+                 device: torch.device, progress: bool = True):
         self.config, self.procs, self.device = config, procs, device
         self.out = Path(out)
         self.progress = progress and procs.main
-        self.log = log or (lambda msg: None)
         self.train_store = ImageStore(data, "train")
         has_val = bool(self.train_store.meta["splits"].get("val"))
         self.val_store = ImageStore(data, "val") if has_val else None
@@ -190,7 +201,23 @@ class Trainer:
         self.amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
         self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
         torch.manual_seed(t.seed)  # the same initial weights in every process
-        self.model = AlexNet(config.model).to(device)
+        self.model = AlexNet(config.model)
+        self.parallel = t.model_parallel == 2
+        if self.parallel:
+            from alexnet.parallel import TwoTowerAlexNet
+
+            if procs.distributed:
+                raise UserError("--model-parallel 2 splits one net over two devices; it does not combine with torchrun")
+            devices = model_parallel_devices(t.devices, device)
+            try:
+                self.model = TwoTowerAlexNet.from_single(self.model, devices)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            self.device = device = devices[0]
+        elif t.model_parallel != 1:
+            raise UserError(f"--model-parallel must be 1 or 2 (the paper's two GPUs), got {t.model_parallel}")
+        else:
+            self.model = self.model.to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, config.optim)
@@ -209,8 +236,12 @@ class Trainer:
         self.loader_workers = workers
 
     # -- checkpoints ------------------------------------------------------------------------------
+    def model_state(self) -> dict:
+        """The weights in the single-device layout whatever the placement (one checkpoint format)."""
+        return self.model.single_state_dict() if self.parallel else self.model.state_dict()
+
     def payload(self, with_optimizer: bool = True) -> dict:
-        p = {"config": to_dict(self.config), "model": self.model.state_dict(),
+        p = {"config": to_dict(self.config), "model": self.model_state(), "model_parallel": self.config.train.model_parallel,
              "epoch": self.position.epoch, "step": self.position.step, "global_step": self.position.global_step,
              "running": dataclasses.asdict(self.running), "history": self.history, "best_err": self.best_err,
              "classes": self.train_store.classes, "class_names": self.train_store.class_names,
@@ -227,11 +258,37 @@ class Trainer:
                 save_checkpoint(self.out / "best.pt", self.payload(with_optimizer=False))
         self.procs.barrier()
 
+    def load_pretrained(self, payload: dict) -> None:
+        """§6 fine-tuning: every layer from a checkpoint trained on other data except fc8, which keeps
+        its fresh initialisation and gets this store's class count."""
+        state = self.model_state()
+        skipped = []
+        for name, value in payload["model"].items():
+            if name.startswith("fc8."):
+                continue
+            if name not in state or state[name].shape != value.shape:
+                skipped.append(name)
+                continue
+            state[name] = value
+        if skipped:
+            raise UserError(f"{payload['path']} does not fit this net ({', '.join(skipped[:3])} differ); "
+                            f"fine-tune with the checkpoint's own variant and input size")
+        if self.parallel:
+            self.model.load_single(state)
+        else:
+            self.model.load_state_dict(state)
+
     def restore(self, payload: dict) -> None:
         if payload["classes"] != self.train_store.classes or payload["image_size"] != self.train_store.image_size:
             raise UserError(f"the store at {self.train_store.root} is not the one this run was trained on "
                             f"(other classes or image size)")
-        self.model.load_state_dict(payload["model"])
+        if payload.get("model_parallel", 1) != self.config.train.model_parallel:
+            raise UserError(f"this run was trained with --model-parallel {payload.get('model_parallel', 1)}; "
+                            f"resume it the same way (its optimizer state follows that layout)")
+        if self.parallel:
+            self.model.load_single(payload["model"])
+        else:
+            self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.position = Position(payload["epoch"], payload["step"], payload["global_step"])
         self.running = Running(**payload["running"])
@@ -415,8 +472,9 @@ def _rewrite_metrics(path: Path, history: list[dict]) -> None:
 
 
 def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, resume: bool = False,
-        progress: bool = True, echo: bool = True, plot: bool = False) -> dict:
-    """Train as §5 describes and return a summary: status, last and best metrics, paths."""
+        progress: bool = True, echo: bool = True, plot: bool = False, finetune: str | os.PathLike | None = None) -> dict:
+    """Train as §5 describes and return a summary: status, last and best metrics, paths. With
+    `finetune`, start from that checkpoint's weights (all but fc8, §6) instead of the paper's init."""
     keep_freed_memory()
     procs, device = setup_processes(config.train.device)
     out = Path(out)
@@ -438,10 +496,15 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
         out.mkdir(parents=True, exist_ok=True)
     procs.barrier()
     log = RunLog(out / "train.log" if procs.main else None, echo and procs.main)
-    trainer = Trainer(config, data, out, procs, device, progress, log)
+    trainer = Trainer(config, data, out, procs, device, progress)
     if payload is not None:
         trainer.restore(payload)
         log(f"resumed {out} at epoch {trainer.position.epoch + 1}, step {trainer.position.step}")
+    elif finetune:
+        pretrained = load_checkpoint(finetune)
+        trainer.load_pretrained(pretrained)
+        log(f"fine-tuning from {pretrained['path']} ({len(pretrained['classes'])} classes): every layer but fc8, "
+            f"which starts afresh for {len(store.classes)} classes")
     if procs.main:
         (out / "config.toml").write_text(to_toml(config))
         _rewrite_metrics(out / "metrics.jsonl", trainer.history)

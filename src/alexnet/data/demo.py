@@ -105,3 +105,22 @@ def make_demo_data(root: str | os.PathLike, classes: int = 10, train_per_class: 
                 path.write_bytes(buf.getvalue())
     (root / "LOC_synset_mapping.txt").write_text("".join(lines))
     return root
+
+
+def make_demo_cifar(root: str | os.PathLike, train_per_class: int = 500, test_per_class: int = 100,
+                    seed: int = 0) -> Path:
+    """The demo classes at 32x32 in CIFAR-10's python-pickle format (data_batch_1..5, test_batch,
+    batches.meta), for the Fig. 1 experiment where no CIFAR-10 copy is at hand."""
+    from alexnet.cifar import write_cifar_batches
+    from alexnet.data.prepare import resize_and_center_crop
+
+    rng = np.random.default_rng(seed)
+
+    def draw(per_class):
+        labels = np.repeat(np.arange(len(CLASSES)), per_class)
+        rng.shuffle(labels)
+        images = np.stack([np.asarray(resize_and_center_crop(draw_example(int(k), rng), 32)) for k in labels])
+        return images, labels
+
+    train, test = draw(train_per_class), draw(test_per_class)
+    return write_cifar_batches(root, *train, CLASSES, *test)

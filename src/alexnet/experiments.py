@@ -1,0 +1,138 @@
+"""The paper's experiments, one command each: `alexnet experiment NAME --data DST`.
+
+Every ablation is a named change to a base config (the paper's net by default, `--base small` on a
+CPU), trained with the same code and recipe and evaluated on the centre patch and the ten patches.
+Each run appends a row to RESULTS/results.jsonl and rewrites RESULTS/results.md, one table with a
+column for the difference to the baseline trained on the same data and base, so rows from different
+runs and machines stay comparable. `relu-vs-tanh` is Fig. 1, on CIFAR-10 (alexnet/cifar.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from alexnet.config import Config, resolve
+from alexnet.errors import UserError
+
+
+def _model(**changes) -> Callable[[Config], Config]:
+    return lambda c: dataclasses.replace(c, model=dataclasses.replace(c.model, **changes))
+
+
+def _one_tower(c: Config) -> Config:
+    # §3.2 footnote 2: half the kernels in every conv layer but the last, one tower.
+    ch = c.model.channels
+    return dataclasses.replace(c, model=dataclasses.replace(
+        c.model, towers=1, channels=tuple(k // 2 for k in ch[:4]) + (ch[4],)))
+
+
+def _no_lighting(c: Config) -> Config:
+    return dataclasses.replace(c, data=dataclasses.replace(c.data, lighting_std=0.0))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    section: str
+    what: str
+    change: Callable[[Config], Config]
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "baseline": Experiment("§3-§5", "the base net and recipe as they are", lambda c: c),
+    "no-lrn": Experiment("§3.3", "no response normalisation", _model(lrn=False)),
+    "no-overlap": Experiment("§3.4", "non-overlapping pooling, s = z = 2", _model(pool_size=2, pool_stride=2)),
+    "one-tower": Experiment("§3.2", "one tower with half the kernels (all of conv5's)", _one_tower),
+    "no-lighting": Experiment("§4.1", "no PCA colour noise", _no_lighting),
+    "no-dropout": Experiment("§4.2", "no dropout", _model(dropout=0.0)),
+    "minus-conv3": Experiment("§7", "conv3 removed", _model(remove_conv=3)),
+    "minus-conv4": Experiment("§7", "conv4 removed", _model(remove_conv=4)),
+    "six-conv": Experiment("§6", "a sixth conv layer over the last pooling layer", _model(extra_conv=True)),
+}
+FIG1 = "relu-vs-tanh"
+
+
+def experiment_config(name: str, base: str = "paper", *layers: dict) -> Config:
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment '{name}' (known: {', '.join([*EXPERIMENTS, FIG1])})")
+    config = EXPERIMENTS[name].change(resolve({"variant": base}, *layers))
+    return dataclasses.replace(config, variant=f"{base}+{name}")
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
+                   layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print) -> dict:
+    """Train (or resume) the named ablation, evaluate it with 1 and 10 patches, record a table row."""
+    from alexnet.evaluate import evaluate
+    from alexnet.model import AlexNet, count_parameters
+    from alexnet.train import fit
+
+    config = experiment_config(name, base, *layers, {"train": {"device": device}})
+    results = Path(results)
+    run = results / "runs" / f"{Path(data).name}-{base}-{name}"
+    resume = (run / "last.pt").exists()
+    log(f"experiment {name} ({EXPERIMENTS[name].section}: {EXPERIMENTS[name].what}) on {data}, base {base} -> {run}")
+    start = time.time()
+    r = fit(config, data, run, resume=resume, progress=progress, plot=True)
+    if r["status"] != "finished":
+        raise UserError(f"experiment {name} {r['status']}; run the same command again to continue it")
+    one = evaluate([run / "best.pt"], data, "val", 1, device=device, progress=False)
+    ten = evaluate([run / "best.pt"], data, "val", 10, device=device, progress=False)
+    from alexnet.checkpoint import checkpoint_config, load_checkpoint
+
+    trained = checkpoint_config(load_checkpoint(run / "best.pt"))
+    history = load_checkpoint(run / "last.pt")["history"]
+    row = {"experiment": name, "section": EXPERIMENTS[name].section, "change": EXPERIMENTS[name].what,
+           "base": base, "data": str(Path(data).resolve()), "parameters": count_parameters(AlexNet(trained.model)),
+           "epochs": len(history), "seed": config.train.seed,
+           "top1_err": one["top1_err"], "top5_err": one["top5_err"],
+           "top1_err_10crop": ten["top1_err"], "top5_err_10crop": ten["top5_err"],
+           "train_err": history[-1]["train_top1_err"],
+           "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+           "seconds": round(time.time() - start, 1), "date": time.strftime("%Y-%m-%d"), "commit": _commit()}
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    write_table(results)
+    (results / f"{run.name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    log(f"{name}: top-1 error {row['top1_err']:.2%} (10 patches {row['top1_err_10crop']:.2%}), "
+        f"top-5 {row['top5_err']:.2%}; table: {results / 'results.md'}")
+    return row
+
+
+def write_table(results: str | os.PathLike) -> Path:
+    """results.md from every row of results.jsonl (the latest row of each data/base/experiment)."""
+    results = Path(results)
+    rows = {}
+    for line in (results / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[(r["data"], r["base"], r["experiment"])] = r
+    order = list(EXPERIMENTS)
+    lines = ["| data | base | experiment | paper | change | params | epochs | top-1 err | vs baseline | "
+             "top-5 err | top-1, 10 patches | top-5, 10 patches | train err | img/s | date | commit |",
+             "|" + "---|" * 16]
+    for (data, base, name), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))):
+        b = rows.get((data, base, "baseline"))
+        delta = f"{(r['top1_err'] - b['top1_err']) * 100:+.2f} pts" if b and name != "baseline" else ""
+        lines.append(f"| {Path(data).name} | {base} | {name} | {r['section']} | {r['change']} | {r['parameters']:,} | "
+                     f"{r['epochs']} | {r['top1_err']:.2%} | {delta} | {r['top5_err']:.2%} | {r['top1_err_10crop']:.2%} | "
+                     f"{r['top5_err_10crop']:.2%} | {r['train_err']:.2%} | {r['images_per_s']:.0f} | {r['date']} | "
+                     f"{r['commit']} |")
+    path = results / "results.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
