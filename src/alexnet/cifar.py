@@ -200,7 +200,8 @@ def save_fig1(result: dict, path: Path) -> Path:
         ax.plot(epochs, run["errors"], style, color="black", label=f"{name} (lr {run['lr']:g})")
     ax.axhline(result["target"], color="tab:red", lw=0.8)
     ax.set(xlabel="epochs", ylabel="training error rate", ylim=(0, 0.8),
-           title="Fig. 1: four-layer CNN on CIFAR-10" + (f", tanh/ReLU = {result['ratio']:.1f}x" if result["ratio"] else ""))
+           title=f"Fig. 1: four-layer CNN on {Path(result['data']).name}"
+           + (f", tanh/ReLU = {result['ratio']:.2f}x" if result["ratio"] else ""))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

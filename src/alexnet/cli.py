@@ -347,7 +347,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                 raise UserError(f"{FIG1} trains on CIFAR-10: give its python-batches folder with --cifar")
             out = Path(args.results) / FIG1
             r = relu_vs_tanh(args.cifar, out, lrs=tuple(args.lrs), trial_epochs=args.trial_epochs,
-                             max_epochs=args.max_epochs, device=args.device)
+                             max_epochs=args.max_epochs, device=args.device or "auto")
             it = {k: v["iterations_to_target"] for k, v in r["runs"].items()}
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a (a net did not reach the target)"
             print(f"iterations to {r['target']:.0%} training error: ReLU {it['relu']}, tanh {it['tanh']}; "

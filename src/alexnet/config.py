@@ -51,7 +51,7 @@ class ModelConfig:
     init_std: float = 0.01  # §5: weights ~ N(0, 0.01^2)
     init_bias: float = 1.0  # §5: biases of conv2, conv4, conv5, fc6, fc7 (others 0)
     # "paper": every layer N(0, init_std^2). "scaled": conv1 and fc8 as the paper, the layers between
-    # N(0, 2/fan_in) (He et al. 2015), which keeps the input's signal alive through the stack; see
+    # N(0, 1/fan_in) (LeCun et al. 1998), which keeps the input's signal alive through the stack; see
     # README "Does the paper's initialisation train?" for why the paper's stalls on small nets.
     init_scheme: Literal["paper", "scaled"] = "paper"
 

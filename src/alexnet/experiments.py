@@ -67,7 +67,7 @@ def experiment_config(name: str, base: str = "paper", *layers: dict) -> Config:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                              cwd=Path(__file__).parent)
         return out.stdout.strip() or "unknown"
     except OSError:

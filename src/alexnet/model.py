@@ -248,15 +248,18 @@ def init_paper_(model: nn.Module, std: float = 0.01, bias: float = 1.0, scheme: 
     The extra conv6 of §6 counts among the later conv layers and also gets `bias`.
 
     scheme="scaled" keeps conv1 (which sees 0..255 pixels) and fc8 (the logits) at `std` and draws
-    the layers between from N(0, 2/fan_in): with std=0.01 everywhere the input-dependent part of
-    the activations shrinks by fan_in*std^2 per layer (1e-3 of the bias-driven part at fc8 in the
-    paper net), and small nets sit at loss ln(classes) for thousands of steps."""
+    the layers between from N(0, 1/fan_in) (LeCun et al. 1998): with std=0.01 everywhere the
+    input-dependent part of the activations shrinks by fan_in*std^2 per layer (fc7's is 0.7% of its
+    bias-driven part in the paper net), and small nets sit at loss ln(classes) for thousands of steps.
+    1/fan_in rather than He's 2/fan_in: conv1's 0.01 on 0..255 pixels gives maps of std ~11 (the
+    scale §3.3's LRN constants expect); He's gain keeps that scale to fc7 and the small net then
+    collapsed without LRN or dropout at lr 0.01 (README), 1/fan_in lets it shrink gently."""
     ones = {"conv2", "conv4", "conv5", "conv6", "fc6", "fc7"}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             short = name.split(".")[-1]
             fan_in = module.weight[0].numel()
-            s = std if scheme == "paper" or short in ("conv1", "fc8") else math.sqrt(2.0 / fan_in)
+            s = std if scheme == "paper" or short in ("conv1", "fc8") else math.sqrt(1.0 / fan_in)
             nn.init.normal_(module.weight, 0.0, s)
             nn.init.constant_(module.bias, bias if short in ones else 0.0)
 
@@ -293,7 +296,7 @@ VARIANTS: dict[str, ModelConfig] = {
     # For CPUs: 64x64 patches (the smallest size the geometry allows is 63), a quarter of the kernels,
     # 512-wide fc layers; same layers, LRN, pooling and dropout as the paper. With the paper's init it
     # sat at loss ln(10) for 150 epochs of the demo data (README: "Does the paper's initialisation
-    # train?"), so its hidden layers start from N(0, 2/fan_in).
+    # train?"), so its hidden layers start from N(0, 1/fan_in).
     "small": ModelConfig(input_size=64, width=0.25, fc_width=512, init_scheme="scaled"),
     # Smallest useful net, for tests and smoke runs.
     "tiny": ModelConfig(input_size=64, width=0.125, fc_width=64, init_scheme="scaled"),
