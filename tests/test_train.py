@@ -251,3 +251,14 @@ def test_bf16_autocast_runs_and_out_of_memory_is_one_clear_line(demo_store, tmp_
     monkeypatch.setattr(T.Trainer, "train_one_epoch", out_of_memory)
     with pytest.raises(UserError, match="out of memory .* lower --batch-size"):
         fit(tiny_config(), demo_store, tmp_path / "oom", progress=False, echo=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_with_bf16_and_channels_last(demo_store, tmp_path):
+    r = fit(tiny_config(max_steps=4, device="cuda"), demo_store, tmp_path / "gpu", progress=False, echo=False)
+    assert r["status"] == "stopped at max_steps"
+    r = fit(resolve({"variant": "tiny", "train": {"epochs": 1, "batch_size": 32, "device": "cuda", "max_steps": 3,
+                                                  "model_parallel": 2, "devices": "cuda:0,cuda:0"}}),
+            demo_store, tmp_path / "mp", progress=False, echo=False)
+    assert r["status"] == "stopped at max_steps"

@@ -6,8 +6,12 @@ WordNet ids and names travel in the model's metadata."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +52,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: b
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial.onnx")
     example = torch.rand(2, 3, crop, crop) * 255
-    with torch.no_grad():
+    # the exporter narrates its passes on stdout and warns about its own internals; keep ours clean
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
 

@@ -86,7 +86,7 @@ def write_figures(checkpoint: str | os.PathLike, data: str | os.PathLike | None,
     if metrics.is_file():
         history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if history:
-            paths["curves"] = plot_curves(history, out / "curves.png", title=Path(payload["path"]).parent.name)
+            paths["curves"] = plot_curves(history, out / "curves.png", title=f"{config.variant} on {Path(data).name}")
     return paths
 
 
