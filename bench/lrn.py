@@ -50,7 +50,7 @@ def main() -> None:
             for name, fn in impls.items():
                 x = x0.clone().requires_grad_()
 
-                def step():
+                def step(x=x, fn=fn, g=g):
                     x.grad = None
                     fn(x).backward(g)
                 try:

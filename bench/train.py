@@ -15,7 +15,6 @@ measured bf16 matmul rate.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

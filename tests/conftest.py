@@ -28,7 +28,7 @@ def tree(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "src"
     sizes = [(40, 30), (30, 50), (64, 64), (90, 33), (33, 33), (70, 45)]
-    for c, wnid in enumerate(["n01", "n02", "n03"]):
+    for wnid in ["n01", "n02", "n03"]:
         for i, (w, h) in enumerate(sizes):
             fmt = "PNG" if i % 2 else "JPEG"
             save(smooth_image(rng, w, h), root / "train" / wnid / f"{wnid}_{i}.{fmt.lower()}", fmt)

@@ -314,7 +314,7 @@ def _cmd_figures(args: argparse.Namespace) -> None:
     keep_freed_memory()
     paths = write_figures(args.checkpoint, args.data, args.out, args.device, args.crops,
                           train_features=args.train_features, progress=not args.quiet)
-    for name, path in paths.items():
+    for path in paths.values():
         print(f"wrote {path}")
 
 

@@ -61,7 +61,7 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     """Weights get weight decay; biases too only with `decay_biases` (cuda-convnet set no weight cost
     on biases; §5 gives the rule "for weight w")."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         (decay if p.ndim > 1 or config.decay_biases else no_decay).append(p)

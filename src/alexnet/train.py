@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from alexnet.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.config import Config, to_dict, to_toml
 from alexnet.data import ImageStore
 from alexnet.data.augment import BatchTransforms

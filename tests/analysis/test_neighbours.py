@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from alexnet.analysis.neighbours import (
     hamming_neighbours,

@@ -94,7 +94,7 @@ def test_bad_inputs_are_converted_or_skipped_and_reported(tmp_path):
     png = save(good, src / "train/n01/png_named.JPEG", "PNG")
     rgba = good.convert("RGBA")
     rgba.putalpha(0)
-    transparent = save(rgba, src / "train/n01/transparent.png", "PNG")
+    save(rgba, src / "train/n01/transparent.png", "PNG")
     full = (src / "train/n01/good.JPEG").read_bytes()
     (src / "train/n01/truncated.JPEG").write_bytes(full[: len(full) // 2])
     (src / "train/n01/corrupt.JPEG").write_bytes(b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 500, dtype=np.uint8)))

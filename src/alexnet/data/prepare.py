@@ -443,40 +443,39 @@ def prepare(
     bar = tqdm(total=total, initial=already, unit="img", desc="prepare", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
     args = (str(work), size, fmt, quality, draft)
+
+    def completed(pool):
+        """(chunk, result) as chunks finish: in this process, or on a pool with 2 chunks per worker queued."""
+        if pool is None:
+            for c in chunks:
+                yield c, _process_chunk(c, *args, c.split == "train")
+            return
+        pending: dict[Future, Chunk] = {}
+        queue = list(reversed(chunks))
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                c = queue.pop()
+                pending[pool.submit(_process_chunk, c, *args, c.split == "train")] = c
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+
     last_save = time.time()
     finished_chunks = 0
     interrupted = False
     pool = None
     try:
-        if workers == 1:
-            for c in chunks:
-                record(_process_chunk(c, *args, c.split == "train"))
-                bar.update(len(c.paths))
-                finished_chunks += 1
-                if time.time() - last_save >= checkpoint_seconds:
-                    _save_progress(work, state)
-                    last_save = time.time()
-                if _stop_after_chunks is not None and finished_chunks >= _stop_after_chunks:
-                    raise KeyboardInterrupt
-        elif chunks:
+        if workers > 1 and chunks:
             pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
-            pending: dict[Future, Chunk] = {}
-            queue = list(reversed(chunks))
-            while queue or pending:
-                while queue and len(pending) < 2 * workers:
-                    c = queue.pop()
-                    pending[pool.submit(_process_chunk, c, *args, c.split == "train")] = c
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    c = pending.pop(fut)
-                    record(fut.result())
-                    bar.update(len(c.paths))
-                    finished_chunks += 1
-                if time.time() - last_save >= checkpoint_seconds:
-                    _save_progress(work, state)
-                    last_save = time.time()
-                if _stop_after_chunks is not None and finished_chunks >= _stop_after_chunks:
-                    raise KeyboardInterrupt
+        for c, result in completed(pool):
+            record(result)
+            bar.update(len(c.paths))
+            finished_chunks += 1
+            if time.time() - last_save >= checkpoint_seconds:
+                _save_progress(work, state)
+                last_save = time.time()
+            if _stop_after_chunks is not None and finished_chunks >= _stop_after_chunks:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
     finally:

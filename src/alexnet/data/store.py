@@ -171,7 +171,7 @@ class ImageStore:
         """One pread per image straight into `out`: no page-table faults on first touch, unlike
         reading through the memory map (first pass over a store: 4k vs 40k images/s, bench/README.md)."""
         if self._fd is None:
-            self.images  # validates the file and its shape
+            _ = self.images  # opens the file and checks its shape first
             self._fd = os.open(self.root / self.split / "images.npy", os.O_RDONLY)
         nbytes = self.image_size * self.image_size * 3
         base = self.images.offset
