@@ -9,22 +9,20 @@ config next to its checkpoints (`config.toml`).
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import types
+import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from alexnet.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override the user wrote is wrong (unknown key, bad type, bad value)."""
+# load_toml and parse_overrides are part of this module's interface (callers import them from here).
+from alexnet.config_text import (ConfigError, field_types, load_toml, parse_overrides, show,  # noqa: F401
+                                 toml_text, type_problem, update_section)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network (§3, Fig. 2); a --variant sets its own defaults."""
+
     num_classes: int = 1000  # §2: the 1000 ILSVRC classes
     input_size: int = 224  # §3.5, §4.1: 224x224 patches of the 256x256 images
     channels: tuple[int, ...] = (96, 256, 384, 384, 256)  # §3.5: kernels of conv1..conv5
@@ -58,6 +56,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """What the net sees: preprocessing and augmentation (§2, §4.1), and the loader."""
+
     # The patch size is model.input_size (§4.1: 224 of the store's 256), the image size the store's.
     flip: bool = True  # §4.1: horizontal reflections
     lighting_std: float = 0.1  # §4.1: alpha_i ~ N(0, 0.1); 0 turns the colour noise off
@@ -74,6 +74,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Stochastic gradient descent with momentum and weight decay (§5)."""
+
     lr: float = 0.01  # §5: initial learning rate, equal for all layers
     momentum: float = 0.9  # §5
     weight_decay: float = 0.0005  # §5
@@ -84,6 +86,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """The learning rate's schedule (§5)."""
+
     # §5: "divide the learning rate by 10 when the validation error rate stopped improving ...
     # reduced three times prior to termination".
     kind: Literal["plateau", "step"] = "plateau"
@@ -97,6 +101,8 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How the run is carried out: length, batch, devices, precision, checkpoints."""
+
     epochs: int = 90  # §5: roughly 90 cycles through the training set
     batch_size: int = 128  # §5: global batch, split across processes under torchrun
     seed: int = 0
@@ -122,75 +128,211 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "variant"}
+SECTIONS: dict[str, type] = {name: tp for name, tp in typing.get_type_hints(Config).items() if name != "variant"}
+
+# Short command-line names of the most used settings; every setting also has its own
+# --section.key flag (alexnet/flags.py generates them all from the fields above).
+FLAG_ALIASES = {
+    "epochs": "train.epochs", "batch-size": "train.batch_size", "lr": "optim.lr", "crop-size": "model.input_size",
+    "workers": "data.workers", "device": "train.device", "seed": "train.seed", "amp": "train.amp",
+    "channels-last": "train.channels_last", "compile": "train.compile", "schedule": "schedule.kind",
+    "patience": "schedule.patience", "eval-crops": "train.eval_crops", "checkpoint-every": "train.checkpoint_every",
+    "max-steps": "train.max_steps", "model-parallel": "train.model_parallel", "devices": "train.devices",
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Named variants of the net (all built by the one AlexNet class, never copies of it)
+# ---------------------------------------------------------------------------------------------------
+
+VARIANTS: dict[str, ModelConfig] = {
+    # §3.5, Fig. 2: two towers, 60,965,224 parameters.
+    "paper": ModelConfig(),
+    # §3.2 footnote 2: one GPU, half the kernels in every conv layer but the last (and full fc layers).
+    "one-tower": ModelConfig(towers=1, channels=(48, 128, 192, 192, 256)),
+    # §6: a sixth conv layer over the last pooling layer (the net pre-trained on ImageNet Fall 2011).
+    "six-conv": ModelConfig(extra_conv=True),
+    # For CPUs: 64x64 patches (the smallest size the geometry allows is 63), a quarter of the kernels,
+    # 512-wide fc layers; same layers, LRN, pooling and dropout as the paper. With the paper's init it
+    # sat at loss ln(10) for 150 epochs of the demo data (README: "Does the paper's initialisation
+    # train?"), so its hidden layers start from N(0, 1/fan_in).
+    "small": ModelConfig(input_size=64, width=0.25, fc_width=512, init_scheme="scaled"),
+    # Smallest useful net, for tests and smoke runs.
+    "tiny": ModelConfig(input_size=64, width=0.125, fc_width=64, init_scheme="scaled"),
+}
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert one value read from TOML or a command line string to the field's type."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin in (tuple,):
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (inner, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(v, inner, where) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{where}: unsupported type {tp}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if tp is str:
-        return str(value)
-    raise ConfigError(f"{where}: unsupported type {tp}")
+def variant_config(name: str) -> ModelConfig:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})") from None
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+# ---------------------------------------------------------------------------------------------------
+# Geometry (here, not in model.py, so that a setting the geometry cannot build is refused up front)
+# ---------------------------------------------------------------------------------------------------
 
 
-def update_section(section: Any, values: dict[str, Any], name: str) -> Any:
-    """A copy of a section dataclass with `values` applied; unknown keys are an error."""
-    types_ = _field_types(type(section))
-    changes = {}
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key not in types_:
-            known = ", ".join(types_)
-            raise ConfigError(f"unknown key '{name}.{key}' (known: {known})")
-        changes[key] = _coerce(value, types_[key], f"{name}.{key}")
-    return dataclasses.replace(section, **changes)
+def conv_channels(config: ModelConfig) -> list[int]:
+    """Kernels per conv layer after the width multiplier, each rounded to a multiple of the tower
+    count (so each tower gets the same number; never fewer than one per tower)."""
+    if len(config.channels) != 5:
+        raise ConfigError(f"model.channels needs five kernel counts (conv1..conv5), got {config.channels}")
+    t = config.towers
+    return [max(t, int(round(c * config.width / t)) * t) for c in config.channels]
 
 
-def apply(config: Config, values: dict[str, Any]) -> Config:
-    """Apply a nested dict ({"optim": {"lr": 0.02}, "variant": "small"}) onto a config."""
+def map_sizes(config: ModelConfig) -> dict[str, int]:
+    """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6). conv1
+    is 11x11, stride 4, padding 2 (model.layer_spec); conv2..conv6 keep the size of their input."""
+    z, s = config.pool_size, config.pool_stride
+    sizes = {"input": config.input_size}
+    sizes["conv1"] = (config.input_size + 2 * 2 - 11) // 4 + 1
+    sizes["pool1"] = (sizes["conv1"] - z) // s + 1
+    sizes["conv2"] = sizes["pool1"]
+    sizes["pool2"] = (sizes["conv2"] - z) // s + 1
+    sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
+    sizes["pool5"] = (sizes["conv5"] - z) // s + 1
+    if config.extra_conv:
+        sizes["conv6"] = sizes["pool5"]
+    return sizes
+
+
+def smallest_input_size(config: ModelConfig) -> int:
+    """The smallest input whose maps are all non-empty with this pooling (63 for the paper's)."""
+    size = 1
+    while min(map_sizes(dataclasses.replace(config, input_size=size)).values()) < 1:
+        size += 1
+    return size
+
+
+# ---------------------------------------------------------------------------------------------------
+# What each setting admits: checked by `validate` on every config resolve/apply/from_dict returns
+# ---------------------------------------------------------------------------------------------------
+Rule = Callable[[Any], "str | None"]  # the value -> None if allowed, else what is allowed
+
+
+def _at_least(low: float) -> Rule:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _above(low: float) -> Rule:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def _one_of(*choices: Any) -> Rule:
+    return lambda v: None if v in choices else "must be " + " or ".join(map(str, choices))
+
+
+def _probability(v: float) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+DEVICE = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
+
+
+def _device(v: str) -> str | None:
+    return None if re.fullmatch(DEVICE, v) else "must be auto, cpu, cuda, cuda:N, mps or xpu:N"
+
+
+def _devices(v: str) -> str | None:
+    parts = [p.strip() for p in v.split(",")]
+    ok = v == "" or (len(parts) == 2 and all(p != "auto" and re.fullmatch(DEVICE, p) for p in parts))
+    return None if ok else "must be empty (the first two GPUs) or two devices, e.g. cuda:0,cuda:1"
+
+
+def _milestones(v: tuple[int, ...]) -> str | None:
+    ok = all(m >= 1 for m in v) and all(a < b for a, b in zip(v, v[1:]))
+    return None if ok else "must be positive epochs in increasing order"
+
+
+RULES: dict[str, Rule] = {
+    "model.num_classes": _at_least(1),
+    "model.input_size": _at_least(1),  # and large enough for the geometry (`validate`)
+    "model.channels": lambda v: None if len(v) == 5 and min(v) >= 1 else "must be five kernel counts >= 1",
+    "model.width": _above(0),
+    "model.fc_width": _at_least(1),
+    "model.towers": _one_of(1, 2),  # §3.2: the paper's two GPUs, or footnote 2's one
+    "model.lrn_size": lambda v: None if v >= 1 and v % 2 else "must be odd and >= 1 (a window centred on a map)",
+    # k > 0: ReLU leaves whole columns of maps at 0, and k = 0 would then divide 0 by 0.
+    "model.lrn_k": _above(0),
+    "model.lrn_alpha": _at_least(0),
+    "model.lrn_beta": _at_least(0),
+    "model.pool_size": _at_least(1),
+    "model.pool_stride": _at_least(1),
+    "model.dropout": _probability,
+    "model.remove_conv": _one_of(0, 3, 4, 5),
+    "model.init_std": _above(0),  # 0 would make every kernel of a layer the same, for good
+    "data.lighting_std": _at_least(0),
+    "data.workers": _at_least(0),
+    "data.prefetch": _at_least(1),
+    "optim.lr": _above(0),
+    "optim.momentum": _probability,
+    "optim.weight_decay": _at_least(0),
+    "schedule.factor": lambda v: None if 0 < v < 1 else "must be in (0, 1)",
+    "schedule.patience": _at_least(0),
+    "schedule.threshold": _at_least(0),
+    "schedule.max_drops": _at_least(0),
+    "schedule.milestones": _milestones,
+    "schedule.warmup_epochs": _at_least(0),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.seed": _at_least(0),  # NumPy's generators take no negative seed
+    "train.device": _device,
+    "train.model_parallel": _one_of(1, 2),
+    "train.devices": _devices,
+    "train.eval_crops": _one_of(1, 10),  # §4.1: the centre patch, or the ten patches
+    "train.checkpoint_every": _at_least(0),
+    "train.max_steps": _at_least(0),
+    "train.log_every": _at_least(1),
+}
+
+
+def validate(config: Config) -> Config:
+    """`config` if every value is one its setting admits, else ConfigError naming the first that is
+    not: 'model.towers=3: must be 1 or 2'."""
+    for name, cls in SECTIONS.items():
+        section = getattr(config, name)
+        for key, tp in field_types(cls).items():
+            value = getattr(section, key)
+            problem = type_problem(value, tp) or RULES.get(f"{name}.{key}", lambda v: None)(value)
+            if problem:
+                raise ConfigError(f"{name}.{key}={show(value)}: {problem}")
+    m, t = config.model, config.train
+    if min(map_sizes(m).values()) < 1:
+        raise ConfigError(f"model.input_size={m.input_size}: must be >= {smallest_input_size(m)} for this "
+                          f"pooling (z={m.pool_size}, s={m.pool_stride}), or the maps would be empty")
+    if t.model_parallel == 2:
+        needs = {"model.towers": (m.towers, 2), "model.remove_conv": (m.remove_conv, 0),
+                 "model.extra_conv": (m.extra_conv, False), "model.fc_width % 2": (m.fc_width % 2, 0)}
+        if m.lrn:
+            needs["model.lrn_within_towers"] = (m.lrn_within_towers, True)
+        for key, (value, wanted) in needs.items():
+            if value != wanted:
+                raise ConfigError(f"train.model_parallel=2: needs {key} = {show(wanted).lower()} "
+                                  f"(§3.2: one tower of Fig. 2 on each device), got {show(value).lower()}")
+    return config
+
+
+# A resumed run keeps what defines its net and what it sees; the loader's speed may change.
+RESUME_FREE = {"data.workers", "data.prefetch"}
+
+
+def resume_config(run: Config, overrides: dict[str, Any]) -> Config:
+    """The config to continue `run` with: `overrides` applied, refused (ConfigError) where they change
+    the variant, the net (model.*) or the data (data.* but the loader's workers and prefetch)."""
+    out = _apply(run, overrides)
+    fixed = [("variant", run.variant, out.variant)] + [
+        (f"{s}.{k}", getattr(getattr(run, s), k), getattr(getattr(out, s), k))
+        for s in ("model", "data") for k in field_types(SECTIONS[s]) if f"{s}.{k}" not in RESUME_FREE]
+    for key, before, after in fixed:
+        if before != after:
+            raise ConfigError(f"{key}={show(after)}: a resumed run keeps its net and data (this run has "
+                              f"{show(before)}); start a new run, or --finetune from this one")
+    return validate(out)
+
+
+def _apply(config: Config, values: dict[str, Any]) -> Config:
     out = config
     for key, value in values.items():
         if key == "variant":
@@ -204,56 +346,18 @@ def apply(config: Config, values: dict[str, Any]) -> Config:
     return out
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["optim.lr=0.02", "model.lrn=false"]` -> nested dict of strings (types checked by apply)."""
-    nested: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        dotted, value = item.split("=", 1)
-        if dotted == "variant":
-            nested["variant"] = value
-            continue
-        if dotted.count(".") != 1:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        section, key = dotted.split(".")
-        nested.setdefault(section, {})[key] = value
-    return nested
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+def apply(config: Config, values: dict[str, Any]) -> Config:
+    """Apply a nested dict ({"optim": {"lr": 0.02}, "variant": "small"}) onto a config, and validate."""
+    return validate(_apply(config, values))
 
 
 def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def to_toml(config: Config) -> str:
     """The config as TOML that `load_toml` + `apply` read back to an equal Config."""
-    d = to_dict(config)
-    lines = [f"variant = {_toml_value(d.pop('variant'))}"]
-    for section, values in d.items():
-        lines.append(f"\n[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-    return "\n".join(lines) + "\n"
+    return toml_text(to_dict(config))
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -263,13 +367,12 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def resolve(*layers: dict[str, Any]) -> Config:
     """The config for a run: the variant's model (the last layer naming one wins, default "paper"),
-    then each layer's settings in order (e.g. a TOML file, then command-line overrides)."""
-    from alexnet.model import variant_config
-
+    then each layer's settings in order (e.g. a TOML file, then command-line overrides); validated
+    once all are applied."""
     variant = "paper"
     for layer in layers:
         variant = str(layer.get("variant", variant))
     config = Config(variant=variant, model=variant_config(variant))
     for layer in layers:
-        config = apply(config, {k: v for k, v in layer.items() if k != "variant"})
-    return config
+        config = _apply(config, {k: v for k, v in layer.items() if k != "variant"})
+    return validate(config)

@@ -3,21 +3,22 @@
 Input: raw RGB patches on the 0..255 scale with the training set's mean image subtracted (§2), shape
 (B, 3, 224, 224). The two GPUs of §3.2 are the two groups of one `nn.Conv2d` (`groups=2`) in the layers
 whose kernels see only their own tower's maps (conv2, conv4, conv5); conv3 and the fully connected
-layers see both. `ModelConfig` (alexnet.config) sets every choice; `VARIANTS` names the ones the CLI
-and the experiments pick by name.
+layers see both. `ModelConfig` (alexnet.config) sets every choice; `VARIANTS` (there too, re-exported
+here) names the ones the CLI and the experiments pick by name. `layer_spec` lists every layer's sizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from alexnet.config import ModelConfig
+from alexnet.config import VARIANTS, ModelConfig, conv_channels, map_sizes, variant_config  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------------------------
 # §3.3 Local response normalisation
@@ -136,27 +137,47 @@ class PaperDropout(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-def conv_channels(config: ModelConfig) -> list[int]:
-    """Kernels per conv layer after the width multiplier, each a multiple of the tower count."""
-    if len(config.channels) != 5:
-        raise ValueError(f"model.channels needs five kernel counts (conv1..conv5), got {config.channels}")
+class ConvSpec(NamedTuple):
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1  # > 1: each tower's kernels see only its own tower's maps (§3.2)
+
+
+def layer_spec(config: ModelConfig) -> dict[str, ConvSpec | tuple[int, int] | None]:
+    """§3.5, Fig. 2: every conv layer's ConvSpec (None where the config removes it or adds none) and
+    every fully connected layer's (in, out), in order. `AlexNet` and `parallel.Tower` both build from it."""
+    c1, c2, c3, c4, c5 = conv_channels(config)
     t = config.towers
-    return [max(t, int(round(c * config.width / t)) * t) for c in config.channels]
+    spec: dict[str, ConvSpec | tuple[int, int] | None] = {}
+    # conv1: 96 kernels 11x11x3, stride 4. A 224 input gives 55x55 maps (Fig. 2) only with padding:
+    # (224 + 2*2 - 11) // 4 + 1 = 55, while no padding gives 54 (the reason others feed 227).
+    spec["conv1"] = ConvSpec(3, c1, 11, stride=4, padding=2)
+    # conv2: 256 kernels 5x5x48, each tower sees only its own 48 maps of conv1.
+    spec["conv2"] = ConvSpec(c1, c2, 5, padding=2, groups=t)
+    # conv3: 384 kernels 3x3x256, connected to all maps of conv2: the towers exchange here.
+    cin = c2
+    spec["conv3"] = None if config.remove_conv == 3 else ConvSpec(cin, c3, 3, padding=1)
+    cin = c3 if spec["conv3"] else cin
+    # conv4: 384 kernels 3x3x192, conv5: 256 kernels 3x3x192, each within its tower.
+    spec["conv4"] = None if config.remove_conv == 4 else ConvSpec(cin, c4, 3, padding=1, groups=t)
+    cin = c4 if spec["conv4"] else cin
+    spec["conv5"] = None if config.remove_conv == 5 else ConvSpec(cin, c5, 3, padding=1, groups=t)
+    cin = c5 if spec["conv5"] else cin
+    # §6: "an extra sixth convolutional layer over the last pooling layer". The paper gives no
+    # shape; we keep the maps' size and count (3x3, padding 1) and connect both towers.
+    spec["conv6"] = ConvSpec(cin, cin, 3, padding=1) if config.extra_conv else None
+    spec["fc6"] = (cin * map_sizes(config)["pool5"] ** 2, config.fc_width)  # 9216 -> 4096 in the paper's net
+    spec["fc7"] = (config.fc_width, config.fc_width)
+    spec["fc8"] = (config.fc_width, config.num_classes)
+    return spec
 
 
-def map_sizes(config: ModelConfig) -> dict[str, int]:
-    """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6)."""
-    z, s = config.pool_size, config.pool_stride
-    sizes = {"input": config.input_size}
-    sizes["conv1"] = (config.input_size + 2 * 2 - 11) // 4 + 1
-    sizes["pool1"] = (sizes["conv1"] - z) // s + 1
-    sizes["conv2"] = sizes["pool1"]
-    sizes["pool2"] = (sizes["conv2"] - z) // s + 1
-    sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
-    sizes["pool5"] = (sizes["conv5"] - z) // s + 1
-    if config.extra_conv:
-        sizes["conv6"] = sizes["pool5"]
-    return sizes
+def conv_layer(spec: ConvSpec | None) -> nn.Conv2d | None:
+    return None if spec is None else nn.Conv2d(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.padding,
+                                               groups=spec.groups)
 
 
 class AlexNet(nn.Module):
@@ -179,7 +200,7 @@ class AlexNet(nn.Module):
         if config.towers not in (1, 2):
             raise ValueError(f"model.towers must be 1 or 2, got {config.towers}")
         self.map_sizes = sizes
-        c1, c2, c3, c4, c5 = conv_channels(config)
+        spec = layer_spec(config)
         t = config.towers
         z, s = config.pool_size, config.pool_stride
         self.act = {"relu": F.relu, "tanh": torch.tanh}[config.nonlinearity]
@@ -191,34 +212,24 @@ class AlexNet(nn.Module):
             groups = t if config.lrn_within_towers else 1
             return LocalResponseNorm(config.lrn_size, alpha, config.lrn_beta, config.lrn_k, groups)
 
-        # conv1: 96 kernels 11x11x3, stride 4. A 224 input gives 55x55 maps (Fig. 2) only with padding:
-        # (224 + 2*2 - 11) // 4 + 1 = 55, while no padding gives 54 (the reason others feed 227).
-        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=2)  # (B, 96, 55, 55)
+        # Shapes below are the paper's net's; `layer_spec` gives every layer's sizes and §3.5's reasons.
+        self.conv1 = conv_layer(spec["conv1"])  # (B, 96, 55, 55): 11x11x3, stride 4
         self.norm1 = norm()
         self.pool1 = nn.MaxPool2d(z, s)  # (B, 96, 27, 27)
-        # conv2: 256 kernels 5x5x48, each tower sees only its own 48 maps of conv1.
-        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=t)  # (B, 256, 27, 27)
+        self.conv2 = conv_layer(spec["conv2"])  # (B, 256, 27, 27): 5x5x48, within each tower
         self.norm2 = norm()
         self.pool2 = nn.MaxPool2d(z, s)  # (B, 256, 13, 13)
-        # conv3: 384 kernels 3x3x256, connected to all maps of conv2: the towers exchange here.
-        cin = c2
-        self.conv3 = None if config.remove_conv == 3 else nn.Conv2d(cin, c3, 3, padding=1)  # (B, 384, 13, 13)
-        cin = cin if self.conv3 is None else c3
-        # conv4: 384 kernels 3x3x192, conv5: 256 kernels 3x3x192, each within its tower.
-        self.conv4 = None if config.remove_conv == 4 else nn.Conv2d(cin, c4, 3, padding=1, groups=t)  # (B, 384, 13, 13)
-        cin = cin if self.conv4 is None else c4
-        self.conv5 = None if config.remove_conv == 5 else nn.Conv2d(cin, c5, 3, padding=1, groups=t)  # (B, 256, 13, 13)
-        cin = cin if self.conv5 is None else c5
+        self.conv3 = conv_layer(spec["conv3"])  # (B, 384, 13, 13): 3x3x256, across the towers
+        self.conv4 = conv_layer(spec["conv4"])  # (B, 384, 13, 13): 3x3x192, within each tower
+        self.conv5 = conv_layer(spec["conv5"])  # (B, 256, 13, 13): 3x3x192, within each tower
         self.pool5 = nn.MaxPool2d(z, s)  # (B, 256, 6, 6)
-        # §6: "an extra sixth convolutional layer over the last pooling layer". The paper gives no
-        # shape; we keep the maps' size and count (3x3, padding 1) and connect both towers.
-        self.conv6 = nn.Conv2d(cin, cin, 3, padding=1) if config.extra_conv else None  # (B, 256, 6, 6)
-        self.feature_dim = cin * sizes["pool5"] ** 2  # 9216 for the paper's net
-        self.fc6 = nn.Linear(self.feature_dim, config.fc_width)  # (B, 4096)
+        self.conv6 = conv_layer(spec["conv6"])  # (B, 256, 6, 6), §6 only
+        self.feature_dim = spec["fc6"][0]  # 9216 for the paper's net
+        self.fc6 = nn.Linear(*spec["fc6"])  # (B, 4096)
         self.drop6 = PaperDropout(config.dropout)
-        self.fc7 = nn.Linear(config.fc_width, config.fc_width)  # (B, 4096)
+        self.fc7 = nn.Linear(*spec["fc7"])  # (B, 4096)
         self.drop7 = PaperDropout(config.dropout)
-        self.fc8 = nn.Linear(config.fc_width, config.num_classes)  # (B, 1000), into the softmax
+        self.fc8 = nn.Linear(*spec["fc8"])  # (B, 1000), into the softmax
         init_paper_(self, config.init_std, config.init_bias, config.init_scheme)
 
     def _conv(self, conv: nn.Module | None, x: Tensor) -> Tensor:
@@ -280,34 +291,6 @@ def multiply_adds(model: AlexNet) -> int:
     for name in ("fc6", "fc7", "fc8"):
         total += getattr(model, name).weight.numel()
     return total
-
-
-# ---------------------------------------------------------------------------------------------------
-# Named variants (built by the same class, never copies of it)
-# ---------------------------------------------------------------------------------------------------
-
-VARIANTS: dict[str, ModelConfig] = {
-    # §3.5, Fig. 2: two towers, 60,965,224 parameters.
-    "paper": ModelConfig(),
-    # §3.2 footnote 2: one GPU, half the kernels in every conv layer but the last (and full fc layers).
-    "one-tower": ModelConfig(towers=1, channels=(48, 128, 192, 192, 256)),
-    # §6: a sixth conv layer over the last pooling layer (the net pre-trained on ImageNet Fall 2011).
-    "six-conv": ModelConfig(extra_conv=True),
-    # For CPUs: 64x64 patches (the smallest size the geometry allows is 63), a quarter of the kernels,
-    # 512-wide fc layers; same layers, LRN, pooling and dropout as the paper. With the paper's init it
-    # sat at loss ln(10) for 150 epochs of the demo data (README: "Does the paper's initialisation
-    # train?"), so its hidden layers start from N(0, 1/fan_in).
-    "small": ModelConfig(input_size=64, width=0.25, fc_width=512, init_scheme="scaled"),
-    # Smallest useful net, for tests and smoke runs.
-    "tiny": ModelConfig(input_size=64, width=0.125, fc_width=64, init_scheme="scaled"),
-}
-
-
-def variant_config(name: str) -> ModelConfig:
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})") from None
 
 
 def create_model(name: str = "paper", **overrides) -> AlexNet:

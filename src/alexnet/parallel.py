@@ -16,18 +16,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alexnet.config import ModelConfig
-from alexnet.model import AlexNet, LocalResponseNorm, PaperDropout, conv_channels, init_paper_, map_sizes
+from alexnet.model import AlexNet, ConvSpec, LocalResponseNorm, PaperDropout, init_paper_, layer_spec, map_sizes
 
 SPLIT_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")  # split by output kernels
 SPLIT_FCS = ("fc6", "fc7")  # split by output neurons
 
 
 class Tower(nn.Module):
-    """One device's half of the layers of Fig. 2."""
+    """One device's half of the layers of Fig. 2, from the same `layer_spec` as the one-device net:
+    half of each layer's kernels or neurons. A grouped conv (conv2, conv4, conv5) sees its own
+    tower's maps; conv1 sees the image, and conv3 and the fc layers both towers' outputs."""
 
-    def __init__(self, config: ModelConfig, feature_dim: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        c1, c2, c3, c4, c5 = (c // 2 for c in conv_channels(config))
+        spec = layer_spec(config)
         z, s = config.pool_size, config.pool_stride
         alpha = config.lrn_alpha / config.lrn_size if config.lrn_alpha_over_n else config.lrn_alpha
 
@@ -36,16 +38,23 @@ class Tower(nn.Module):
                 return nn.Identity()
             return LocalResponseNorm(config.lrn_size, alpha, config.lrn_beta, config.lrn_k)
 
-        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=2)  # (B, 48, 55, 55)
+        def half(name: str) -> nn.Module:
+            layer = spec[name]
+            if isinstance(layer, ConvSpec):
+                return nn.Conv2d(layer.in_ch // layer.groups, layer.out_ch // 2, layer.kernel, layer.stride,
+                                 layer.padding)
+            return nn.Linear(layer[0], layer[1] // 2)
+
+        self.conv1 = half("conv1")  # (B, 48, 55, 55)
         self.norm1, self.pool1 = norm(), nn.MaxPool2d(z, s)
-        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)  # (B, 128, 27, 27)
+        self.conv2 = half("conv2")  # (B, 128, 27, 27)
         self.norm2, self.pool2 = norm(), nn.MaxPool2d(z, s)
-        self.conv3 = nn.Conv2d(2 * c2, c3, 3, padding=1)  # (B, 192, 13, 13) from both towers' 256 maps
-        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1)  # (B, 192, 13, 13)
-        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)  # (B, 128, 13, 13)
+        self.conv3 = half("conv3")  # (B, 192, 13, 13) from both towers' 256 maps
+        self.conv4 = half("conv4")  # (B, 192, 13, 13)
+        self.conv5 = half("conv5")  # (B, 128, 13, 13)
         self.pool5 = nn.MaxPool2d(z, s)  # (B, 128, 6, 6)
-        self.fc6 = nn.Linear(feature_dim, config.fc_width // 2)  # (B, 2048) from both towers' 9216
-        self.fc7 = nn.Linear(config.fc_width, config.fc_width // 2)  # (B, 2048) from both fc6 halves
+        self.fc6 = half("fc6")  # (B, 2048) from both towers' 9216
+        self.fc7 = half("fc7")  # (B, 2048) from both fc6 halves
         self.drop6, self.drop7 = PaperDropout(config.dropout), PaperDropout(config.dropout)
 
 
@@ -65,9 +74,10 @@ class TwoTowerAlexNet(nn.Module):
         self.config = config
         self.devices = tuple(torch.device(d) for d in devices)
         self.map_sizes = map_sizes(config)
-        self.feature_dim = conv_channels(config)[4] * self.map_sizes["pool5"] ** 2
-        self.towers = nn.ModuleList([Tower(config, self.feature_dim).to(d) for d in self.devices])
-        self.fc8 = nn.Linear(config.fc_width, config.num_classes).to(self.devices[0])
+        spec = layer_spec(config)
+        self.feature_dim = spec["fc6"][0]
+        self.towers = nn.ModuleList([Tower(config).to(d) for d in self.devices])
+        self.fc8 = nn.Linear(*spec["fc8"]).to(self.devices[0])
         self.act = {"relu": F.relu, "tanh": torch.tanh}[config.nonlinearity]
         self.exchanges: list[str] | None = None  # set to [] to record where activations cross devices
         init_paper_(self, config.init_std, config.init_bias, config.init_scheme)
