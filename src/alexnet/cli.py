@@ -8,18 +8,23 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet import __version__
+from alexnet.cli_args import build_parser  # noqa: F401 (part of this module's interface)
 from alexnet.errors import UserError
+from alexnet.flags import setting_overrides
 
 
 def _cmd_summary(args: argparse.Namespace) -> None:
     import torch
 
-    from alexnet.model import count_parameters, create_model, multiply_adds
+    from alexnet.config import resolve
+    from alexnet.model import AlexNet, count_parameters, multiply_adds
     from alexnet.runtime import keep_freed_memory, resolve_device
 
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch}: must be >= 1")
+    config = resolve({"variant": args.variant, **({"model": {"num_classes": args.classes}} if args.classes else {})})
     keep_freed_memory()
-    model = create_model(args.variant, **({"num_classes": args.classes} if args.classes else {}))
+    model = AlexNet(config.model)
     device = resolve_device(args.device)
     model.eval().to(device)
     c = model.config
@@ -95,39 +100,13 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
 # train / eval / plot / demo
 # ---------------------------------------------------------------------------------------------------
 
-# flag -> (section.key, type); applied only when given, so --resume keeps the run's own settings.
-TRAIN_FLAGS = {
-    "variant": ("variant", str),
-    "epochs": ("train.epochs", int),
-    "batch_size": ("train.batch_size", int),
-    "lr": ("optim.lr", float),
-    "crop_size": ("model.input_size", int),
-    "workers": ("data.workers", int),
-    "device": ("train.device", str),
-    "seed": ("train.seed", int),
-    "amp": ("train.amp", str),
-    "channels_last": ("train.channels_last", str),
-    "schedule": ("schedule.kind", str),
-    "patience": ("schedule.patience", int),
-    "eval_crops": ("train.eval_crops", int),
-    "checkpoint_every": ("train.checkpoint_every", int),
-    "max_steps": ("train.max_steps", int),
-    "model_parallel": ("train.model_parallel", int),
-    "devices": ("train.devices", str),
-}
-
-
 def train_overrides(args: argparse.Namespace) -> dict:
-    from alexnet.config import parse_overrides
-
-    items = [f"{key}={getattr(args, flag)}" for flag, (key, _) in TRAIN_FLAGS.items() if getattr(args, flag) is not None]
-    if args.compile:
-        items.append("train.compile=true")
-    return parse_overrides(items + list(args.set or []))
+    """The settings given as flags and with --set, for `config.resolve` (alexnet/flags.py)."""
+    return setting_overrides(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from alexnet.config import apply, load_toml, resolve
+    from alexnet.config import apply, load_toml, resolve, resume_config
     from alexnet.train import fit
 
     overrides = train_overrides(args)
@@ -136,7 +115,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
         if args.config or args.finetune:
             raise UserError("--config and --finetune cannot change a resumed run; give single settings with --set")
-        config = apply(checkpoint_config(load_checkpoint(Path(args.resume) / "last.pt")), overrides)
+        config = resume_config(checkpoint_config(load_checkpoint(Path(args.resume) / "last.pt")), overrides)
         out = args.resume
     elif args.finetune:
         from alexnet.checkpoint import checkpoint_config, load_checkpoint
@@ -360,200 +339,10 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                        progress=not args.quiet)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from alexnet.model import VARIANTS
-
-    parser = argparse.ArgumentParser(
-        prog="alexnet",
-        description="Krizhevsky, Sutskever & Hinton (2012): prepare ImageNet-style data, train and "
-        "evaluate the paper's network, and look at what it learned.",
-    )
-    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("summary", help="print a variant's layers, sizes and parameters and time a forward pass",
-                       description="Print a variant's layers, map sizes and parameter counts, then run a "
-                       "forward pass on random input.")
-    p.add_argument("--variant", default="paper", choices=sorted(VARIANTS), help="model variant (default: paper)")
-    p.add_argument("--classes", type=int, default=0, help="number of classes (default: the variant's, 1000)")
-    p.add_argument("--batch", type=int, default=8, help="images in the timed forward pass (default: 8)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.set_defaults(func=_cmd_summary)
-
-    p = sub.add_parser("prepare", help="turn an ImageNet-style folder into a store (§2)",
-                       description="Read SRC/train/<class>/* and SRC/val/<class>/* (or a flat SRC/val/ with a "
-                       "labels file), resize each image's shorter side to --size, keep the centre square, and "
-                       "write the store DST with the training set's mean image and RGB PCA. Interrupted runs "
-                       "continue where they stopped when run again.")
-    p.add_argument("src", help="ImageNet-style source folder")
-    p.add_argument("dst", help="store folder to write")
-    p.add_argument("--size", type=int, default=256, help="side of the stored images (default: 256, §2)")
-    p.add_argument("--format", choices=["raw", "jpeg"], default="raw",
-                   help="raw uint8 (fastest, ~196 KB an image at 256) or re-encoded JPEG (~10x smaller)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality for --format jpeg (default: 90)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
-    p.add_argument("--val-labels", help="labels of a flat val/ folder: LOC_val_solution.csv or lines 'FILE LABEL'")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST (once the new one is complete)")
-    p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (no DCT downscaling)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_prepare)
-
-    p = sub.add_parser("demo-data", help="generate a small ImageNet-style folder of learnable JPEGs",
-                       description="Write DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG: shapes and textures "
-                       "in random colours, sizes and aspect ratios, that a small net learns in minutes.")
-    p.add_argument("dir", help="folder to write")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--train-per-class", type=int, default=100)
-    p.add_argument("--val-per-class", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cifar", action="store_true", help="write 32x32 images in CIFAR-10's python-pickle batches "
-                   "instead (for `alexnet experiment relu-vs-tanh` without CIFAR-10)")
-    p.set_defaults(func=_cmd_demo_data)
-
-    p = sub.add_parser("train", help="train on a prepared store (§5)",
-                       description="Train a variant on a store with the paper's recipe (§5): SGD with momentum 0.9 "
-                       "and weight decay 0.0005 by the paper's update rule, batch 128, lr 0.01 divided by 10 when the "
-                       "validation error stops improving. Defaults are the paper's; a TOML --config file, the flags "
-                       "and --set section.key=value override them. Under torchrun it trains data-parallel (DDP). "
-                       "Ctrl-C saves a checkpoint; --resume RUN continues exactly where the run stopped.")
-    p.add_argument("--data", help="store written by `alexnet prepare` (default on --resume: the run's own)")
-    p.add_argument("--out", help="run folder for checkpoints, metrics and logs (default: runs/VARIANT)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
-    p.add_argument("--finetune", metavar="CHECKPOINT", help="§6: start from this checkpoint's weights (any class "
-                   "count), with a new fc8 for this store's classes")
-    p.add_argument("--config", help="TOML file with [model] [data] [optim] [schedule] [train] settings")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
-    p.add_argument("--variant", choices=sorted(VARIANTS), help="model variant (default: paper)")
-    p.add_argument("--epochs", type=int, help="epochs (default: 90, §5)")
-    p.add_argument("--batch-size", type=int, help="global batch size, split across processes (default: 128, §5)")
-    p.add_argument("--lr", type=float, help="initial learning rate (default: 0.01, §5)")
-    p.add_argument("--crop-size", type=int, help="training patch side = the net's input (default: the variant's, 224)")
-    p.add_argument("--workers", type=int, help="loader threads (default: 2 for a raw store, all cores for jpeg)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: 0)")
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on CUDA only)")
-    p.add_argument("--channels-last", choices=["auto", "on", "off"], help="channels_last memory (auto: on CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--schedule", choices=["plateau", "step"], help="lr schedule (default: plateau, §5)")
-    p.add_argument("--patience", type=int, help="epochs without improvement before the lr is divided by 10")
-    p.add_argument("--eval-crops", type=int, choices=[1, 10], help="validation views (default: 1, the centre)")
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: epoch ends only)")
-    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N optimizer steps in all")
-    p.add_argument("--model-parallel", type=int, choices=[1, 2], help="§3.2: 2 puts one tower on each of two devices")
-    p.add_argument("--devices", help="the two devices for --model-parallel 2 (default: cuda:0,cuda:1)")
-    p.add_argument("--plot", action="store_true", help="write RUN/curves.png at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("eval", help="top-1/top-5 error of checkpoints, 1 or 10 patches (§4.1, §6)",
-                       description="Evaluate one checkpoint, or average the softmax outputs of several (the "
-                       "paper's ensembles), on the centre patch or the ten patches of §4.1.")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="a .pt file or a run folder (its best.pt)")
-    p.add_argument("--data", help="store (default: the one the first checkpoint was trained on)")
-    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
-    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--json", help="also write the results, with per-class accuracy, to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("plot", help="plot a run's training curves", description="Write a run's loss, error and "
-                       "learning-rate curves from RUN/metrics.jsonl to a PNG.")
-    p.add_argument("run", help="run folder")
-    p.add_argument("--out", help="PNG to write (default: RUN/curves.png)")
-    p.set_defaults(func=_cmd_plot)
-
-    p = sub.add_parser("demo", help="the main job on built-in data: generate, prepare, train, evaluate",
-                       description="Generate the demo data, prepare it, train the small variant for a few minutes "
-                       "on this machine, evaluate it with 1 and 10 patches, and say where everything went.")
-    p.add_argument("--dir", default="alexnet-demo", help="folder for everything the demo writes (default: alexnet-demo)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("predict", help="five most probable labels of image files (§6.1)",
-                       description="Print the five most probable labels of each image file, after the store's "
-                       "resize and the centre patch (or ten patches) as in evaluation.")
-    p.add_argument("checkpoint", help="a .pt file or a run folder")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
-    p.add_argument("--top", type=int, default=5, help="labels to show (default: 5)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("features", help="last-hidden-layer (fc7) vectors of a whole split (§6.1)",
-                       description="Write the 4096-d fc7 vectors (after ReLU) of every image of a split to a .npy "
-                       "file, streamed batch by batch (a JSON file beside it says where they came from).")
-    p.add_argument("checkpoint", help="a .pt file or a run folder")
-    p.add_argument("--data", help="store (default: the checkpoint's)")
-    p.add_argument("--split", default="train", help="split (default: train)")
-    p.add_argument("--out", required=True, help=".npy file to write")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_features)
-
-    p = sub.add_parser("neighbors", aliases=["neighbours"], help="nearest training images in fc7 space (§6.1)",
-                       description="For query rows of a feature file, find the k nearest rows of a database feature "
-                       "file by Euclidean distance (exact, chunked matrix products; GPU when there is one), or by "
-                       "Hamming distance between short binary codes of an auto-encoder (--codes BITS).")
-    p.add_argument("--database", required=True, help="features of the images to search (e.g. the train split)")
-    p.add_argument("--queries", required=True, help="features of the query images (e.g. the val split)")
-    p.add_argument("--query-index", type=int, nargs="+", help="query rows (default: the first --num-queries)")
-    p.add_argument("--num-queries", type=int, default=5)
-    p.add_argument("-k", type=int, default=6, help="neighbours per query (default: 6, as Fig. 4)")
-    p.add_argument("--codes", type=int, metavar="BITS", help="search binary auto-encoder codes of this many bits")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", help="write the neighbours to this JSON file")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_neighbors)
-
-    p = sub.add_parser("figures", help="Fig. 3 and Fig. 4 and the training curves as PNGs",
-                       description="Write kernels.png (Fig. 3), top5.png (Fig. 4 left), neighbours.png (Fig. 4 right) "
-                       "and curves.png for a checkpoint and its store.")
-    p.add_argument("checkpoint", help="a .pt file or a run folder")
-    p.add_argument("--data", help="store (default: the checkpoint's)")
-    p.add_argument("--out", default="figures", help="folder for the PNGs (default: figures)")
-    p.add_argument("--train-features", help="features of the train split from `alexnet features` (else computed)")
-    p.add_argument("--crops", type=int, default=1, choices=[1, 10])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_figures)
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX",
-                       description="Write the net, with the mean subtraction inside, as ONNX; with onnxruntime "
-                       "installed, check that its outputs match PyTorch's.")
-    p.add_argument("checkpoint", help="a .pt file or a run folder")
-    p.add_argument("--onnx", required=True, help="ONNX file to write")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("experiment", help="run one of the paper's experiments (ablations, Fig. 1)",
-                       description="Train and evaluate a named ablation of the paper's net with the paper's recipe "
-                       "and add a row to RESULTS/results.md (comparable across runs), or run Fig. 1 (relu-vs-tanh) "
-                       "on CIFAR-10. NAME 'all' runs every ablation; no NAME lists them.")
-    p.add_argument("names", nargs="*", metavar="NAME", help="experiment(s) to run")
-    p.add_argument("--list", action="store_true", help="list the experiments")
-    p.add_argument("--data", help="store for the ablations")
-    p.add_argument("--base", default="paper", choices=sorted(VARIANTS), help="variant the ablation changes (default: paper)")
-    p.add_argument("--results", default="experiments", help="folder for runs and the results table (default: experiments)")
-    p.add_argument("--cifar", help="CIFAR-10 python-batches folder, for relu-vs-tanh")
-    p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1],
-                   help="relu-vs-tanh: learning rates tried for each nonlinearity")
-    p.add_argument("--trial-epochs", type=int, default=2, help="relu-vs-tanh: epochs of each learning-rate trial")
-    p.add_argument("--max-epochs", type=int, default=60, help="relu-vs-tanh: epochs at most to reach 25%% training error")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
-    for flag in ("epochs", "batch-size", "lr", "seed", "workers"):
-        p.add_argument(f"--{flag}", type=float if flag == "lr" else int)
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_experiment, compile=False, **{k: None for k in TRAIN_FLAGS if k not in
-                   ("epochs", "batch_size", "lr", "seed", "workers", "device")})
-    return parser
+COMMANDS = {"summary": _cmd_summary, "prepare": _cmd_prepare, "demo-data": _cmd_demo_data, "train": _cmd_train,
+            "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo, "predict": _cmd_predict,
+            "features": _cmd_features, "neighbors": _cmd_neighbors, "neighbours": _cmd_neighbors,
+            "figures": _cmd_figures, "export": _cmd_export, "experiment": _cmd_experiment}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        code = args.func(args)
+        code = COMMANDS[args.command](args)
     except UserError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
         return 2
