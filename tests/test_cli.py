@@ -43,3 +43,110 @@ def test_user_error_is_one_line_not_a_traceback(capsys):
     assert main(["summary", "--device", "tpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("alexnet summary: error:") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings' flags, generated from alexnet/config.py
+# ---------------------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    (["--set", "model.towers=3"], "model.towers=3: must be 1 or 2"),
+    (["--batch-size", "0"], "train.batch_size=0: must be >= 1"),
+    (["--lr", "-1"], "optim.lr=-1.0: must be > 0"),
+    (["--set", "model.dropout=1.5"], "model.dropout=1.5: must be in [0, 1)"),
+    (["--set", "model.pool_size=0"], "model.pool_size=0: must be >= 1"),
+    (["--epochs", "0"], "train.epochs=0: must be >= 1"),
+    (["--workers", "-1"], "data.workers=-1: must be >= 0"),
+    (["--set", "model.width=0"], "model.width=0.0: must be > 0"),
+    (["--set", "model.lrn_size=4"], "model.lrn_size=4: must be odd"),
+    (["--crop-size", "20"], "model.input_size=20: must be >= 63"),
+    (["--model.lrn-k", "0"], "model.lrn_k=0.0: must be > 0"),
+    (["--eval-crops", "5"], "train.eval_crops=5: must be 1 or 10"),
+    (["--schedule", "cosine"], "schedule.kind: 'cosine' is not one of 'plateau', 'step'"),
+    (["--batch-size", "many"], "train.batch_size: expected an integer, got 'many'"),
+    (["--variant", "vgg"], "unknown variant 'vgg'"),
+    (["--model-parallel", "2", "--variant", "one-tower"], "train.model_parallel=2: needs model.towers = 2"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_SETTINGS, ids=[" ".join(f) for f, _ in BAD_SETTINGS])
+def test_bad_settings_are_one_line_and_leave_no_run_folder(flags, message, demo_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--variant", "tiny", "--epochs", "1", "--max-steps", "1", "--batch-size", "32", "--device", "cpu"]
+    code = main(["train", "--data", str(demo_store), "--out", str(out), "--quiet", *base, *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("alexnet train: error: ") and message in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_help_imports_no_torch_and_python_m_alexnet_works():
+    code = ("import sys\nfrom alexnet.cli import main\nfor argv in ([], ['train', '--help'], ['experiment', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "False" and "--batch-size" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "alexnet", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("usage: alexnet train")
+
+
+def test_every_setting_has_a_flag_documented_by_its_comment_in_config_py(capsys):
+    from alexnet.config import SECTIONS
+    from alexnet.config_text import field_types
+    from alexnet.flags import setting_docs
+
+    docs = setting_docs()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help at any space
+    for section, cls in SECTIONS.items():
+        for key in field_types(cls):
+            assert docs[f"{section}.{key}"], f"{section}.{key} has no comment in config.py"
+            assert f"--{section}.{key.replace('_', '-')}" in text
+    assert docs["model.towers"].startswith("§3.2: two GPUs") and docs["optim.momentum"] == "§5"
+    assert docs["model.lrn_alpha_over_n"].startswith("cuda-convnet (the authors' code) divides alpha by n")
+    assert "§3.2: two GPUs; conv2, conv4, conv5 see only their own tower. 1 = footnote 2's net (default: 2)" in text
+
+
+def test_old_flag_names_set_the_same_settings():
+    from alexnet.config import resolve
+    from alexnet.flags import setting_overrides
+
+    argv = ["train", "--variant", "tiny", "--epochs", "3", "--batch-size", "16", "--lr", "0.1", "--crop-size", "96",
+            "--workers", "2", "--device", "cpu", "--seed", "5", "--amp", "off", "--channels-last", "on", "--compile",
+            "--schedule", "step", "--patience", "2", "--eval-crops", "10", "--checkpoint-every", "7",
+            "--max-steps", "9", "--model-parallel", "2", "--devices", "cpu,cpu"]
+    c = resolve(setting_overrides(build_parser().parse_args(argv)))
+    assert c.variant == "tiny" and c.model.width == 0.125
+    assert (c.train.epochs, c.train.batch_size, c.optim.lr, c.model.input_size, c.data.workers) == (3, 16, 0.1, 96, 2)
+    assert (c.train.device, c.train.seed, c.train.amp, c.train.channels_last, c.train.compile) == ("cpu", 5, "off", "on", True)
+    assert (c.schedule.kind, c.schedule.patience, c.train.eval_crops) == ("step", 2, 10)
+    assert (c.train.checkpoint_every, c.train.max_steps, c.train.model_parallel, c.train.devices) == (7, 9, 2, "cpu,cpu")
+
+
+def test_only_flags_given_are_applied_and_set_wins():
+    from alexnet.flags import setting_overrides
+
+    assert setting_overrides(build_parser().parse_args(["train"])) == {}
+    args = build_parser().parse_args(["train", "--lr", "0.1", "--no-model.lrn", "--schedule.milestones", "5,9",
+                                      "--set", "optim.lr=0.3"])
+    assert setting_overrides(args) == {"optim": {"lr": "0.3"}, "model": {"lrn": False},
+                                       "schedule": {"milestones": "5,9"}}
+    args = build_parser().parse_args(["experiment", "no-lrn", "--epochs", "2", "--device", "cpu"])
+    assert setting_overrides(args) == {"train": {"epochs": "2", "device": "cpu"}} and args.device == "cpu"
+
+
+def test_resume_refuses_to_change_the_net_or_the_data(tiny_run, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+    for flags, message in [(["--crop-size", "48"], "model.input_size=48: a resumed run keeps its net and data"),
+                           (["--variant", "paper"], "variant=paper: a resumed run keeps"),
+                           (["--set", "data.flip=false"], "data.flip=False: a resumed run keeps")]:
+        assert main(["train", "--resume", str(tiny_run), "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()} == before
+
+
+def test_config_that_is_a_folder_is_one_line(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"alexnet train: error: config file {tmp_path} is a folder; give a TOML file\n"

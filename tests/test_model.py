@@ -1,5 +1,6 @@
 """The network of §3 against the paper's numbers and an independent NumPy float64 computation."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -361,3 +362,32 @@ def test_paper_init_leaves_the_top_layers_nearly_independent_of_the_input():
         ratios[scheme] = (fc7.std(0).mean() / fc7.mean()).item()
     assert ratios["paper"] < 0.02
     assert ratios["scaled"] > 0.1 and ratios["scaled"] > 10 * ratios["paper"]
+
+
+@pytest.mark.parametrize("changes", [{}, {"input_size": 63, "pool_size": 2, "pool_stride": 2, "extra_conv": True},
+                                     {"input_size": 100, "towers": 1, "remove_conv": 4, "width": 0.3}])
+def test_layer_spec_and_config_geometry_are_what_the_net_computes(changes):
+    """config.map_sizes (the geometry settings are validated against) and model.layer_spec (the net is
+    built from) agree with the shapes a forward pass actually produces."""
+    from alexnet.config import map_sizes
+    from alexnet.model import ConvSpec, layer_spec
+
+    config = dataclasses.replace(VARIANTS["tiny"], **changes)
+    model = AlexNet(config, num_classes=5).eval()
+    shapes = {}
+    for name, module in model.named_children():
+        module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, config.input_size, config.input_size))
+    sizes = map_sizes(model.config)
+    for name, spec in layer_spec(model.config).items():
+        layer = getattr(model, name)
+        if spec is None:
+            assert layer is None and name not in shapes
+        elif isinstance(spec, ConvSpec):
+            assert layer.weight.shape == (spec.out_ch, spec.in_ch // spec.groups, spec.kernel, spec.kernel)
+            assert shapes[name] == (spec.out_ch, sizes[name], sizes[name]), name
+        else:
+            assert (layer.in_features, layer.out_features) == spec and shapes[name] == (spec[1],)
+    for pool in ("pool1", "pool2", "pool5"):
+        assert shapes[pool][1:] == (sizes[pool], sizes[pool])

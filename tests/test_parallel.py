@@ -76,3 +76,14 @@ def test_training_with_model_parallel_matches_one_device(demo_store, tmp_path):
     fit(resolve({"variant": "tiny", "model": {"dropout": 0.0},
                  "train": {"epochs": 1, "batch_size": 32, "model_parallel": 2, "device": "cpu"}}),
         None, tmp_path / "two", resume=True, progress=False, echo=False)
+
+
+def test_towers_follow_the_layer_spec_on_other_geometries():
+    """Tower is built from model.layer_spec: a non-default net still splits into the same numbers."""
+    torch.manual_seed(2)
+    config = AlexNet(VARIANTS["tiny"], width=0.25, input_size=80, pool_size=2, pool_stride=2, fc_width=32,
+                     dropout=0.0, num_classes=3).config
+    single = AlexNet(config).double()
+    parallel = TwoTowerAlexNet.from_single(single, CPU2).double()
+    x = torch.randn(2, 3, 80, 80, dtype=torch.float64) * 50
+    torch.testing.assert_close(parallel(x), single(x), rtol=1e-10, atol=1e-10)

@@ -105,7 +105,7 @@ class TrainConfig:
 
     epochs: int = 90  # §5: roughly 90 cycles through the training set
     batch_size: int = 128  # §5: global batch, split across processes under torchrun
-    seed: int = 0
+    seed: int = 0  # seeds the init, the data order and the augmentation (a run repeats exactly)
     device: str = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
