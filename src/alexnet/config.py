@@ -4,6 +4,10 @@ A run is described by a `Config` with five sections (model, data, optim, schedul
 cite the section of Krizhevsky, Sutskever & Hinton (2012) they come from; a TOML file and dotted
 overrides (`optim.lr=0.02`) change them, unknown keys are an error, and `train` writes the resolved
 config next to its checkpoints (`config.toml`).
+
+A setting lives here whole: its field and default, its comment (the help of its command-line flag,
+alexnet/flags.py), the values it admits (`RULES`, checked by `validate` on every config `resolve`,
+`apply` and `from_dict` return) and, for the model, the named `VARIANTS` and the geometry.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from alexnet.config_text import (ConfigError, field_types, load_toml, parse_over
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network (§3, Fig. 2); a --variant sets its own defaults."""
+    """The network (§3, Fig. 2). The defaults are the paper net's; a variant (VARIANTS) sets its own."""
 
     num_classes: int = 1000  # §2: the 1000 ILSVRC classes
     input_size: int = 224  # §3.5, §4.1: 224x224 patches of the 256x256 images
@@ -68,7 +72,7 @@ class DataConfig:
     # §2: "subtracting the mean activity over the training set from each pixel": the mean image at
     # the crop's own position. cuda-convnet2 subtracted the mean's centre crop from every patch.
     mean: Literal["aligned", "center"] = "aligned"
-    workers: int = 0  # loader threads; 0 = one per core (up to 16)
+    workers: int = 0  # loader threads; 0 = 2 for a raw store, one per core (up to 16) for a jpeg one
     prefetch: int = 3  # batches the loader keeps ready
 
 
