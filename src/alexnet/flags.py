@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import io
 import tokenize
 import typing
@@ -21,14 +22,14 @@ from alexnet import config as C
 from alexnet.config_text import field_types, parse_overrides, show
 
 
-def setting_docs(source: str | None = None) -> dict[str, str]:
+@functools.cache
+def setting_docs() -> dict[str, str]:
     """{"model.towers": "§3.2: two GPUs; ...", ...}: each field's comment in config.py, the one at the
     end of its line or else the block of comment lines right above it."""
-    if source is None:
-        try:
-            source = Path(C.__file__).read_text(encoding="utf-8")
-        except OSError:  # no source shipped (a frozen build): flags without their comments
-            return {}
+    try:
+        source = Path(C.__file__).read_text(encoding="utf-8")
+    except OSError:  # no source shipped (a frozen build): flags without their comments
+        return {}
     comments: dict[int, tuple[str, bool]] = {}  # line -> (text, alone on its line)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
