@@ -150,7 +150,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config = resolve(*layers, overrides)
         out = args.out or f"runs/{config.variant}"
     result = fit(config, args.data, out, resume=bool(args.resume), progress=not args.quiet, plot=args.plot,
-                 finetune=args.finetune)
+                 finetune=args.finetune, thread_planner=args.thread_planner)
     if result["rank"] == 0:
         last = result["last"]
         summary = f"{result['status']}: {result['epochs']} epoch(s) in {result['out']}"
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate the paper's network, and look at what it learned.",
     )
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    parser.add_argument("--threads", type=int, metavar="N", help="compute threads (default: the cores this "
+                        "process may use minus those other processes keep busy, re-planned as the load changes; "
+                        "or ALEXNET_THREADS / OMP_NUM_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("summary", help="print a variant's layers, sizes and parameters and time a forward pass",
@@ -562,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    from alexnet.machine import configure_process
+
+    args.thread_planner = configure_process(args.threads)  # before torch is imported (alexnet.machine)
     try:
         code = args.func(args)
     except UserError as e:
