@@ -1,6 +1,10 @@
 import io
 from pathlib import Path
 
+from alexnet.machine import configure_process
+
+configure_process()  # threads for this machine's load, before torch is imported (as the CLI does)
+
 import numpy as np
 import pytest
 from PIL import Image

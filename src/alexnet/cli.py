@@ -18,12 +18,11 @@ def _cmd_summary(args: argparse.Namespace) -> None:
 
     from alexnet.config import resolve
     from alexnet.model import AlexNet, count_parameters, multiply_adds
-    from alexnet.runtime import keep_freed_memory, resolve_device
+    from alexnet.runtime import resolve_device
 
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: must be >= 1")
     config = resolve({"variant": args.variant, **({"model": {"num_classes": args.classes}} if args.classes else {})})
-    keep_freed_memory()
     model = AlexNet(config.model)
     device = resolve_device(args.device)
     model.eval().to(device)
@@ -129,7 +128,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config = resolve(*layers, overrides)
         out = args.out or f"runs/{config.variant}"
     result = fit(config, args.data, out, resume=bool(args.resume), progress=not args.quiet, plot=args.plot,
-                 finetune=args.finetune)
+                 finetune=args.finetune, thread_planner=args.thread_planner)
     if result["rank"] == 0:
         last = result["last"]
         summary = f"{result['status']}: {result['epochs']} epoch(s) in {result['out']}"
@@ -351,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    from alexnet.machine import configure_process
+
+    args.thread_planner = configure_process(args.threads)  # before torch is imported (alexnet.machine)
     try:
         code = COMMANDS[args.command](args)
     except UserError as e:

@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate the paper's network, and look at what it learned.",
     )
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    parser.add_argument("--threads", type=int, metavar="N", help="compute threads (default: the cores this "
+                        "process may use minus those other processes keep busy, re-planned as the load changes; "
+                        "or ALEXNET_THREADS / OMP_NUM_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)

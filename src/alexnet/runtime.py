@@ -1,34 +1,11 @@
-"""Process-level settings and device choices shared by the commands."""
+"""Device choices shared by the commands (process-wide settings: alexnet.machine)."""
 
 from __future__ import annotations
-
-import ctypes
-import os
-import sys
 
 import torch
 
 from alexnet.errors import UserError
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    glibc serves every block over 32 MB with its own mmap and unmaps it on free, so each large
-    activation of a CPU training step is page-faulted in again on the next step: a fresh 148 MB
-    tensor (conv1's maps at batch 128) cost 65 ms to fill against 9 ms for a reused one, and a paper
-    net training step ran at 16.8 images/s with it against 31.3 without (bench/README.md). Set
-    ALEXNET_KEEP_FREED_MEMORY=0 to leave the allocator alone."""
-    if os.environ.get("ALEXNET_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -42,7 +42,7 @@ from alexnet.errors import UserError
 from alexnet.evaluate import topk_correct
 from alexnet.model import AlexNet
 from alexnet.optim import learning_rate, make_optimizer, warmup_factor
-from alexnet.runtime import keep_freed_memory, resolve_device
+from alexnet.runtime import resolve_device
 
 
 class TrainingDiverged(UserError):
@@ -228,6 +228,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if t.compile:
             self.net = torch.compile(self.net)
+        self.thread_planner = None
         self.position = Position()
         self.running = Running()
         self.history: list[dict] = []
@@ -355,6 +356,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.thread_planner is not None and (n := self.thread_planner.replan()):
+                    torch.set_num_threads(n)  # the machine's load changed (alexnet.machine)
                 loss_sum += loss.detach().double() * len(labels)
                 correct += (logits.detach().argmax(1) == labels).sum()
                 seen += len(labels)
@@ -472,10 +475,10 @@ def _rewrite_metrics(path: Path, history: list[dict]) -> None:
 
 
 def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, resume: bool = False,
-        progress: bool = True, echo: bool = True, plot: bool = False, finetune: str | os.PathLike | None = None) -> dict:
+        progress: bool = True, echo: bool = True, plot: bool = False, finetune: str | os.PathLike | None = None,
+        thread_planner=None) -> dict:
     """Train as §5 describes and return a summary: status, last and best metrics, paths. With
     `finetune`, start from that checkpoint's weights (all but fc8, §6) instead of the paper's init."""
-    keep_freed_memory()
     procs, device = setup_processes(config.train.device)
     out = Path(out)
     payload = None
@@ -497,6 +500,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
     procs.barrier()
     log = RunLog(out / "train.log" if procs.main else None, echo and procs.main)
     trainer = Trainer(config, data, out, procs, device, progress)
+    trainer.thread_planner = thread_planner
     if payload is not None:
         trainer.restore(payload)
         log(f"resumed {out} at epoch {trainer.position.epoch + 1}, step {trainer.position.step}")

@@ -1,0 +1,113 @@
+"""Thread placement: `alexnet` commands with the project's own choice of threads against the best of
+OMP_NUM_THREADS=1 and =2 set by hand, on an idle machine and beside a CPU hog (`python -c "while True:
+pass"`), as a user on a busy laptop or a shared server runs them (issue: "Threads fight").
+
+Each command runs as a fresh process (start-up included, as a user sees it) in the order
+auto, 1, 2, auto, 1, 2, ... so that drift in the machine's load hits every setting alike; the table
+gives the median seconds of each and the ratio best-by-hand / auto (>= 0.95 is the target: auto is
+never more than 5% slower than the best hand setting).
+
+    python bench/threads.py                 # train, eval, features, prepare; idle and busy; 3 rounds
+    python bench/threads.py --quick         # train only, 2 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import report  # noqa: E402
+
+SETTINGS = {"auto": {}, "OMP=1": {"OMP_NUM_THREADS": "1"}, "OMP=2": {"OMP_NUM_THREADS": "2"}}
+
+
+def alexnet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "alexnet.cli", *args]
+
+
+def make_store(root: Path) -> tuple[Path, Path, Path]:
+    """The demo images (10 classes x 260 + 50), a store at 72 px, and a short `small` run to evaluate."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src, store, run = root / "src", root / "store", root / "run"
+    subprocess.run(alexnet("demo-data", str(src), "--train-per-class", "260", "--val-per-class", "50"),
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(alexnet("prepare", str(src), str(store), "--size", "72", "--quiet"), env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(alexnet("train", "--data", str(store), "--variant", "small", "--out", str(run), "--epochs", "1",
+                           "--quiet"), env=env, check=True, stdout=subprocess.DEVNULL)
+    return src, store, run
+
+
+def commands(src: Path, store: Path, run: Path, scratch: Path) -> dict[str, list[str]]:
+    return {
+        # the demo's training (small, batch 128) for 60 steps: about 3 epochs of the demo data
+        "train": alexnet("train", "--data", str(store), "--variant", "small", "--out", str(scratch / "train"),
+                         "--max-steps", "60", "--epochs", "10", "--quiet"),
+        "eval": alexnet("eval", str(run), "--crops", "10", "--quiet"),
+        "features": alexnet("features", str(run), "--out", str(scratch / "f.npy"), "--quiet"),
+        "prepare": alexnet("prepare", str(src), str(scratch / "store"), "--size", "72", "--quiet"),
+    }
+
+
+def timed(cmd: list[str], env: dict, scratch: Path) -> float:
+    for leftover in ("train", "store", "store.partial", "f.npy"):
+        shutil.rmtree(scratch / leftover, ignore_errors=True) if (scratch / leftover).is_dir() else \
+            (scratch / leftover).unlink(missing_ok=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def measure(name: str, cmd: list[str], rounds: int, scratch: Path, busy: bool) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ALEXNET_THREADS", "MKL_NUM_THREADS")}
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        times: dict[str, list[float]] = {s: [] for s in SETTINGS}
+        for _ in range(rounds):
+            for setting, extra in SETTINGS.items():
+                times[setting].append(timed(cmd, {**base, **extra}, scratch))
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    med = {s: statistics.median(t) for s, t in times.items()}
+    best = min(med["OMP=1"], med["OMP=2"])
+    return {"command": name, "machine": "busy (1 hog)" if busy else "idle", **{f"{s} s": v for s, v in med.items()},
+            "best by hand / auto": best / med["auto"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="train only, 2 rounds")
+    ap.add_argument("--only", nargs="+", help="commands to time (train eval features prepare)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "threads.jsonl"))
+    args = ap.parse_args()
+    only = ["train"] if args.quick else args.only
+    rounds = 2 if args.quick else args.rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        src, store, run = make_store(root)
+        scratch = root / "scratch"
+        scratch.mkdir()
+        rows = []
+        for name, cmd in commands(src, store, run, scratch).items():
+            if only and name not in only:
+                continue
+            for busy in (False, True):
+                rows.append(measure(name, cmd, rounds, scratch, busy))
+                print(rows[-1], flush=True)
+    report("threads", f"alexnet commands, threads chosen by the project vs by hand, {os.cpu_count()} cores, "
+           f"median of {rounds} interleaved rounds", rows, args.out)
+
+
+if __name__ == "__main__":
+    main()

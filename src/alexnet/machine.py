@@ -1,0 +1,198 @@
+"""What this process may use of the machine, and the process-wide settings a command makes once at
+its entry (never inside a library function): OpenMP's wait policy and thread count, glibc's allocator.
+
+Why the project decides thread placement instead of leaving torch's default (one OpenMP thread per
+core, spinning at every barrier): on a 2-core machine with one other busy process, the README demo
+took 15 min 22 s with the defaults and 1 min 16 s with OMP_NUM_THREADS=1. A thread that spins while
+its partner waits for a core burns the core the partner needs. So: threads = the cores this process
+may use (affinity, cgroup quota) minus the cores other processes keep busy, OpenMP threads sleep
+instead of spinning when they wait (OMP_WAIT_POLICY=PASSIVE), and a long run re-plans as the load
+changes (`ThreadPlanner.replan`). ALEXNET_THREADS=N, `--threads N` or OMP_NUM_THREADS=N fix the count.
+This module must not import torch: the OpenMP settings only take effect if made before torch loads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    glibc serves every block over 32 MB with its own mmap and unmaps it on free, so each large
+    activation of a CPU training step is page-faulted in again on the next step: a fresh 148 MB
+    tensor (conv1's maps at batch 128) cost 65 ms to fill against 9 ms for a reused one, and a paper
+    net training step ran at 16.8 images/s with it against 31.3 without (bench/README.md). Set
+    ALEXNET_KEEP_FREED_MEMORY=0 to leave the allocator alone. Process-wide: call it at a command's
+    entry, not from library code."""
+    if os.environ.get("ALEXNET_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# How many cores this process may use, and how many others keep busy
+# ---------------------------------------------------------------------------------------------------
+
+
+def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """Cores allowed by the cgroup's CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), None if unlimited."""
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """Cores this process may run on: its CPU affinity, capped by the cgroup quota (rounded up)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit - 1e-6)))
+    return max(1, cores)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU seconds at one moment: all cores busy (from /proc/stat) and this process's own."""
+
+    wall: float
+    machine_busy: float
+    own: float
+
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def read_cpu_sample(proc_stat: str | os.PathLike = "/proc/stat") -> CpuSample | None:
+    """None where /proc/stat is missing or unreadable (not Linux)."""
+    try:
+        with open(proc_stat) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
+    t = os.times()
+    return CpuSample(time.monotonic(), busy / _clock_ticks(), t.user + t.system)
+
+
+def busy_elsewhere(before: CpuSample, after: CpuSample) -> float:
+    """Cores kept busy by other processes between two samples (the machine's busy time minus ours)."""
+    wall = after.wall - before.wall
+    if wall <= 0:
+        return 0.0
+    others = (after.machine_busy - before.machine_busy) - (after.own - before.own)
+    return max(0.0, others / wall)
+
+
+def threads_for(usable: int, busy_others: float) -> int:
+    """One thread per core nobody else keeps busy; a core counts as taken once it is half busy."""
+    return max(1, min(usable, usable - math.floor(busy_others + 0.5)))
+
+
+def fixed_thread_count(environ: dict | None = None) -> int | None:
+    """The count the user fixed: ALEXNET_THREADS, else OMP_NUM_THREADS; None when neither is set."""
+    environ = os.environ if environ is None else environ
+    for name in ("ALEXNET_THREADS", "OMP_NUM_THREADS"):
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                n = int(value.split(",")[0])
+            except ValueError:
+                continue
+            if n >= 1:
+                return n
+    return None
+
+
+class ThreadPlanner:
+    """Decides the intra-op thread count now and again as the machine's load changes. `replan()` is
+    cheap (it reads /proc/stat and compares with the previous reading, no sleeping) and returns a new
+    count, or None when nothing should change; the caller applies it with torch.set_num_threads."""
+
+    def __init__(self, fixed: int | None = None, usable: int | None = None, every_s: float = 5.0,
+                 proc_stat: str | os.PathLike = "/proc/stat"):
+        self.fixed, self.every_s, self.proc_stat = fixed, every_s, proc_stat
+        self.usable = usable or usable_cores()
+        self.current: int | None = fixed
+        self._last = read_cpu_sample(proc_stat)
+
+    def initial(self, probe_s: float = 0.05) -> int:
+        """The count to start with: fixed, or measured over a short probe of the machine's load."""
+        if self.fixed is not None:
+            return self.fixed
+        if self._last is not None and probe_s > 0:
+            time.sleep(probe_s)
+        self.current = self._plan() or self.usable
+        return self.current
+
+    def _plan(self) -> int | None:
+        now = read_cpu_sample(self.proc_stat)
+        if now is None or self._last is None:
+            return None
+        n = threads_for(self.usable, busy_elsewhere(self._last, now))
+        self._last = now
+        return n
+
+    def replan(self) -> int | None:
+        if self.fixed is not None or self._last is None or time.monotonic() - self._last.wall < self.every_s:
+            return None
+        n = self._plan()
+        if n is None or n == self.current:
+            return None
+        self.current = n
+        return n
+
+
+def planned_workers(environ: dict | None = None) -> int:
+    """Worker processes for parallel work that is not torch's (prepare): the fixed count, else one per
+    core that other processes leave free, measured over a short probe."""
+    return ThreadPlanner(fixed=fixed_thread_count(environ)).initial()
+
+
+def configure_process(threads: int | None = None, environ: dict | None = None) -> ThreadPlanner:
+    """At a command's entry, before torch is imported: OpenMP threads sleep when they wait, the thread
+    count is the one fixed by the user or planned from the machine's load, and glibc keeps freed
+    memory. Returns the planner a long-running loop consults. Settings the user made are kept."""
+    environ = os.environ if environ is None else environ
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp: sleep at once instead of spinning
+    environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP, where torch links it
+    fixed = threads if threads is not None else fixed_thread_count(environ)
+    planner = ThreadPlanner(fixed=fixed)
+    n = planner.initial()
+    environ["OMP_NUM_THREADS"] = str(n)
+    environ.setdefault("MKL_NUM_THREADS", str(n))
+    keep_freed_memory()
+    return planner

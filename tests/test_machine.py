@@ -1,0 +1,122 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alexnet import machine
+from alexnet.machine import (CpuSample, ThreadPlanner, busy_elsewhere, cgroup_cpu_limit, configure_process,
+                             fixed_thread_count, read_cpu_sample, threads_for, usable_cores)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def test_cgroup_v2_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 0.5
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert cgroup_cpu_limit(tmp_path / "nothing-here") is None
+
+
+def test_usable_cores_is_affinity_capped_by_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert usable_cores(tmp_path) == 2  # 1.5 cores of quota: two threads can use it
+    (tmp_path / "cpu.max").write_text("800000 100000\n")
+    assert usable_cores(tmp_path) == 4  # the quota allows more than the affinity does
+    (tmp_path / "cpu.max").write_text("20000 100000\n")
+    assert usable_cores(tmp_path) == 1
+
+
+def test_read_cpu_sample_counts_busy_ticks(tmp_path):
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    (tmp_path / "stat").write_text("cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 1 2 3\n")
+    s = read_cpu_sample(tmp_path / "stat")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert s.machine_busy == pytest.approx((100 + 5 + 50 + 3 + 2) / ticks)
+    assert read_cpu_sample(tmp_path / "missing") is None
+
+
+def test_busy_elsewhere_subtracts_our_own_time():
+    before = CpuSample(wall=10.0, machine_busy=100.0, own=5.0)
+    after = CpuSample(wall=12.0, machine_busy=104.0, own=6.0)  # 4 core-s busy, 1 of them ours, in 2 s
+    assert busy_elsewhere(before, after) == pytest.approx(1.5)
+    assert busy_elsewhere(after, after) == 0.0
+
+
+@pytest.mark.parametrize("usable, others, expected", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1),
+                                                      (2, 3.0, 1), (8, 2.2, 6), (1, 0.0, 1)])
+def test_threads_for(usable, others, expected):
+    assert threads_for(usable, others) == expected
+
+
+def test_fixed_thread_count_precedence():
+    assert fixed_thread_count({"ALEXNET_THREADS": "3", "OMP_NUM_THREADS": "1"}) == 3
+    assert fixed_thread_count({"OMP_NUM_THREADS": "2"}) == 2
+    assert fixed_thread_count({"OMP_NUM_THREADS": "4,2"}) == 4  # OpenMP's nested list: the outer level
+    assert fixed_thread_count({"OMP_NUM_THREADS": ""}) is None
+    assert fixed_thread_count({"OMP_NUM_THREADS": "zero"}) is None
+    assert fixed_thread_count({}) is None
+
+
+def test_replan_follows_the_load(monkeypatch):
+    samples = iter([
+        CpuSample(0.0, 0.0, 0.0),
+        CpuSample(10.0, 10.0, 10.0),  # 10 s: only our own work -> both cores
+        CpuSample(20.0, 30.0, 15.0),  # 10 s: 20 core-s busy, 5 ours -> 1.5 cores elsewhere -> one thread
+        CpuSample(40.0, 40.0, 26.0),  # 20 s: 10 core-s busy, 11 ours (rounding) -> idle again -> both
+    ])
+    monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(samples))
+    planner = ThreadPlanner(usable=2, every_s=5.0)
+    assert planner.initial(probe_s=0) == 2
+    monkeypatch.setattr(machine.time, "monotonic", lambda: 20.0)
+    assert planner.replan() == 1
+    monkeypatch.setattr(machine.time, "monotonic", lambda: 21.0)
+    assert planner.replan() is None  # 1 s after the last look: not yet (and no sample read)
+    monkeypatch.setattr(machine.time, "monotonic", lambda: 40.0)
+    assert planner.replan() == 2 and planner.current == 2
+
+
+def test_fixed_count_never_replans(monkeypatch):
+    planner = ThreadPlanner(fixed=3, usable=2, every_s=0.0)
+    assert planner.initial() == 3
+    assert planner.replan() is None
+
+
+def test_configure_process_keeps_user_settings():
+    env = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "1"}
+    planner = configure_process(environ=env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["OMP_NUM_THREADS"] == "1" and planner.fixed == 1
+    env = {}
+    planner = configure_process(threads=2, environ=env)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "2" and planner.current == 2
+
+
+def test_torch_starts_with_the_planned_threads():
+    """The settings reach torch only if made before it is imported: check in a fresh process."""
+    code = ("import os\nfrom alexnet.machine import configure_process\nconfigure_process(threads=1)\n"
+            "import torch\nprint(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env["PYTHONPATH"] = str(SRC)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "PASSIVE"]
+
+
+def test_cli_rejects_zero_threads(capsys):
+    from alexnet.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--threads", "0", "summary", "--variant", "tiny"])
+    assert e.value.code == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
