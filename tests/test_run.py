@@ -87,6 +87,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(demo_store
     torch.save(evil, tmp_path / "evil.pt")
     (tmp_path / "evilrun").mkdir()
     shutil.copy(tmp_path / "evil.pt", tmp_path / "evilrun" / "last.pt")
+    planted = tmp_path / "results" / "runs" / f"{demo_store.name}-tiny-baseline"  # a results folder's run
+    planted.mkdir(parents=True)
+    shutil.copy(tmp_path / "evil.pt", planted / "last.pt")
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
 
     with pytest.raises(UserError, match="would need code to load") as e:
@@ -102,6 +105,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(demo_store
         ["features", evil_pt, "--data", store, "--out", str(tmp_path / "f.npy"), "--quiet", "--device", "cpu"],
         ["export", evil_pt, "--onnx", str(tmp_path / "evil.onnx")],
         ["figures", evil_pt, "--data", store, "--out", str(tmp_path / "figs"), "--quiet", "--device", "cpu"],
+        ["experiment", "baseline", "--data", store, "--base", "tiny", "--results", str(tmp_path / "results"),
+         "--quiet", "--device", "cpu"],
     ]
     for argv in commands:
         assert main(argv) == 2, argv

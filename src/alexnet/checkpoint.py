@@ -18,6 +18,7 @@ import torch
 from alexnet import __version__
 from alexnet.config import Config, ConfigError, from_dict
 from alexnet.errors import UserError
+from alexnet.model import AlexNet
 
 CHECKPOINT_VERSION = 1
 
@@ -93,10 +94,8 @@ def checkpoint_config(payload: dict[str, Any]) -> Config:
         raise UserError(f"{payload.get('path')}: its config does not fit this alexnet: {e}") from None
 
 
-def model_from_checkpoint(payload: dict[str, Any]):
+def model_from_checkpoint(payload: dict[str, Any]) -> AlexNet:
     """The trained AlexNet of a checkpoint, in eval mode, on the CPU."""
-    from alexnet.model import AlexNet
-
     config = checkpoint_config(payload)
     model = AlexNet(config.model)
     try:
