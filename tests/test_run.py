@@ -326,6 +326,20 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert load_checkpoint(out / "last.pt")["global_step"] == 2
 
 
+def test_a_full_disk_while_logging_is_one_line_and_frees_the_run(demo_store, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    fit(tiny_config(max_steps=2), demo_store, out, progress=False, echo=False)
+
+    def full(self, msg):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "train.log"))
+
+    monkeypatch.setattr(run_module.RunLog, "__call__", full)
+    assert main(["train", "--resume", str(out), "--max-steps", "4", "--quiet"]) == 2
+    err = error_line(capsys)
+    assert f"the disk holding {out} is full" in err and f"--resume {out}" in err
+    assert not (out / "train.lock").exists()
+
+
 def test_save_checkpoint_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -208,10 +209,16 @@ def repair_best(trainer: Trainer, out: Path, log: RunLog) -> None:
 
 
 @contextlib.contextmanager
-def _out_of_memory_as_user_error(device: torch.device, batch_per_process: int):
+def _faults_as_user_errors(device: torch.device, batch_per_process: int, out: Path):
+    """Out of memory and a full disk: one line each, with what to do."""
     out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     try:
         yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"the disk holding {out} is full ({e.filename or e.strerror}); free some space and "
+                        f"continue with --resume {out}") from None
     except out_of_memory:
         raise UserError(f"out of memory on {device} at batch {batch_per_process} per process; lower "
                         f"--batch-size, use --amp bf16, or a smaller variant") from None
@@ -296,15 +303,20 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
     if resume and not (out / "last.pt").is_file():
         raise UserError(f"nothing to resume: {out / 'last.pt'} does not exist")
     created = not out.exists()
-    lock = FolderLock(out, "train.lock", "trained")
+    lock, refused = FolderLock(out, "train.lock", "trained"), None
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except UserError as e:
+            refused = e
+    if procs.any(refused is not None, device):  # every process stops, not only the first
+        raise refused or UserError(f"{out} is being trained by another process")
     try:
-        procs.barrier()
         log = RunLog(out / "train.log" if procs.main else None, echo and procs.main)
         try:
-            trainer = _start(config, data, out, resume, finetune, procs, device, progress, log)
+            with _faults_as_user_errors(device, config.train.batch_size // procs.world, out):
+                trainer = _start(config, data, out, resume, finetune, procs, device, progress, log)
         except BaseException:
             lock.release()
             if created and procs.main:
@@ -316,7 +328,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"
             f"{f' x {procs.world} processes' if procs.distributed else ''}, batch {c.train.batch_size}, "
             f"{'bf16 autocast' if trainer.amp else 'fp32'}, {c.train.epochs} epochs -> {out}")
-        with StopRequest() as stop, _out_of_memory_as_user_error(trainer.device, c.train.batch_size // procs.world):
+        with StopRequest() as stop, _faults_as_user_errors(trainer.device, c.train.batch_size // procs.world, out):
             status = _train_epochs(trainer, stop, out, log)
     finally:
         lock.release()
