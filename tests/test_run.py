@@ -236,6 +236,8 @@ def test_the_advice_printed_after_max_steps_continues_the_run(demo_store, full_r
     # a new --max-steps on the resume is a new limit
     assert main(["train", "--resume", str(out), "--epochs", "3", "--max-steps", "70", "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["global_step"] == 70
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--max-steps", "60", "--quiet"]) == 2
+    assert "--max-steps 60 is already reached" in error_line(capsys) and not (out / "train.lock").exists()
 
 
 def test_resume_refuses_settings_that_change_the_net_or_the_data(demo_store, tmp_path, capsys):

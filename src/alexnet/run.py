@@ -159,9 +159,13 @@ def resolve_run(out: str | os.PathLike | None, resume: str | os.PathLike | None,
         saved = checkpoint_config(payload)
         config = apply(saved, overrides)
         refuse_net_and_data_changes(saved, config)
-        if "max_steps" not in overrides.get("train", {}) and 0 < saved.train.max_steps <= payload["global_step"]:
-            # the limit that stopped the run is spent: "continue with --resume RUN" means go on
-            config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=0))
+        done = payload["global_step"]
+        if "max_steps" not in overrides.get("train", {}):
+            if 0 < saved.train.max_steps <= done:
+                # the limit that stopped the run is spent: "continue with --resume RUN" means go on
+                config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=0))
+        elif 0 < config.train.max_steps <= done:
+            raise UserError(f"--max-steps {config.train.max_steps} is already reached: {resume} is at step {done}")
         return config, Path(resume)
     if finetune:
         base = checkpoint_config(load_checkpoint(finetune))  # the pretrained net's architecture

@@ -70,7 +70,7 @@ class Running:
 
 
 class Trainer:
-    """The state of a run and the two loops over the data. `fit` drives it."""
+    """The state of a run and the two loops over the data; `alexnet.run.fit` drives it."""
 
     def __init__(self, config: Config, data: str | os.PathLike, out: str | os.PathLike, procs: Processes,
                  device: torch.device, progress: bool = True):
