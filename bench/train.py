@@ -5,7 +5,7 @@
 plain: the same architecture built from stock modules (torch.nn.LocalResponseNorm with alpha*n,
        nn.Dropout), torch.optim.SGD, a Dataset that decodes, resizes, crops and flips each JPEG with
        Pillow in a DataLoader (2 workers), glibc's default allocator: what a user would write first.
-ours:  `alexnet.train.fit` on a raw store of the same images (threaded uint8 loader, augmentation on
+ours:  `alexnet.run.fit` on a raw store of the same images (threaded uint8 loader, augmentation on
        the device, the package's LRN and allocator setting), images/s of the training steps.
 Each measurement runs in its own process; the first step of each is left out as warm-up.
 On CUDA it also times the paper net at batch 128 in fp32 and bf16 and compares the bf16 rate with a
@@ -93,7 +93,10 @@ def ours(store: str, variant: str, batch: int, steps: int, device_name: str, amp
     augmentation and the optimizer included; the checkpoint writes and the first step left out)."""
     from alexnet.checkpoint import load_checkpoint
     from alexnet.config import resolve
-    from alexnet.train import fit
+    from alexnet.run import fit
+    from alexnet.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as `alexnet train` does at its entry (fit itself leaves the allocator alone)
 
     def config(max_steps):
         return resolve({"variant": variant, "schedule": {"kind": "step"},

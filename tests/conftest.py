@@ -58,7 +58,7 @@ def demo_store(tmp_path_factory):
 def tiny_run(demo_store, tmp_path_factory):
     """A `tiny` net trained for two epochs on the demo store (its run folder)."""
     from alexnet.config import resolve
-    from alexnet.train import fit
+    from alexnet.run import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     fit(resolve({"variant": "tiny", "train": {"epochs": 2, "batch_size": 32}}), demo_store, out,

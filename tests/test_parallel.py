@@ -58,7 +58,7 @@ def test_paper_init_on_two_devices():
 
 def test_training_with_model_parallel_matches_one_device(demo_store, tmp_path):
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexnet.train import fit
+    from alexnet.run import fit
 
     def config(mp):
         return resolve({"variant": "tiny", "model": {"dropout": 0.0},

@@ -1,9 +1,15 @@
-"""Checkpoints: written atomically, read back with clear errors, and enough to rebuild the model alone
-(config, class names and the mean image travel with the weights, so `predict` needs no store)."""
+"""Checkpoints: written atomically, read back as data, and enough to rebuild the model alone
+(config, class names and the mean image travel with the weights, so `predict` needs no store).
+
+A checkpoint holds only plain dicts, lists, strings, numbers and tensors, so it is read with
+`torch.load(weights_only=True)`: a file that would need code to load (a pickle naming a function or
+a class) is refused, never run."""
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +18,50 @@ import torch
 from alexnet import __version__
 from alexnet.config import Config, ConfigError, from_dict
 from alexnet.errors import UserError
+from alexnet.model import AlexNet
 
 CHECKPOINT_VERSION = 1
 
 
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (the new name survives a power cut, not only the data)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """Write to PATH.tmp, flush, fsync, then rename over PATH: a crash or a full disk leaves either
+    the previous checkpoint or the new one, never half of one."""
     path = Path(path)
     payload = {"format": "alexnet-checkpoint", "version": CHECKPOINT_VERSION, "alexnet": __version__, **payload}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        kept = "the previous one is intact" if path.exists() else "nothing was written"
+        raise UserError(f"cannot write checkpoint {path}: {why}; {kept}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file, or a run folder's best.pt (else last.pt), read as data only."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -37,7 +73,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not an alexnet checkpoint (it would need code to load; refused)") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise UserError(f"{path} cannot be read as a checkpoint: {str(e).splitlines()[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != "alexnet-checkpoint":
@@ -56,10 +94,8 @@ def checkpoint_config(payload: dict[str, Any]) -> Config:
         raise UserError(f"{payload.get('path')}: its config does not fit this alexnet: {e}") from None
 
 
-def model_from_checkpoint(payload: dict[str, Any]):
+def model_from_checkpoint(payload: dict[str, Any]) -> AlexNet:
     """The trained AlexNet of a checkpoint, in eval mode, on the CPU."""
-    from alexnet.model import AlexNet
-
     config = checkpoint_config(payload)
     model = AlexNet(config.model)
     try:

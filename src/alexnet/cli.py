@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -104,37 +103,19 @@ def train_overrides(args: argparse.Namespace) -> dict:
     return setting_overrides(args)
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from alexnet.config import apply, load_toml, resolve, resume_config
-    from alexnet.train import fit
+def _cmd_train(args: argparse.Namespace) -> int:
+    from alexnet.run import start_or_resume, summary_line
 
-    overrides = train_overrides(args)
-    if args.resume:
-        from alexnet.checkpoint import checkpoint_config, load_checkpoint
-
-        if args.config or args.finetune:
-            raise UserError("--config and --finetune cannot change a resumed run; give single settings with --set")
-        config = resume_config(checkpoint_config(load_checkpoint(Path(args.resume) / "last.pt")), overrides)
-        out = args.resume
-    elif args.finetune:
-        from alexnet.checkpoint import checkpoint_config, load_checkpoint
-
-        base = checkpoint_config(load_checkpoint(args.finetune))  # the pretrained net's architecture
-        layers = [load_toml(args.config)] if args.config else []
-        config = apply(dataclasses.replace(resolve(*layers), variant=base.variant, model=base.model), overrides)
-        out = args.out or f"runs/{config.variant}-finetuned"
-    else:
-        layers = [load_toml(args.config)] if args.config else []
-        config = resolve(*layers, overrides)
-        out = args.out or f"runs/{config.variant}"
-    result = fit(config, args.data, out, resume=bool(args.resume), progress=not args.quiet, plot=args.plot,
-                 finetune=args.finetune, thread_planner=args.thread_planner)
+    result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config, train_overrides(args),
+                             progress=not args.quiet, thread_planner=args.thread_planner)
     if result["rank"] == 0:
-        last = result["last"]
-        summary = f"{result['status']}: {result['epochs']} epoch(s) in {result['out']}"
-        if "val_top1_err" in last:
-            summary += f"; last val top-1 error {last['val_top1_err']:.1%}, top-5 {last['val_top5_err']:.1%}"
-        print(summary)
+        if args.plot and result["history"]:
+            from alexnet.analysis.figures import plot_curves
+
+            plot_curves(result["history"], Path(result["out"]) / "curves.png",
+                        title=f"{result['variant']} on {Path(result['data']).name}")
+        print(summary_line(result))
+    return result["exit_code"]
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -176,10 +157,10 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from alexnet.demo import run_demo
 
-    run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet)
+    return run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet)["exit_code"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import json
 import os
 from pathlib import Path
 
+from alexnet.analysis.figures import plot_curves
+from alexnet.analysis.report import write_figures
+from alexnet.checkpoint import load_checkpoint
 from alexnet.config import resolve
+from alexnet.data.demo import make_demo_data
+from alexnet.data.prepare import prepare
+from alexnet.evaluate import evaluate
+from alexnet.run import fit
 
 DEMO_SIZE = 72  # store side: 64x64 patches of 72x72 images, as 224 of 256 (the ratio is 0.89 vs 0.875)
 DEMO_EPOCHS = 40
@@ -24,11 +31,6 @@ DEMO_VAL_PER_CLASS = 50
 def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None, device: str = "auto",
              progress: bool = True, classes: int = DEMO_CLASSES, train_per_class: int = DEMO_TRAIN_PER_CLASS,
              val_per_class: int = DEMO_VAL_PER_CLASS, overrides: dict | None = None, echo=print) -> dict:
-    from alexnet.data.demo import make_demo_data
-    from alexnet.data.prepare import prepare
-    from alexnet.evaluate import evaluate
-    from alexnet.train import fit
-
     root = Path(root)
     src, store, run = root / "images", root / "store", root / "run"
     epochs = epochs or DEMO_EPOCHS
@@ -51,18 +53,15 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
          f"lr 0.01 /10 on plateau) -> {run}")
     config = resolve({"variant": "small", "train": {"epochs": epochs, "device": device}}, overrides or {})
     last = run / "last.pt"
-    if last.exists():
-        from alexnet.checkpoint import load_checkpoint
-
-        done = load_checkpoint(last)["epoch"] >= epochs
-        result = None if done else fit(config, store, run, resume=True, progress=progress, plot=True)
-        if done:
-            echo("already trained")
+    if last.exists() and load_checkpoint(last)["epoch"] >= epochs:
+        echo("already trained")
     else:
-        result = fit(config, store, run, progress=progress, plot=True)
-    if result is not None and result["status"] != "finished":
-        echo(f"training {result['status']}; run `alexnet demo` again to continue")
-        return {"status": result["status"]}
+        result = fit(config, store, run, resume=last.exists(), progress=progress)
+        if result["history"]:
+            plot_curves(result["history"], run / "curves.png", title=f"{config.variant} on {store.name}")
+        if result["status"] != "finished":
+            echo(f"training {result['status']}; run `alexnet demo` again to continue")
+            return {"status": result["status"], "exit_code": result["exit_code"]}
     echo("== 4/5 evaluate on the validation images (§4.1: centre patch, then the average of ten patches)")
     results = {}
     for views in (1, 10):
@@ -73,8 +72,6 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
              f"top-5 error {r['top5_err']:.1%} on {r['n']} images "
              f"(chance: {1 - 1 / len(r['per_class']):.0%} top-1)")
     echo("== 5/5 figures (§6.1: Fig. 3 kernels, Fig. 4 top-5 labels and nearest neighbours, training curves)")
-    from alexnet.analysis.report import write_figures
-
     figures = write_figures(run / "best.pt", store, root / "figures", device=device, progress=progress)
     outputs = {"images": src, "store": store, "run": run, "checkpoint": run / "best.pt",
                "metrics": run / "metrics.jsonl", "evaluation": run / "eval_1crop.json",
@@ -82,5 +79,5 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
     echo("== done. Where everything went:")
     for name, path in outputs.items():
         echo(f"  {name:<18} {path}")
-    return {"status": "finished", "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
+    return {"status": "finished", "exit_code": 0, "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
             "outputs": {k: str(v) for k, v in outputs.items()}}

@@ -77,9 +77,10 @@ def _commit() -> str:
 def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
                    layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print) -> dict:
     """Train (or resume) the named ablation, evaluate it with 1 and 10 patches, record a table row."""
+    from alexnet.analysis.figures import plot_curves
     from alexnet.evaluate import evaluate
     from alexnet.model import AlexNet, count_parameters
-    from alexnet.train import fit
+    from alexnet.run import fit
 
     config = experiment_config(name, base, *layers, {"train": {"device": device}})
     results = Path(results)
@@ -87,7 +88,9 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
     resume = (run / "last.pt").exists()
     log(f"experiment {name} ({EXPERIMENTS[name].section}: {EXPERIMENTS[name].what}) on {data}, base {base} -> {run}")
     start = time.time()
-    r = fit(config, data, run, resume=resume, progress=progress, plot=True)
+    r = fit(config, data, run, resume=resume, progress=progress)
+    if r["history"]:
+        plot_curves(r["history"], run / "curves.png", title=f"{config.variant} on {Path(data).name}")
     if r["status"] != "finished":
         raise UserError(f"experiment {name} {r['status']}; run the same command again to continue it")
     one = evaluate([run / "best.pt"], data, "val", 1, device=device, progress=False)
