@@ -106,7 +106,8 @@ def test_validate_gives_what_training_validation_gave(tiny_run, demo_store):
     store = ImageStore(demo_store, "val")
     t = BatchTransforms.for_store(store, model.config.input_size)
     for views in (1, 10):
-        assert validate(model, store, t, CPU, views, 32) == _validation_before_the_shared_loop(model, store, t, 32, views)
+        before = _validation_before_the_shared_loop(model, store, t, 32, views)
+        assert validate(model, store, t, CPU, views, 32) == before
 
 
 # ---------------------------------------------------------------------------------------------------

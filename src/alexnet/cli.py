@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the five most probable labels of each image file, after the store's "
                        "resize and the centre patch (or ten patches) as in evaluation.")
     p.add_argument("checkpoint", help="a .pt file or a run folder")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), folders (every image "
+                   "file under them) or glob patterns ('photos/**/*.jpg')")
     p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
     p.add_argument("--top", type=int, default=5, help="labels to show (default: 5)")
     p.add_argument("--device", default="auto")

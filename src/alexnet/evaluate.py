@@ -25,7 +25,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor
-
 from tqdm import tqdm
 
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
@@ -153,7 +152,8 @@ def validate(model: torch.nn.Module, store, transforms: BatchTransforms, device:
 
     `batch_size` patches go through the net at once (batch_size // views images). Under several
     processes each takes its share (`eval_plan`'s rank/world) and `reduce` sums the (4,) float64
-    tensor of loss, top-1 hits, top-5 hits and count in place across them (e.g. all_reduce)."""
+    tensor of loss, top-1 hits, top-5 hits and count in place across them (e.g. all_reduce). Give
+    the bare model, not a DDP wrapper: the processes' shares may differ by a batch."""
     autocast = autocast or autocast_for(device, amp)
     plan = eval_plan(len(store), max(1, batch_size // views), rank, world)
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 correct, top-5 correct, n

@@ -147,9 +147,9 @@ class BinaryCoder(nn.Module):
         return np.concatenate(out) if out else np.empty((0, (self.bits + 7) // 8), np.uint8)
 
 
-# The auto-encoder's training rows by default: all 200,000 rows of a 4096-d database projected to
-# ~107 min on a 2-core CPU; a sample of 50,000 keeps the cost a quarter of that and bounded at any
-# database size (the codes of every row are still computed).
+# The auto-encoder's training rows by default. Training on all 200,000 rows of a 4096-d database was
+# projected at ~107 min on a 2-core CPU; its cost is proportional to the rows, so 50,000 take a quarter
+# of that, and no more for a larger database (every row is still encoded, a forward pass each).
 CODER_SAMPLE = 50_000
 CODER_EPOCHS = 30
 
