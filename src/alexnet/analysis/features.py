@@ -44,6 +44,8 @@ def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, devi
     """Centre-patch fc7 features of every image of `store`, in store order, written to `out` (.npy)."""
     if dtype not in DTYPES:
         raise UserError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    if batch_size < 1:
+        raise UserError(f"the batch size must be at least 1, got {batch_size}")
     out = _npy(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dim = model.config.fc_width
