@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.cifar import FourLayerNet, load_cifar10, prepare_inputs, relu_vs_tanh, train_curve, write_cifar_batches
 from alexnet.cli import main
+from alexnet.data import ImageStore
 from alexnet.data.demo import make_demo_cifar
 from alexnet.errors import UserError
+from alexnet.evaluate import predict_probabilities
 from alexnet.experiments import EXPERIMENTS, experiment_config, run_experiment
 from alexnet.model import AlexNet, count_parameters
 
 
+@pytest.mark.slow
 def test_each_ablation_changes_what_it_names():
     base = experiment_config("baseline")
     assert base.model == AlexNet().config
@@ -37,21 +41,57 @@ def test_each_ablation_changes_what_it_names():
         experiment_config("no-relu")
 
 
+@pytest.mark.slow
 def test_experiment_rows_make_one_comparable_table(demo_store, tmp_path, capsys):
     layers = ({"train": {"epochs": 1, "batch_size": 64}},)
     row = run_experiment("baseline", demo_store, "tiny", tmp_path / "res", layers, "cpu", progress=False,
                          log=lambda *a: None)
-    assert row["experiment"] == "baseline" and row["epochs"] == 1 and 0 <= row["top1_err"] <= 1
+    assert row["experiment"] == "baseline" and row["epochs"] == 1
+    # the row holds the error rates of the run's best.pt (top-1 recomputed here from its probabilities)
+    best = tmp_path / "res" / "runs" / row["run"] / "best.pt"
+    store = ImageStore(demo_store, "val")
+    for views, key in ((1, "top1_err"), (10, "top1_err_10crop")):
+        probs = predict_probabilities(model_from_checkpoint(load_checkpoint(best)), store, torch.device("cpu"), views)
+        assert row[key] == pytest.approx(1 - (probs.argmax(1) == store.labels).mean())
     assert main(["experiment", "no-lrn", "--data", str(demo_store), "--base", "tiny", "--epochs", "1",
                  "--batch-size", "64", "--results", str(tmp_path / "res"), "--quiet", "--device", "cpu"]) == 0
     table = (tmp_path / "res" / "results.md").read_text().splitlines()
     assert len(table) == 4 and "| baseline |" in table[2] and "| no-lrn |" in table[3]
-    assert " pts |" in table[3]  # the difference to the baseline of the same data and base
+    assert " pts |" in table[3]  # the difference to the baseline of the same data, base and settings
     rows = [json.loads(line) for line in (tmp_path / "res" / "results.jsonl").read_text().splitlines()]
     assert [r["experiment"] for r in rows] == ["baseline", "no-lrn"]
     assert rows[1]["change"] == "no response normalisation" and rows[1]["section"] == "§3.3"
+    assert rows[0]["settings"] == rows[1]["settings"]  # one recipe, two ablations
     assert main(["experiment", "no-lrn", "--results", str(tmp_path / "res")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_experiment_runs_are_named_by_their_settings(demo_store, tmp_path):
+    """Other settings train a new run (not a "resume" of a finished one); a run stopped early writes
+    no row; the same settings resume their own run."""
+    res = tmp_path / "res"
+
+    def run(epochs, **train):
+        layers = ({"train": {"epochs": epochs, "batch_size": 64, **train}},)
+        return run_experiment("baseline", demo_store, "tiny", res, layers, "cpu", progress=False, log=lambda *a: None)
+
+    one, two = run(1), run(2)
+    folders = sorted(p.name for p in (res / "runs").iterdir())
+    assert len(folders) == 2 and folders == sorted([one["run"], two["run"]])
+    assert (one["epochs"], two["epochs"]) == (1, 2) and one["settings"] != two["settings"]
+    assert len(load_checkpoint(res / "runs" / two["run"] / "last.pt")["history"]) == 2
+    table = (res / "results.md").read_text().splitlines()
+    assert len(table) == 4 and " pts |" not in "".join(table)  # no difference across two recipes
+
+    with pytest.raises(UserError, match="no row was written"):
+        run(3, max_steps=20)  # 15 steps an epoch: stops inside epoch 2
+    assert len((res / "results.jsonl").read_text().splitlines()) == 2
+    stopped = next(p for p in (res / "runs").iterdir() if p.name not in folders)
+    assert load_checkpoint(stopped / "last.pt")["global_step"] == 20
+    again = run(1)  # the first run again: found finished, evaluated, not retrained
+    assert again["run"] == one["run"] and again["top1_err"] == one["top1_err"]
+    assert len(list((res / "runs").iterdir())) == 3
 
 
 @pytest.fixture(scope="module")

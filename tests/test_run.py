@@ -87,7 +87,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(demo_store
     torch.save(evil, tmp_path / "evil.pt")
     (tmp_path / "evilrun").mkdir()
     shutil.copy(tmp_path / "evil.pt", tmp_path / "evilrun" / "last.pt")
-    planted = tmp_path / "results" / "runs" / f"{demo_store.name}-tiny-baseline"  # a results folder's run
+    from alexnet.experiments import experiment_config, settings_hash
+
+    recipe = settings_hash(experiment_config("baseline", "tiny", {"train": {"device": "cpu"}}), str(demo_store))
+    planted = tmp_path / "results" / "runs" / f"{demo_store.name}-tiny-baseline-{recipe}"  # a results folder's run
     planted.mkdir(parents=True)
     shutil.copy(tmp_path / "evil.pt", planted / "last.pt")
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")

@@ -171,106 +171,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from alexnet.predict import predict_files
+    from alexnet.predict import iter_predictions
 
-    results = predict_files(args.checkpoint, args.images, args.crops, args.device, args.top)
+    results = iter_predictions(args.checkpoint, args.images, args.crops, args.device, args.top)
+    failed = 0
     if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        for r in results:
-            if "error" in r:
-                continue
+        print("[")
+    for i, r in enumerate(results):
+        if "error" in r:
+            failed += 1
+            print(f"alexnet predict: cannot read {r['file']}: {r['error']}", file=sys.stderr, flush=True)
+        if args.json:
+            print(("," if i else "") + json.dumps(r), flush=True)
+        elif "error" not in r:
             print(r["file"])
             for t in r["top"]:
                 print(f"  {t['probability']:6.1%}  {t['name']} ({t['wnid']})")
-    failed = [r for r in results if "error" in r]
-    for r in failed:
-        print(f"alexnet predict: cannot read {r['file']}: {r['error']}", file=sys.stderr)
+            sys.stdout.flush()
+    if args.json:
+        print("]")
     return 2 if failed else 0
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
-    from alexnet.analysis.features import extract_features
-    from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from alexnet.data import ImageStore
-    from alexnet.runtime import keep_freed_memory, resolve_device
+    from alexnet.analysis.features import write_features
 
-    keep_freed_memory()
-    payload = load_checkpoint(args.checkpoint)
-    data = args.data or payload.get("data")
-    if not data:
-        raise UserError("give the store with --data")
-    store = ImageStore(data, args.split)
-    out = extract_features(model_from_checkpoint(payload), store, args.out, resolve_device(args.device),
-                           args.batch_size, args.dtype, checkpoint_config(payload).data, progress=not args.quiet,
-                           meta={"checkpoint": payload["path"]})
-    print(f"wrote {out}: {len(store)} x {payload['config']['model']['fc_width']} {args.dtype} ({args.split} split of {data})")
+    r = write_features(args.checkpoint, args.data, args.split, args.out, args.device, args.batch_size, args.dtype,
+                       progress=not args.quiet)
+    print(f"wrote {r['path']}: {r['n']} x {r['dim']} {r['dtype']} ({r['split']} split of {r['data']})")
 
 
 def _cmd_neighbors(args: argparse.Namespace) -> None:
     import json
 
-    import numpy as np
+    from alexnet.analysis.search import find_neighbours
 
-    from alexnet.analysis.features import load_features
-    from alexnet.analysis.neighbours import (hamming_neighbours, label_precision, nearest_neighbours,
-                                             train_binary_coder)
-    from alexnet.runtime import resolve_device
-
-    database, db_meta = load_features(args.database)
-    queries, q_meta = load_features(args.queries)
-    if queries.shape[1] != database.shape[1]:
-        raise UserError(f"queries have {queries.shape[1]} features, the database {database.shape[1]}")
-    if args.query_index:
-        rows = np.asarray(args.query_index)
-        if rows.max() >= len(queries) or rows.min() < 0:
-            raise UserError(f"--query-index must lie within 0..{len(queries) - 1}")
-    else:
-        rows = np.arange(min(args.num_queries, len(queries)))
-    device = resolve_device(args.device)
-    q = np.asarray(queries[rows], dtype=np.float32)
-    if args.codes:
-        coder = train_binary_coder(database, bits=args.codes, device=device)
-        dist, idx = hamming_neighbours(coder.encode(q, device=device), coder.encode(database, device=device), args.k)
-        how = f"Hamming distance between {args.codes}-bit auto-encoder codes"
-    else:
-        dist, idx = nearest_neighbours(q, database, args.k, device, progress=not args.quiet)
-        how = "Euclidean distance of the fc7 vectors (§6.1)"
-    stores = {}
-    for name, meta in (("db", db_meta), ("q", q_meta)):
-        if meta.get("data") and meta.get("split"):
-            from alexnet.data import ImageStore
-
-            try:
-                stores[name] = ImageStore(meta["data"], meta["split"])
-            except UserError:
-                pass
-    result = []
-    for r, d, i in zip(rows, dist, idx):
-        entry = {"query": int(r), "neighbours": [int(j) for j in i], "distances": [float(x) for x in d]}
-        if "q" in stores:
-            entry.update(file=stores["q"].files[r], label=int(stores["q"].labels[r]))
-        if "db" in stores:
-            entry["neighbour_files"] = [stores["db"].files[j] for j in i]
-            entry["neighbour_labels"] = [int(stores["db"].labels[j]) for j in i]
-        result.append(entry)
-    print(f"{len(rows)} queries, {args.k} nearest of {len(database)} by {how}:")
-    for e in result:
+    r = find_neighbours(args.database, args.queries, args.k, args.query_index, args.num_queries, args.codes,
+                        args.code_sample, args.device, progress=not args.quiet,
+                        log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(f"{len(r['rows'])} queries, {r['k']} nearest of {r['database_rows']} by {r['how']}:")
+    for e in r["rows"]:
         print(f"query {e['query']}" + (f" ({e['file']})" if "file" in e else "") + ": " +
               ", ".join(f"{j} ({x:.3g})" for j, x in zip(e["neighbours"], e["distances"])))
-    if "q" in stores and "db" in stores:
-        p = label_precision(np.array([e["neighbour_labels"] for e in result]), [e["label"] for e in result])
-        print(f"neighbours with the query's label: {p:.1%}")
+    if r["precision"] is not None:
+        print(f"neighbours with the query's label: {r['precision']:.1%}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(r["rows"], indent=1) + "\n")
         print(f"wrote {args.json}")
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
     from alexnet.analysis.report import write_figures
-    from alexnet.runtime import keep_freed_memory
 
-    keep_freed_memory()
     paths = write_figures(args.checkpoint, args.data, args.out, args.device, args.crops,
                           train_features=args.train_features, progress=not args.quiet)
     for path in paths.values():

@@ -123,7 +123,8 @@ def _predict_parser(sub) -> None:
                        description="Print the five most probable labels of each image file, after the store's "
                        "resize and the centre patch (or ten patches) as in evaluation.")
     _checkpoint_arg(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), folders (every image "
+                   "file under them) or glob patterns ('photos/**/*.jpg')")
     p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
     p.add_argument("--top", type=int, default=5, help="labels to show (default: 5)")
     _device_flag(p)
@@ -155,6 +156,8 @@ def _neighbors_parser(sub) -> None:
     p.add_argument("--num-queries", type=int, default=5)
     p.add_argument("-k", type=int, default=6, help="neighbours per query (default: 6, as Fig. 4)")
     p.add_argument("--codes", type=int, metavar="BITS", help="search binary auto-encoder codes of this many bits")
+    p.add_argument("--code-sample", type=int, default=50_000, metavar="ROWS",
+                   help="database rows the auto-encoder of --codes trains on (default: 50,000)")
     _device_flag(p)
     p.add_argument("--json", help="write the neighbours to this JSON file")
     _quiet_flag(p)

@@ -2,14 +2,19 @@
 
 Every ablation is a named change to a base config (the paper's net by default, `--base small` on a
 CPU), trained with the same code and recipe and evaluated on the centre patch and the ten patches.
-Each run appends a row to RESULTS/results.jsonl and rewrites RESULTS/results.md, one table with a
-column for the difference to the baseline trained on the same data and base, so rows from different
-runs and machines stay comparable. `relu-vs-tanh` is Fig. 1, on CIFAR-10 (alexnet/cifar.py).
+A run's folder, RESULTS/runs/DATA-BASE-NAME-HASH, is named by all of its settings: HASH is a short
+hash of the resolved config and the store's path, leaving out what does not change what is trained
+(device, when to stop or checkpoint, loader threads). The same command resumes its own run; other
+settings train a new one. Only a finished run appends its row to RESULTS/results.jsonl and rewrites
+RESULTS/results.md, one table with a column for the difference to the baseline trained on the same
+data, base and settings, so rows from different runs and machines stay comparable. `relu-vs-tanh` is
+Fig. 1, on CIFAR-10 (alexnet/cifar.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -18,8 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from alexnet.config import Config, resolve
+from alexnet.checkpoint import checkpoint_config, load_checkpoint
+from alexnet.config import Config, resolve, to_dict
 from alexnet.errors import UserError
+from alexnet.evaluate import evaluate
+from alexnet.model import AlexNet, count_parameters
+from alexnet.analysis.figures import plot_curves
+from alexnet.run import fit
+
+# settings that change how a run is carried out, not what it trains
+RUN_ONLY = {"train": ("device", "devices", "compile", "checkpoint_every", "max_steps", "log_every"),
+            "data": ("workers", "prefetch")}
 
 
 def _model(**changes) -> Callable[[Config], Config]:
@@ -74,17 +88,22 @@ def _commit() -> str:
         return "unknown"
 
 
+def settings_hash(config: Config, data: str | os.PathLike) -> str:
+    """8 hex digits naming what a config trains on a store (`RUN_ONLY` settings left out)."""
+    d = to_dict(config)
+    for section, keys in RUN_ONLY.items():
+        for key in keys:
+            d.get(section, {}).pop(key, None)
+    d["data_path"] = str(Path(data).resolve())
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
                    layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print) -> dict:
     """Train (or resume) the named ablation, evaluate it with 1 and 10 patches, record a table row."""
-    from alexnet.analysis.figures import plot_curves
-    from alexnet.evaluate import evaluate
-    from alexnet.model import AlexNet, count_parameters
-    from alexnet.run import fit
-
     config = experiment_config(name, base, *layers, {"train": {"device": device}})
     results = Path(results)
-    run = results / "runs" / f"{Path(data).name}-{base}-{name}"
+    run = results / "runs" / f"{Path(data).name}-{base}-{name}-{settings_hash(config, data)}"
     resume = (run / "last.pt").exists()
     log(f"experiment {name} ({EXPERIMENTS[name].section}: {EXPERIMENTS[name].what}) on {data}, base {base} -> {run}")
     start = time.time()
@@ -92,16 +111,16 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
     if r["history"]:
         plot_curves(r["history"], run / "curves.png", title=f"{config.variant} on {Path(data).name}")
     if r["status"] != "finished":
-        raise UserError(f"experiment {name} {r['status']}; run the same command again to continue it")
+        raise UserError(f"experiment {name} {r['status']} before its last epoch, so no row was written; run the "
+                        f"same command again (without --max-steps) to continue {run}")
     one = evaluate([run / "best.pt"], data, "val", 1, device=device, progress=False)
     ten = evaluate([run / "best.pt"], data, "val", 10, device=device, progress=False)
-    from alexnet.checkpoint import checkpoint_config, load_checkpoint
-
     trained = checkpoint_config(load_checkpoint(run / "best.pt"))
     history = load_checkpoint(run / "last.pt")["history"]
+    recipe = settings_hash(resolve({"variant": base}, *layers), data)  # shared by the ablations of one recipe
     row = {"experiment": name, "section": EXPERIMENTS[name].section, "change": EXPERIMENTS[name].what,
-           "base": base, "data": str(Path(data).resolve()), "parameters": count_parameters(AlexNet(trained.model)),
-           "epochs": len(history), "seed": config.train.seed,
+           "base": base, "data": str(Path(data).resolve()), "settings": recipe, "run": run.name,
+           "parameters": count_parameters(AlexNet(trained.model)), "epochs": len(history), "seed": config.train.seed,
            "top1_err": one["top1_err"], "top5_err": one["top5_err"],
            "top1_err_10crop": ten["top1_err"], "top5_err_10crop": ten["top5_err"],
            "train_err": history[-1]["train_top1_err"],
@@ -110,6 +129,8 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     write_table(results)
     (results / f"{run.name}.json").write_text(json.dumps(row, indent=1) + "\n")
     log(f"{name}: top-1 error {row['top1_err']:.2%} (10 patches {row['top1_err_10crop']:.2%}), "
@@ -118,24 +139,27 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
 
 
 def write_table(results: str | os.PathLike) -> Path:
-    """results.md from every row of results.jsonl (the latest row of each data/base/experiment)."""
+    """results.md from every row of results.jsonl: the latest row of each data/base/settings/experiment,
+    with the difference to the baseline of the same data, base and settings."""
     results = Path(results)
     rows = {}
     for line in (results / "results.jsonl").read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            rows[(r["data"], r["base"], r["experiment"])] = r
+            rows[(r["data"], r["base"], r.get("settings", ""), r["experiment"])] = r
     order = list(EXPERIMENTS)
-    lines = ["| data | base | experiment | paper | change | params | epochs | top-1 err | vs baseline | "
+    lines = ["| data | base | settings | experiment | paper | change | params | epochs | top-1 err | vs baseline | "
              "top-5 err | top-1, 10 patches | top-5, 10 patches | train err | img/s | date | commit |",
-             "|" + "---|" * 16]
-    for (data, base, name), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))):
-        b = rows.get((data, base, "baseline"))
+             "|" + "---|" * 17]
+    for (data, base, settings, name), r in sorted(rows.items(), key=lambda kv: (*kv[0][:3], order.index(kv[0][3]))):
+        b = rows.get((data, base, settings, "baseline"))
         delta = f"{(r['top1_err'] - b['top1_err']) * 100:+.2f} pts" if b and name != "baseline" else ""
-        lines.append(f"| {Path(data).name} | {base} | {name} | {r['section']} | {r['change']} | {r['parameters']:,} | "
-                     f"{r['epochs']} | {r['top1_err']:.2%} | {delta} | {r['top5_err']:.2%} | {r['top1_err_10crop']:.2%} | "
-                     f"{r['top5_err_10crop']:.2%} | {r['train_err']:.2%} | {r['images_per_s']:.0f} | {r['date']} | "
-                     f"{r['commit']} |")
+        lines.append(f"| {Path(data).name} | {base} | {settings} | {name} | {r['section']} | {r['change']} | "
+                     f"{r['parameters']:,} | {r['epochs']} | {r['top1_err']:.2%} | {delta} | {r['top5_err']:.2%} | "
+                     f"{r['top1_err_10crop']:.2%} | {r['top5_err_10crop']:.2%} | {r['train_err']:.2%} | "
+                     f"{r['images_per_s']:.0f} | {r['date']} | {r['commit']} |")
     path = results / "results.md"
-    path.write_text("\n".join(lines) + "\n")
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
     return path

@@ -17,7 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.data.augment import center_crop
 from alexnet.errors import UserError
+from alexnet.evaluate import check_fits
 
 
 class WithMean(nn.Module):
@@ -33,14 +36,28 @@ class WithMean(nn.Module):
 
 
 def deployable(checkpoint: str | os.PathLike) -> tuple[WithMean, dict]:
-    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexnet.data.augment import center_crop
-
+    """The checkpoint's net with its mean inside, in eval mode, and the checkpoint."""
     payload = load_checkpoint(checkpoint)
+    check_fits(payload)
     model = model_from_checkpoint(payload)
     crop = model.config.input_size
     mean_patch = center_crop(payload["mean"][None].float(), crop)[0]
     return WithMean(model, mean_patch).eval(), payload
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter narrates its passes on stdout, logs about its own internals ("torchvision is not
+    installed") and warns; hush all three while it runs and put the logger's level back after."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: bool = True) -> dict:
@@ -51,36 +68,13 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: b
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial.onnx")
-    example = torch.rand(2, 3, crop, crop) * 255
-    # the exporter narrates its passes on stdout and warns about its own internals; keep ours clean
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
-
-            torch.onnx.export(wrapped, (example,), tmp, input_names=["image"], output_names=["logits"],
-                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True,
-                              external_data=False, verbose=False)
-        except ImportError:
-            try:
-                torch.onnx.export(wrapped, (example,), tmp, input_names=["image"], output_names=["logits"],
-                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-            except Exception as e:  # noqa: BLE001
-                raise UserError(f"ONNX export needs the onnx packages: pip install 'alexnet[onnx]' ({e})") from None
     try:
-        import onnx
-
-        proto = onnx.load(tmp)
-        meta = {"classes": json.dumps(payload["classes"]), "class_names": json.dumps(payload["class_names"]),
-                "image_size": str(payload["image_size"]), "input": f"(batch, 3, {crop}, {crop}) RGB 0..255, "
-                f"centre patch of an image resized to shorter side {payload['image_size']}"}
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
-        onnx.save(proto, tmp)
-    except ImportError:
-        pass
-    os.replace(tmp, out)
+        _write_onnx(wrapped, payload, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     result = {"onnx": str(out), "input": (None, 3, crop, crop), "max_abs_diff": None}
     if verify:
         try:
@@ -94,3 +88,34 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: b
         result["max_abs_diff"] = float(abs(got - ref).max())
         result["max_abs_logit"] = float(abs(ref).max())
     return result
+
+
+def _write_onnx(wrapped: WithMean, payload: dict, path: Path) -> None:
+    """The graph (dynamo exporter when onnxscript is there, else the TorchScript one) with the classes
+    and the expected input in its metadata."""
+    crop = wrapped.model.config.input_size
+    example = torch.rand(2, 3, crop, crop) * 255
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+
+            torch.onnx.export(wrapped, (example,), path, input_names=["image"], output_names=["logits"],
+                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True,
+                              external_data=False, verbose=False)
+        except ImportError:
+            try:
+                torch.onnx.export(wrapped, (example,), path, input_names=["image"], output_names=["logits"],
+                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"ONNX export needs the onnx packages: pip install 'alexnet[onnx]' ({e})") from None
+    try:
+        import onnx
+    except ImportError:
+        return
+    proto = onnx.load(path)
+    meta = {"classes": json.dumps(payload["classes"]), "class_names": json.dumps(payload["class_names"]),
+            "image_size": str(payload["image_size"]), "input": f"(batch, 3, {crop}, {crop}) RGB 0..255, "
+            f"centre patch of an image resized to shorter side {payload['image_size']}"}
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, path)

@@ -29,10 +29,10 @@ from tqdm import tqdm
 from alexnet.config import Config, to_dict
 from alexnet.data import ImageStore
 from alexnet.data.augment import BatchTransforms
-from alexnet.data.loader import BatchLoader, eval_plan, train_plan
+from alexnet.data.loader import BatchLoader, train_plan
 from alexnet.distributed import Processes, model_parallel_devices
 from alexnet.errors import UserError
-from alexnet.evaluate import topk_correct
+from alexnet.evaluate import validate
 from alexnet.model import AlexNet
 from alexnet.optim import learning_rate, make_optimizer, warmup_factor
 from alexnet.parallel import TwoTowerAlexNet
@@ -312,9 +312,10 @@ class Trainer:
     def validate(self, views: int = 1) -> dict:
         """§6 error rates of the current weights on the val split: centre patch or ten patches.
         Uses the bare model (not the DDP wrapper): processes may see different numbers of batches."""
-        return evaluate_split(self.model, self.val_store, self.transforms, self.device, self.procs,
-                              self.config.train.batch_size // self.procs.world, views, self.autocast,
-                              self.channels_last)
+        return validate(self.model, self.val_store, self.transforms, self.device, views,
+                        self.config.train.batch_size // self.procs.world, autocast=self.autocast,
+                        channels_last=self.channels_last, rank=self.procs.rank, world=self.procs.world,
+                        reduce=self.procs.sum, progress=self.progress)
 
     def end_epoch(self, metrics: dict, epoch_seconds: float) -> dict:
         """The epoch's metrics.jsonl row: `train_one_epoch`'s metrics and validation's."""
@@ -326,34 +327,6 @@ class Trainer:
             row.update(val_loss=v["loss"], val_top1_err=v["top1_err"], val_top5_err=v["top5_err"])
         row["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         return row
-
-
-def evaluate_split(net: nn.Module, store: ImageStore, transforms: BatchTransforms, device: torch.device,
-                   procs: Processes, batch_size: int, views: int, autocast, channels_last: bool) -> dict:
-    """Loss, top-1 and top-5 error over a whole split (each process takes its share; summed)."""
-    was_training = net.training
-    net.eval()
-    plan = eval_plan(len(store), max(1, batch_size // views), procs.rank, procs.world)
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 correct, top-5 correct, n
-    with torch.no_grad():
-        for images, labels, _ in BatchLoader(store, plan, device, workers=2):
-            x = transforms.test(images, views)
-            if not channels_last:
-                x = x.contiguous()
-            with autocast():
-                logits = net(x)
-            probs = logits.float().softmax(1)
-            if views > 1:  # §4.1: average the softmax of the ten patches
-                probs = probs.reshape(len(labels), views, -1).mean(1)
-            sums[0] -= probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum()
-            c1, c5 = topk_correct(probs, labels, (1, 5))
-            sums[1] += c1
-            sums[2] += c5
-            sums[3] += len(labels)
-    procs.sum(sums)
-    net.train(was_training)
-    loss, c1, c5, n = sums.tolist()
-    return {"loss": loss / n, "top1_err": 1 - c1 / n, "top5_err": 1 - c5 / n, "n": int(n)}
 
 
 def format_epoch(row: dict, epochs: int) -> str:

@@ -61,6 +61,7 @@ def _not_blank(path, min_side):
     return img
 
 
+@pytest.mark.slow
 def test_figures_are_written_and_not_blank(tiny_run, demo_store, tmp_path, capsys):
     paths = write_figures(tiny_run / "best.pt", demo_store, tmp_path / "figs", device="cpu")
     assert set(paths) == {"kernels", "top5", "neighbours", "curves"}
@@ -69,9 +70,67 @@ def test_figures_are_written_and_not_blank(tiny_run, demo_store, tmp_path, capsy
     _not_blank(paths["neighbours"], 400)
     _not_blank(paths["curves"], 300)
     assert all(p.stat().st_size < 1_000_000 for p in paths.values())
+    # the training split's features were streamed, not left behind; no staging folder either
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["curves.png", "kernels.png", "neighbours.png",
+                                                                      "top5.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["figs"]
+    model = model_from_checkpoint(load_checkpoint(tiny_run))
+    extract_features(model, ImageStore(demo_store, "train"), tmp_path / "train.npy", torch.device("cpu"))
     assert main(["figures", str(tiny_run), "--out", str(tmp_path / "cli"), "--quiet", "--device", "cpu",
-                 "--train-features", str(tmp_path / "figs" / "train_features.npy")]) == 0
-    assert "wrote" in capsys.readouterr().out and (tmp_path / "cli" / "neighbours.png").exists()
+                 "--train-features", str(tmp_path / "train.npy")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    # the same neighbours from a feature file as from the streamed features
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli" / "neighbours.png").convert("RGB")),
+                                  np.asarray(Image.open(paths["neighbours"]).convert("RGB")))
+
+
+def test_streamed_neighbours_are_the_exact_ones(tiny_run, demo_store, tmp_path):
+    from alexnet.analysis.report import _nearest_training_images
+    from alexnet.checkpoint import checkpoint_config
+
+    payload = load_checkpoint(tiny_run)
+    model, config = model_from_checkpoint(payload), checkpoint_config(payload)
+    train = ImageStore(demo_store, "train")
+    database, _ = load_features(extract_features(model, train, tmp_path / "train", torch.device("cpu"), batch_size=64))
+    queries = np.asarray(database[[3, 500, 999]]) + 0.01
+    found = _nearest_training_images(model, train, queries, 4, torch.device("cpu"), config, None, False)
+    d = ((queries[:, None, :].astype(np.float64) - np.asarray(database, np.float64)[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(found, np.argsort(d, axis=1, kind="stable")[:, :4])
+
+
+def test_a_failed_figures_run_leaves_no_png(tiny_run, demo_store, tmp_path, monkeypatch, capsys):
+    import alexnet.analysis.report as report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(report, "save_neighbours_figure", broken)  # after kernels.png and top5.png were drawn
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        write_figures(tiny_run, demo_store, tmp_path / "figs", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    np.save(tmp_path / "short.npy", np.zeros((10, 4), np.float32))
+    assert main(["figures", str(tiny_run), "--out", str(tmp_path / "figs"), "--quiet", "--device", "cpu",
+                 "--train-features", str(tmp_path / "short.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "has 10 rows, the store's train split 1000" in err and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["short.npy"]
+
+
+def test_class_names_are_drawn_as_text(tmp_path):
+    """`$` and `_` in a class name are characters, not mathtext (which fails on some of them)."""
+    from alexnet.analysis.figures import plot_curves, save_neighbours_figure, save_top5_figure
+
+    names = ["$x^2$ and a_b", "$x^2_$", r"cost $\badmacro$", "plain"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(4), 4)
+    save_top5_figure(images, probs, np.arange(4), names, tmp_path / "top5.png")
+    save_neighbours_figure(images[:2], [images[1:3], images[2:4]], tmp_path / "nn.png", query_titles=names[:2],
+                           neighbour_titles=[names[1:3], names[2:4]])
+    history = [{"epoch": 1, "train_loss": 2.0, "train_top1_err": 0.8, "lr": 0.01}]
+    plot_curves(history, tmp_path / "curves.png", title="$x^2_$ on my_store")
+    assert all((tmp_path / n).stat().st_size > 1000 for n in ("top5.png", "nn.png", "curves.png"))
 
 
 def test_predict_matches_evaluation_and_reports_bad_files(tiny_run, demo_store, tmp_path, capsys):
@@ -103,15 +162,22 @@ def test_predict_matches_evaluation_and_reports_bad_files(tiny_run, demo_store, 
     assert json.loads(capsys.readouterr().out)[0]["top"][0]["probability"] == pytest.approx(top[0]["probability"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch(tiny_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    import logging
+
     import onnx
     import onnxruntime as ort
 
     from alexnet.export import deployable, export_onnx
 
+    logging.getLogger("torch.onnx").setLevel(logging.DEBUG)
     result = export_onnx(tiny_run, tmp_path / "net.onnx")
+    assert logging.getLogger("torch.onnx").level == logging.DEBUG  # the exporter was hushed only while it ran
+    logging.getLogger("torch.onnx").setLevel(logging.NOTSET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]  # no partial file left
     assert result["max_abs_diff"] is not None and result["max_abs_diff"] < 1e-3 * max(1.0, result["max_abs_logit"])
     wrapped, payload = deployable(tiny_run)
     x = torch.rand(3, 3, 64, 64) * 255

@@ -3,8 +3,11 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 
 from alexnet.analysis.neighbours import (
+    RunningNearest,
     hamming_neighbours,
     label_precision,
     nearest_neighbours,
@@ -73,9 +76,25 @@ def test_binary_codes_keep_neighbours_of_the_same_class():
     rp, mean, proj = random_projection_codes(db, 32)
     _, found_rp = hamming_neighbours(random_projection_codes(q, 32, mean=mean, projection=proj)[0], rp, k=6)
     assert label_precision(db_labels[found_rp], q_labels) > 0.5
-    _, exact = nearest_neighbours(q, db, k=6)
-    assert overlap_with_exact(exact, exact) == 1.0
-    assert 0 <= overlap_with_exact(found, exact) <= 1
+
+
+def test_overlap_with_exact_counts_shared_neighbours():
+    exact = np.array([[0, 1, 2], [3, 4, 5]])
+    assert overlap_with_exact(np.array([[2, 0, 9], [7, 8, 6]]), exact) == pytest.approx((2 / 3 + 0) / 2)
+    assert overlap_with_exact(exact[:, ::-1], exact) == 1.0  # order does not matter
+
+
+def test_running_nearest_over_uneven_chunks_matches_brute_force():
+    rng = np.random.default_rng(3)
+    db = rng.normal(size=(300, 16)).astype(np.float32)
+    q = rng.normal(size=(5, 16)).astype(np.float32)
+    nearest = RunningNearest(q, 7, query_block=2)
+    for start, stop in ((0, 1), (1, 120), (120, 121), (121, 300)):
+        nearest.add(torch.from_numpy(db[start:stop]), start)
+    d, i = nearest.result()
+    ref_d, ref_i = brute_force(q, db, 7)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-4)
 
 
 def test_neighbors_command(tiny_run, demo_store, tmp_path, capsys):
@@ -96,3 +115,36 @@ def test_neighbors_command(tiny_run, demo_store, tmp_path, capsys):
     assert "16-bit auto-encoder codes" in capsys.readouterr().out
     assert main(["neighbors", "--database", str(tmp_path / "nope.npy"), "--queries", str(tmp_path / "val.npy")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    files = ["--database", str(tmp_path / "train.npy"), "--queries", str(tmp_path / "val.npy"), "--quiet"]
+    for flags, why in ((["-k", "-3"], "-k must be at least 1, got -3"), (["-k", "0"], "-k must be at least 1"),
+                       (["-k", "1001"], "more neighbours than the database's 1000 rows"),
+                       (["--num-queries", "0"], "--num-queries must be at least 1"),
+                       (["--num-queries", "-2"], "--num-queries must be at least 1"),
+                       (["--codes", "0"], "--codes must be between 1 and"),
+                       (["--codes", "100000"], "--codes must be between 1 and"),
+                       (["--codes", "8", "--code-sample", "0"], "--code-sample must be at least 1"),
+                       (["--query-index", "100"], "--query-index must lie within 0..99")):
+        assert main(["neighbors", *files, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("alexnet neighbors: error: ") and why in err and err.count("\n") == 1, err
+
+
+def test_neighbors_says_what_codes_cost_and_bounds_their_sample(tiny_run, tmp_path, capsys):
+    assert main(["features", str(tiny_run), "--split", "val", "--out", str(tmp_path / "val.npy"), "--quiet",
+                 "--device", "cpu"]) == 0
+    base = ["neighbors", "--database", str(tmp_path / "val.npy"), "--queries", str(tmp_path / "val.npy"),
+            "--num-queries", "2", "-k", "3", "--quiet"]
+    assert main([*base, "--codes", "8", "--code-sample", "40"]) == 0
+    captured = capsys.readouterr()
+    assert "8-bit auto-encoder on 40 of the 100 database rows" in captured.err and "30 epochs" in captured.err
+    assert "encoding 102 rows" in captured.err and "8-bit auto-encoder codes" in captured.out
+    # the queries' own rows are in the database: each is its own nearest neighbour
+    assert main([*base, "--json", str(tmp_path / "nn.json")]) == 0
+    rows = json.loads((tmp_path / "nn.json").read_text())
+    assert [r["neighbours"][0] for r in rows] == [0, 1] and rows[0]["distances"][0] == pytest.approx(0, abs=1e-2)
+    # feature files of two different nets are not compared
+    meta = json.loads((tmp_path / "val.json").read_text())
+    np.save(tmp_path / "other.npy", np.load(tmp_path / "val.npy"))
+    (tmp_path / "other.json").write_text(json.dumps({**meta, "checkpoint": "/elsewhere/best.pt"}))
+    assert main([*base[:2], str(tmp_path / "other.npy"), *base[3:]]) == 2
+    assert "distances between two nets' features mean nothing" in capsys.readouterr().err

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from alexnet.config import DataConfig
+from alexnet.data import ImageStore
 from alexnet.errors import UserError
+from alexnet.evaluate import check_fits, store_outputs
+from alexnet.runtime import resolve_device
+
+DTYPES = ("float32", "float16")
 
 
 def _npy(path: str | os.PathLike) -> Path:
@@ -22,42 +29,62 @@ def _npy(path: str | os.PathLike) -> Path:
     return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
 
 
-@torch.no_grad()
-def extract_features(model, store, out: str | os.PathLike, device: torch.device, batch_size: int = 256,
-                     dtype: str = "float32", data_config=None, progress: bool = False, meta: dict | None = None) -> Path:
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, device: torch.device,
+                     batch_size: int = 256, dtype: str = "float32", data_config: DataConfig | None = None,
+                     progress: bool = False, meta: dict | None = None) -> Path:
     """Centre-patch fc7 features of every image of `store`, in store order, written to `out` (.npy)."""
-    from tqdm import tqdm
-
-    from alexnet.config import DataConfig
-    from alexnet.data.augment import BatchTransforms
-    from alexnet.data.loader import BatchLoader, eval_plan
-
+    if dtype not in DTYPES:
+        raise UserError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    if batch_size < 1:
+        raise UserError(f"the batch size must be at least 1, got {batch_size}")
     out = _npy(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.to(device).eval()
-    crop = model.config.input_size
-    if crop > store.image_size:
-        raise UserError(f"the net's input ({crop}) is larger than the store's images ({store.image_size})")
-    transforms = BatchTransforms.for_store(store, crop, data_config or DataConfig(), device)
     dim = model.config.fc_width
     tmp = out.with_name(out.name + ".partial")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(store), dim))
-    plan = eval_plan(len(store), batch_size)
-    amp = device.type == "cuda"
-    row = 0
-    for images, _, _ in tqdm(BatchLoader(store, plan, device, workers=2), total=len(plan), unit="batch",
-                             desc="features", disable=not progress, leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            f = model.embed(transforms.test(images, 1))
-        array[row : row + len(f)] = f.float().cpu().numpy()
-        row += len(f)
-    array.flush()
+    try:
+        store_outputs(model, store, device, output="features", batch_size=batch_size, data_config=data_config,
+                      out=array, progress=progress, desc="features")
+        array.flush()
+    except BaseException:
+        del array
+        tmp.unlink(missing_ok=True)
+        raise
     del array
-    os.replace(tmp, out)
     info = {"n": len(store), "dim": dim, "dtype": dtype, "split": store.split, "data": str(store.root),
             "layer": "fc7 after ReLU (§6.1)", **(meta or {})}
-    out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    _write_json_atomic(out.with_suffix(".json"), info)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
     return out
+
+
+def write_features(checkpoint: str | os.PathLike, data: str | os.PathLike | None, split: str,
+                   out: str | os.PathLike, device: str = "auto", batch_size: int = 256, dtype: str = "float32",
+                   progress: bool = False) -> dict:
+    """`alexnet features`: a checkpoint's fc7 vectors of one split of a store it fits, to `out`.
+    Returns {"path", "n", "dim", "dtype", "split", "data"}."""
+    payload = load_checkpoint(checkpoint)
+    data = data or payload.get("data")
+    if not data:
+        raise UserError("give the store with --data")
+    store = ImageStore(data, split)
+    check_fits(payload, store)
+    model = model_from_checkpoint(payload)
+    path = extract_features(model, store, out, resolve_device(device), batch_size, dtype,
+                            checkpoint_config(payload).data, progress=progress, meta={"checkpoint": payload["path"]})
+    return {"path": path, "n": len(store), "dim": model.config.fc_width, "dtype": dtype, "split": split,
+            "data": str(data)}
 
 
 def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
@@ -66,11 +93,16 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     if not path.is_file():
         raise UserError(f"feature file {path} does not exist; write it with `alexnet features`")
     try:
-        array = np.load(path, mmap_mode="r")
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         raise UserError(f"{path} is not a feature file: {e}") from None
     if array.ndim != 2:
         raise UserError(f"{path} holds a {array.ndim}-d array, not (images, features)")
+    if array.dtype.kind != "f":
+        raise UserError(f"{path} holds {array.dtype} values, not floating-point features")
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return array, meta
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{meta_path} cannot be read: {e}") from None
+    return array, meta if isinstance(meta, dict) else {}

@@ -1,9 +1,18 @@
-"""Figures as PNG files (matplotlib, no display needed)."""
+"""Figures as PNG files (matplotlib's Agg canvas: no display, and no change to pyplot's backend).
+
+Text that comes from data (class names, store and run names) is drawn as text: `PLAIN` turns off
+mathtext and LaTeX on its artists, so a synset name with `$` or `_` prints as written."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+
+import numpy as np
+
+# keyword arguments for every text artist whose string comes from data, not from this code
+PLAIN = {"parse_math": False, "usetex": False}
 
 
 def _pyplot():
@@ -15,31 +24,42 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save a figure as a 256-colour PNG (several times smaller than matplotlib's RGBA for photos)."""
-    import io
+def new_figure(**subplots):
+    """(figure, axes) on matplotlib's Agg canvas, outside pyplot (nothing global is touched; the
+    figure is freed with its last reference). Without arguments, no axes (None)."""
+    from matplotlib.figure import Figure
 
+    figsize = subplots.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, (fig.subplots(**subplots) if subplots else None)
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a figure as a 256-colour PNG (several times smaller than matplotlib's RGBA for photos),
+    through a temporary file that is synced and renamed: never a half-written PNG."""
     from PIL import Image
 
-    plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, format="png")
-    plt.close(fig)
+    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: let pyplot forget it
+        _pyplot().close(fig)
     buf.seek(0)
     img = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     tmp = path.with_name(path.name + ".partial.png")
-    img.save(tmp, optimize=True)
+    with open(tmp, "wb") as f:
+        img.save(f, format="PNG", optimize=True)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
 
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Training curves of a run (its metrics.jsonl rows): loss, error rates and learning rate by epoch."""
-    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_err, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (ax_loss, ax_err, ax_lr) = new_figure(nrows=1, ncols=3, figsize=(14, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     if any("val_loss" in h for h in history):
         ax_loss.plot(epochs, [h.get("val_loss") for h in history], label="validation")
@@ -56,7 +76,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
     for ax in (ax_loss, ax_err, ax_lr):
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, **PLAIN)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -64,8 +84,6 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
 def kernel_mosaic(weight, towers: int = 2, columns: int = 16, zoom: int = 6, gap: int = 2):
     """Fig. 3: conv1's kernels (K, 3, h, w) as one RGB image, each kernel stretched to 0..1 on its own,
     the towers' kernels in separate blocks (top: tower 1, bottom: tower 2), `columns` to a row."""
-    import numpy as np
-
     w = np.asarray(weight, dtype=np.float64)
     k, _, h, wd = w.shape
     lo = w.reshape(k, -1).min(1)[:, None, None, None]
@@ -89,14 +107,14 @@ def kernel_mosaic(weight, towers: int = 2, columns: int = 16, zoom: int = 6, gap
 
 
 def save_kernel_mosaic(weight, path: str | os.PathLike, towers: int = 2, title: str = "") -> Path:
-    plt = _pyplot()
+    """Fig. 3 as a PNG: `kernel_mosaic` drawn at its own pixel size, with a title."""
     mosaic = kernel_mosaic(weight, towers)
-    fig = plt.figure(figsize=(mosaic.shape[1] / 60 + 0.4, mosaic.shape[0] / 60 + 0.8))
+    fig, _ = new_figure(figsize=(mosaic.shape[1] / 60 + 0.4, mosaic.shape[0] / 60 + 0.8))
     ax = fig.add_axes([0.02, 0.02, 0.96, 0.86 if title else 0.96])
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, **PLAIN)
     return _save(fig, path)
 
 
@@ -104,14 +122,10 @@ def save_top5_figure(images, probs, labels, class_names: list[str], path: str | 
                      columns: int = 4) -> Path:
     """Fig. 4 (left): each image with the five labels the net thinks most probable as bars; the correct
     label is written under the image and its bar is red when it is among the five."""
-    import numpy as np
-
-    plt = _pyplot()
     n = len(images)
     rows = -(-n // columns)
-    fig, axes = plt.subplots(rows * 2, columns, figsize=(3.2 * columns, 4.2 * rows),
-                             gridspec_kw={"height_ratios": [1.6, 1] * rows})
-    axes = np.atleast_2d(axes)
+    fig, axes = new_figure(nrows=rows * 2, ncols=columns, figsize=(3.2 * columns, 4.2 * rows),
+                           squeeze=False, gridspec_kw={"height_ratios": [1.6, 1] * rows})
     for j in range(rows * columns):
         ax_img, ax_bar = axes[2 * (j // columns), j % columns], axes[2 * (j // columns) + 1, j % columns]
         ax_img.axis("off")
@@ -119,11 +133,11 @@ def save_top5_figure(images, probs, labels, class_names: list[str], path: str | 
             ax_bar.axis("off")
             continue
         ax_img.imshow(images[j])
-        ax_img.set_title(class_names[labels[j]], fontsize=9, y=-0.16)
+        ax_img.set_title(class_names[labels[j]], fontsize=9, y=-0.16, **PLAIN)
         top = np.argsort(-probs[j])[:5]
         colours = ["tab:red" if c == labels[j] else "tab:blue" for c in top]
         ax_bar.barh(range(len(top))[::-1], probs[j][top], color=colours)
-        ax_bar.set_yticks(range(len(top))[::-1], [class_names[c][:22] for c in top], fontsize=8)
+        ax_bar.set_yticks(range(len(top))[::-1], [class_names[c][:22] for c in top], fontsize=8, **PLAIN)
         ax_bar.set_xlim(0, 1)
         ax_bar.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
@@ -133,12 +147,8 @@ def save_top5_figure(images, probs, labels, class_names: list[str], path: str | 
 def save_neighbours_figure(queries, neighbours, path: str | os.PathLike, query_titles=None,
                            neighbour_titles=None) -> Path:
     """Fig. 4 (right): each query image in the first column, its nearest training images after it."""
-    import numpy as np
-
-    plt = _pyplot()
     q, k = len(queries), len(neighbours[0])
-    fig, axes = plt.subplots(q, k + 1, figsize=(1.5 * (k + 1), 1.6 * q))
-    axes = np.atleast_2d(axes)
+    fig, axes = new_figure(nrows=q, ncols=k + 1, figsize=(1.5 * (k + 1), 1.6 * q), squeeze=False)
     for i in range(q):
         for j in range(k + 1):
             ax = axes[i, j]
@@ -147,7 +157,7 @@ def save_neighbours_figure(queries, neighbours, path: str | os.PathLike, query_t
             ax.set_yticks([])
             title = (query_titles[i] if query_titles else "query") if j == 0 else (
                 neighbour_titles[i][j - 1] if neighbour_titles else "")
-            ax.set_title(title, fontsize=7)
+            ax.set_title(title, fontsize=7, **PLAIN)
             if j == 0:
                 for side in ax.spines.values():
                     side.set_edgecolor("tab:red")

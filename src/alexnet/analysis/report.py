@@ -4,16 +4,33 @@
     top5.png        Fig. 4 left, validation images with their five most probable labels
     neighbours.png  Fig. 4 right, validation images and their nearest training images in fc7 space
     curves.png      the run's training curves (when the checkpoint sits in a run folder)
+
+All or nothing: the PNGs are drawn into a staging folder beside OUT and moved into OUT only once every
+one is drawn, so a failed run leaves no partial set. Fig. 4 right needs only the k nearest training
+images of a few queries: without `train_features` the training split's fc7 vectors are computed batch
+by batch and only each query's running k nearest kept (ImageNet's would be a 21 GB file).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from alexnet.analysis.features import load_features
+from alexnet.analysis.figures import plot_curves, save_kernel_mosaic, save_neighbours_figure, save_top5_figure
+from alexnet.analysis.neighbours import RunningNearest, nearest_neighbours
+from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from alexnet.config import Config
+from alexnet.data import ImageStore
+from alexnet.errors import UserError
+from alexnet.evaluate import check_fits, predict_probabilities, store_batches, store_outputs
+from alexnet.runtime import resolve_device
 
 
 def spread_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -30,70 +47,98 @@ def spread_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def write_figures(checkpoint: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike,
                   device: str = "auto", views: int = 1, n_top5: int = 8, n_queries: int = 5, k: int = 6,
-                  train_features: str | os.PathLike | None = None, seed: int = 0, progress: bool = False) -> dict:
-    from alexnet.analysis.features import extract_features, load_features
-    from alexnet.analysis.figures import (plot_curves, save_kernel_mosaic, save_neighbours_figure,
-                                          save_top5_figure)
-    from alexnet.analysis.neighbours import nearest_neighbours
-    from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from alexnet.data import ImageStore
-    from alexnet.errors import UserError
-    from alexnet.evaluate import predict_probabilities
-    from alexnet.runtime import resolve_device
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+                  train_features: str | os.PathLike | None = None, seed: int = 0,
+                  progress: bool = False) -> dict[str, Path]:
+    """Draw the figures of a checkpoint on a store it fits into the folder `out`; {name: PNG path}."""
     payload = load_checkpoint(checkpoint)
-    config = checkpoint_config(payload)
-    model = model_from_checkpoint(payload)
-    dev = resolve_device(device)
     data = data or payload.get("data")
     if not data:
         raise UserError("give the store with --data")
     train, val = ImageStore(data, "train"), ImageStore(data, "val")
-    if payload["classes"] != train.classes:
-        raise UserError(f"{payload['path']} was trained on other classes than the store {data} has")
-    paths = {}
+    check_fits(payload, train)
+    check_fits(payload, val)
+    if views not in (1, 10):
+        raise UserError(f"--crops must be 1 or 10, got {views}")
+    if min(n_top5, n_queries, k) < 1:
+        raise UserError("the figures need at least one image, one query and one neighbour")
+    config = checkpoint_config(payload)
+    database = _training_features(train_features, train, config) if train_features else None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        drawn = _draw(payload, config, data, train, val, staging, resolve_device(device), views, n_top5,
+                      n_queries, k, database, seed, progress)
+        out.mkdir(exist_ok=True)
+        paths = {}
+        for name, path in drawn.items():
+            paths[name] = out / path.name
+            os.replace(path, paths[name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths
 
-    paths["kernels"] = save_kernel_mosaic(model.conv1.weight.detach(), out / "kernels.png", config.model.towers,
-                                          title=f"conv1: {model.conv1.out_channels} kernels "
-                                          f"{model.conv1.kernel_size[0]}x{model.conv1.kernel_size[1]}x3"
-                                          + (", one block per tower (§6.1, Fig. 3)" if config.model.towers == 2 else ""))
+
+def _training_features(path: str | os.PathLike, train: ImageStore, config: Config) -> np.ndarray:
+    database, _ = load_features(path)
+    if len(database) != len(train):
+        raise UserError(f"{path} has {len(database)} rows, the store's train split {len(train)}")
+    if database.shape[1] != config.model.fc_width:
+        raise UserError(f"{path} holds {database.shape[1]}-d features, this net's fc7 has {config.model.fc_width}")
+    return database
+
+
+def _draw(payload: dict, config: Config, data, train: ImageStore, val: ImageStore, folder: Path,
+          device: torch.device, views: int, n_top5: int, n_queries: int, k: int, database: np.ndarray | None,
+          seed: int, progress: bool) -> dict[str, Path]:
+    model = model_from_checkpoint(payload)
+    paths = {}
+    towers = config.model.towers
+    kernel = model.conv1.kernel_size
+    paths["kernels"] = save_kernel_mosaic(model.conv1.weight.detach().cpu(), folder / "kernels.png", towers,
+                                          title=f"conv1: {model.conv1.out_channels} kernels {kernel[0]}x{kernel[1]}x3"
+                                          + (", one block per tower (§6.1, Fig. 3)" if towers == 2 else ""))
 
     shown = spread_sample(val.labels, n_top5, seed)
-    probs = predict_probabilities(model, val, dev, views, indices=shown, data_config=config.data)
+    probs = predict_probabilities(model, val, device, views, indices=shown, data_config=config.data)
     paths["top5"] = save_top5_figure(val.get_batch(shown), probs, val.labels[shown], val.class_names,
-                                     out / "top5.png")
+                                     folder / "top5.png")
 
-    if train_features:
-        database, meta = load_features(train_features)
-        if len(database) != len(train):
-            raise UserError(f"{train_features} has {len(database)} rows, the store's train split {len(train)}")
-    else:
-        database, _ = load_features(extract_features(model, train, out / "train_features.npy", dev,
-                                                     data_config=config.data, progress=progress,
-                                                     meta={"checkpoint": payload["path"]}))
     queries = spread_sample(val.labels, n_queries, seed + 1)
-    query_store_features = _features_of(model, val, queries, dev, config.data)
-    _, nearest = nearest_neighbours(query_store_features, database, k, dev)
+    query_features = store_outputs(model, val, device, output="features", indices=queries, data_config=config.data)
+    nearest = _nearest_training_images(model, train, query_features, k, device, config, database, progress)
     names = train.class_names
     paths["neighbours"] = save_neighbours_figure(
-        val.get_batch(queries), [train.get_batch(row) for row in nearest], out / "neighbours.png",
+        val.get_batch(queries), [train.get_batch(row) for row in nearest], folder / "neighbours.png",
         query_titles=[names[val.labels[q]][:14] for q in queries],
         neighbour_titles=[[names[train.labels[j]][:14] for j in row] for row in nearest])
 
     metrics = Path(payload["path"]).parent / "metrics.jsonl"
-    if metrics.is_file():
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        if history:
-            paths["curves"] = plot_curves(history, out / "curves.png", title=f"{config.variant} on {Path(data).name}")
+    history = _read_history(metrics)
+    if history:
+        paths["curves"] = plot_curves(history, folder / "curves.png", title=f"{config.variant} on {Path(data).name}")
     return paths
 
 
-@torch.no_grad()
-def _features_of(model, store, indices, device, data_config) -> np.ndarray:
-    from alexnet.data.augment import BatchTransforms
+def _nearest_training_images(model: torch.nn.Module, train: ImageStore, query_features: np.ndarray, k: int,
+                             device: torch.device, config: Config, database: np.ndarray | None,
+                             progress: bool) -> np.ndarray:
+    """(queries, k) training-split indices nearest in fc7 space, from a feature file or streamed."""
+    if database is not None:
+        return nearest_neighbours(query_features, database, k, device)[1]
+    nearest = RunningNearest(query_features, min(k, len(train)), device)
+    for features, _, indices in store_batches(model, train, device, output="features", batch_size=256,
+                                              data_config=config.data, progress=progress, desc="train features"):
+        nearest.add(features, int(indices[0]))
+    return nearest.result()[1]
 
-    transforms = BatchTransforms.for_store(store, model.config.input_size, data_config, device)
-    images = torch.from_numpy(store.get_batch(indices)).to(device)
-    return model.to(device).eval().embed(transforms.test(images, 1).contiguous()).float().cpu().numpy()
+
+def _read_history(metrics: Path) -> list[dict]:
+    if not metrics.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []  # a damaged metrics file costs the curves, not the paper's figures
