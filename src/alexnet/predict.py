@@ -19,7 +19,7 @@ def predict_files(checkpoint: str | os.PathLike, paths: list[str], views: int = 
     {"file", "error"} for a file that cannot be read as an image."""
     from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from alexnet.data.augment import BatchTransforms
-    from alexnet.data.prepare import BadImage, load_image
+    from alexnet.data.image import BadImage, load_image
     from alexnet.runtime import resolve_device
 
     if views not in (1, 10):
