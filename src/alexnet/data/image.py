@@ -73,7 +73,7 @@ def to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
 def _decode_file(data: bytes, suffix: str, size: int, draft: bool) -> tuple[Image.Image, list[str]]:
     img = Image.open(io.BytesIO(data))
     notes = []
-    if img.format != "JPEG" or suffix.lower() not in (".jpeg", ".jpg"):
+    if (img.format == "JPEG") != (suffix.lower() in (".jpeg", ".jpg")):
         notes.append(f"{img.format} data in a '{suffix}' file")
     if draft and img.format == "JPEG":
         # Let libjpeg downscale in the DCT while both sides stay >= 2*size (Pillow's reducing_gap);

@@ -88,10 +88,10 @@ def _recover_overwrite(dst: Path, log) -> None:
     trash = _sibling(dst, ".old")
     if not trash.exists():
         return
-    if not (trash / "meta.json").is_file():
+    if not (trash / "meta.json").is_file() and any(trash.iterdir()):
         raise UserError(f"{trash} is in the way and is not a store prepare moved there; move it elsewhere")
-    if dst.exists():
-        shutil.rmtree(trash)
+    if dst.exists() or not (trash / "meta.json").is_file():
+        _delete_store(trash)
         log(f"deleted {trash}, the old store an interrupted --overwrite had replaced")
     else:
         os.replace(trash, dst)
@@ -211,7 +211,9 @@ def _write_split(work: Path, name: str, source: Source, state: Progress, fmt: st
     valid = [s for _, rec in records for s in rec["valid"]]
     if not valid:
         if name == "train":
-            raise UserError("no training image could be read; see the skipped files above")
+            why = [(split.files[s], w) for _, rec in records for s, w in rec["skipped"]][:1]
+            raise UserError("no training image could be read" + "".join(
+                f", e.g. {printable(p)}: {w}" for p, w in why) + f"; fix SRC and delete {work}")
         return 0
     folder = work / name
     save_npy_atomic(folder / "labels.npy", np.asarray([split.labels[s] for s in valid], np.int16))
@@ -273,6 +275,15 @@ def finalise(work: Path, source: Source, state: Progress, settings: Settings, ke
     return counts
 
 
+def _delete_store(path: Path) -> None:
+    """Delete a store, meta.json last: a deletion cut short still shows whose folder this was."""
+    for child in path.iterdir():
+        if child.name != "meta.json":
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    (path / "meta.json").unlink(missing_ok=True)
+    path.rmdir()
+
+
 def install(work: Path, dst: Path) -> None:
     """Drop the bookkeeping and rename the finished partial store to DST (moving an old DST aside)."""
     for name in ("plan.json", PROGRESS_FILE):
@@ -282,7 +293,7 @@ def install(work: Path, dst: Path) -> None:
         os.replace(dst, trash)
         os.replace(work, dst)
         fsync_dir(dst.parent)
-        shutil.rmtree(trash)
+        _delete_store(trash)
     else:
         os.replace(work, dst)
         fsync_dir(dst.parent)
