@@ -69,8 +69,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                          workers=args.workers, val_labels=args.val_labels, overwrite=args.overwrite,
                          draft=not args.no_draft, progress=not args.quiet)
     except KeyboardInterrupt as e:
-        print(f"alexnet prepare: {'terminated' if terminated else 'interrupted'}: {e or 'nothing written'}",
-              file=sys.stderr)
+        why = str(e) or "run the same command again to continue"
+        print(f"alexnet prepare: {'terminated' if terminated else 'interrupted'}: {why}", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

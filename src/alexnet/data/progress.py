@@ -63,7 +63,8 @@ class Progress:
             if arrays["done"].dtype != np.uint8:
                 raise ValueError("its chunk list is not text")
             for split, index, rec in json.loads(arrays["done"].tobytes()):
-                if not isinstance(split, str) or not isinstance(index, int) or set(rec) != set(CHUNK_FIELDS):
+                if (not isinstance(split, str) or not isinstance(index, int) or not isinstance(rec, dict)
+                        or set(rec) != set(CHUNK_FIELDS) or not all(isinstance(v, list) for v in rec.values())):
                     raise ValueError("its chunk list is not the one prepare writes")
                 p.done[(split, index)] = rec
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
