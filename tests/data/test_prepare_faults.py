@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import alexnet.data.convert as convert_module
-import alexnet.data.files as files_module
 import alexnet.data.prepare as prepare_module
 from alexnet.cli import main
 from alexnet.data import ImageStore

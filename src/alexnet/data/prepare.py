@@ -33,8 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.data.convert import Chunk, Settings, run_chunks
-from alexnet.data.files import FolderLock, fsync_dir, save_npy_atomic, save_npz_atomic, write_bytes_atomic, write_json_atomic
-from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (re-exported)
+from alexnet.data.files import (FolderLock, fsync_dir, save_npy_atomic, save_npz_atomic, write_bytes_atomic,
+                                 write_json_atomic)
+from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (old import path)
 from alexnet.data.progress import PROGRESS_FILE, Progress
 from alexnet.data.source import Source, name_to_json, printable, scan_source
 from alexnet.data.store import FORMAT_VERSION, read_meta
