@@ -163,9 +163,9 @@ def test_every_command_refuses_a_store_of_another_image_size(tiny_run, demo_stor
 
 def test_eval_refuses_out_of_range_labels_and_a_nan_mean(tiny_run, misfits, capsys):
     assert main(["eval", str(tiny_run), "--data", str(misfits["labels"]), "--device", "cpu", "--quiet"]) == 2
-    _one_line_error(capsys, "eval", "labels run from 0 to 10")
+    _one_line_error(capsys, "eval", "labels outside 0..9")
     assert main(["eval", str(tiny_run), "--data", str(misfits["nan"]), "--device", "cpu", "--quiet"]) == 2
-    _one_line_error(capsys, "eval", "mean image", "not finite")
+    _one_line_error(capsys, "eval", "non-finite values in mean")
 
 
 def test_a_checkpoint_with_a_nan_mean_is_refused_by_predict_and_export(tiny_run, demo_store, tmp_path, capsys):

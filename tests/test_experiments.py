@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-from alexnet.cifar import FourLayerNet, load_cifar10, prepare_inputs, relu_vs_tanh, train_curve, write_cifar_batches
+from alexnet.data.cifar import load_cifar10, write_cifar_batches
+from alexnet.fig1 import FourLayerNet, prepare_inputs, relu_vs_tanh, train_curve
 from alexnet.cli import main
 from alexnet.data import ImageStore
 from alexnet.data.demo import make_demo_cifar

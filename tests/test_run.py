@@ -292,8 +292,8 @@ def _val_images_gone(store):
     (store / "val" / "images.npy").unlink()
 
 
-@pytest.mark.parametrize("damage, message", [(_bad_val_label, "label 12 is outside the 10 classes"),
-                                             (_nan_mean, "mean image is not finite"),
+@pytest.mark.parametrize("damage, message", [(_bad_val_label, "labels outside 0..9"),
+                                             (_nan_mean, "non-finite values in mean"),
                                              (_val_images_gone, r"damaged.*val/images.npy")])
 def test_a_store_that_does_not_fit_is_refused_before_an_epoch(demo_store, tmp_path, capsys, damage, message):
     store = _damaged_copy(demo_store, tmp_path, damage)

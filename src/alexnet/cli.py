@@ -55,25 +55,41 @@ def _cmd_summary(args: argparse.Namespace) -> None:
           f"{seconds * 1000:.0f} ms ({args.batch / seconds:,.0f} images/s)")
 
 
-def _cmd_prepare(args: argparse.Namespace) -> None:
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    import signal
+
     from alexnet.data.prepare import prepare
 
+    terminated = []
+
+    def on_sigterm(signum, frame):  # like Ctrl-C: prepare saves its progress on the way out
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         report = prepare(args.src, args.dst, size=args.size, fmt=args.format, quality=args.quality,
                          workers=args.workers, val_labels=args.val_labels, overwrite=args.overwrite,
                          draft=not args.no_draft, progress=not args.quiet)
     except KeyboardInterrupt as e:
-        raise UserError(str(e) or "interrupted") from None
+        why = str(e) or "run the same command again to continue"
+        print(f"alexnet prepare: {'terminated' if terminated else 'interrupted'}: {why}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print_prepare_report(report)
+    return 0
 
 
 def print_prepare_report(report) -> None:
+    from alexnet.data.source import printable
+
     for path, why in report.skipped:
-        print(f"skipped   {path}: {why}")
+        print(f"skipped   {printable(path)}: {why}")
     for path, note in report.converted:
-        print(f"converted {path}: {note}")
+        print(f"converted {printable(path)}: {note}")
     for w in report.warnings:
-        print(f"warning   {w}")
+        print(f"warning   {printable(w)}")
     counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
     print(f"wrote {report.dst}: {counts} images in {report.seconds:.1f} s; "
           f"{len(report.skipped)} skipped, {len(report.converted)} converted (listed in {report.dst}/prepare.log)")
@@ -252,7 +268,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
     for name in names:
         if name == FIG1:
-            from alexnet.cifar import relu_vs_tanh
+            from alexnet.fig1 import relu_vs_tanh
 
             if not args.cifar:
                 raise UserError(f"{FIG1} trains on CIFAR-10: give its python-batches folder with --cifar")

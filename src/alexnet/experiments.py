@@ -8,7 +8,7 @@ hash of the resolved config and the store's path, leaving out what does not chan
 settings train a new one. Only a finished run appends its row to RESULTS/results.jsonl and rewrites
 RESULTS/results.md, one table with a column for the difference to the baseline trained on the same
 data, base and settings, so rows from different runs and machines stay comparable. `relu-vs-tanh` is
-Fig. 1, on CIFAR-10 (alexnet/cifar.py).
+Fig. 1, on CIFAR-10 (alexnet/fig1.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from alexnet.data.augment import BatchTransforms
-from alexnet.data.prepare import BadImage, load_image
+from alexnet.data.image import BadImage, load_image
 from alexnet.errors import UserError
 from alexnet.evaluate import autocast_for, check_fits, view_outputs
 from alexnet.runtime import resolve_device

@@ -1,6 +1,7 @@
 """Batch plans and the threaded loader; the ImageStore's Python access."""
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -57,10 +58,15 @@ def test_loader_yields_the_planned_images_and_labels(store):
 
 
 def test_loader_stops_cleanly_when_abandoned(store):
+    before = set(threading.enumerate())
     loader = BatchLoader(store, eval_plan(len(store), 3), workers=2, prefetch=3)
     it = iter(loader)
     next(it)
+    started = [t for t in threading.enumerate() if t.name.startswith("alexnet-loader")]
+    assert started and all(t.is_alive() for t in started)
     it.close()  # the consumer broke out of its loop: threads must be shut down, nothing raised
+    assert set(threading.enumerate()) == before
+    assert not any(t.is_alive() for t in started)
     assert len(loader) == 6
 
 

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import alexnet.data.convert as convert_module
+import alexnet.data.prepare as prepare_module
 from alexnet.cli import main
 from alexnet.data import ImageStore
-from alexnet.data.prepare import load_image, prepare, resized_shape
+from alexnet.data.image import load_image, resized_shape
+from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
 from tests.conftest import save, smooth_image
 
@@ -33,6 +36,19 @@ def quiet_prepare(src, dst, **kw):
     kw.setdefault("workers", 1)
     kw.setdefault("progress", False)
     return prepare(src, dst, log=lambda *a: None, **kw)
+
+
+def interrupt_after(monkeypatch, chunks: int) -> None:
+    """Ctrl-C while a serial prepare converts chunk number `chunks` + 1."""
+    real, calls = convert_module.process_chunk, []
+
+    def process_chunk(chunk, settings):
+        if len(calls) == chunks:
+            raise KeyboardInterrupt
+        calls.append(chunk)
+        return real(chunk, settings)
+
+    monkeypatch.setattr(convert_module, "process_chunk", process_chunk)
 
 
 def test_stored_pixels_labels_and_classes(tree, tmp_path):
@@ -167,31 +183,34 @@ def _assert_same_store(a, b):
             np.testing.assert_array_equal(x, y)
 
 
-def test_interrupted_prepare_resumes_to_the_same_store(tree, tmp_path):
+def test_interrupted_prepare_resumes_to_the_same_store(tree, tmp_path, monkeypatch):
     dst = tmp_path / "store"
-    with pytest.raises(KeyboardInterrupt):
-        quiet_prepare(tree, dst, size=16, chunk_size=4, _stop_after_chunks=3)
+    monkeypatch.setattr(prepare_module, "CHUNK_SIZE", 4)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            quiet_prepare(tree, dst, size=16)
     assert not dst.exists() and (tmp_path / "store.partial").is_dir()
     with pytest.raises(UserError, match="interrupted"):
         ImageStore(dst)
-    report = quiet_prepare(tree, dst, size=16, chunk_size=4)
+    report = quiet_prepare(tree, dst, size=16)
     assert report.resumed_chunks == 3 and report.counts == {"train": 18, "val": 6}
     assert not (tmp_path / "store.partial").exists()
-    quiet_prepare(tree, tmp_path / "fresh", size=16, chunk_size=4)
+    quiet_prepare(tree, tmp_path / "fresh", size=16)
     _assert_same_store(dst, tmp_path / "fresh")
 
 
-def test_killed_prepare_resumes_to_the_same_store(tree, tmp_path):
+def test_killed_prepare_resumes_to_the_same_store(tree, tmp_path, monkeypatch):
     """SIGKILL in the middle of a multi-process prepare, then the same command again."""
     rng = np.random.default_rng(5)
     for i in range(300):
         save(smooth_image(rng, 120, 90), tree / "train" / "n02" / f"extra_{i:03d}.JPEG")
     dst = tmp_path / "store"
-    code = (f"from alexnet.data.prepare import prepare\n"
-            f"prepare({str(tree)!r}, {str(dst)!r}, size=16, chunk_size=4, workers=2, progress=False, checkpoint_seconds=0)\n")
+    code = (f"import alexnet.data.prepare as p\np.CHUNK_SIZE, p.CHECKPOINT_SECONDS = 4, 0\n"
+            f"p.prepare({str(tree)!r}, {str(dst)!r}, size=16, workers=2, progress=False)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    progress = tmp_path / "store.partial" / "progress.pkl"
+    progress = tmp_path / "store.partial" / "progress.npz"
     deadline = time.time() + 60
     while not progress.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
@@ -199,17 +218,21 @@ def test_killed_prepare_resumes_to_the_same_store(tree, tmp_path):
     proc.wait()
     if dst.exists():  # finished before the kill: nothing to resume, still a valid store
         pytest.skip("prepare finished before it could be killed")
-    report = quiet_prepare(tree, dst, size=16, chunk_size=4, workers=2)
+    monkeypatch.setattr(prepare_module, "CHUNK_SIZE", 4)
+    report = quiet_prepare(tree, dst, size=16, workers=2)
     assert report.resumed_chunks > 0
-    quiet_prepare(tree, tmp_path / "fresh", size=16, chunk_size=4, workers=2)
+    quiet_prepare(tree, tmp_path / "fresh", size=16, workers=2)
     _assert_same_store(dst, tmp_path / "fresh")
 
 
-def test_partial_prepare_with_other_settings_is_refused(tree, tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        quiet_prepare(tree, tmp_path / "store", size=16, chunk_size=4, _stop_after_chunks=1)
+def test_partial_prepare_with_other_settings_is_refused(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "CHUNK_SIZE", 4)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            quiet_prepare(tree, tmp_path / "store", size=16)
     with pytest.raises(UserError, match="other files or settings"):
-        quiet_prepare(tree, tmp_path / "store", size=20, chunk_size=4)
+        quiet_prepare(tree, tmp_path / "store", size=20)
 
 
 def test_existing_store_needs_overwrite(tree, tmp_path):
@@ -222,9 +245,10 @@ def test_existing_store_needs_overwrite(tree, tmp_path):
         quiet_prepare(tree, tree / "store", size=16)
 
 
-def test_parallel_workers_write_the_same_store(tree, tmp_path):
-    quiet_prepare(tree, tmp_path / "one", size=16, chunk_size=5)
-    quiet_prepare(tree, tmp_path / "two", size=16, chunk_size=5, workers=2)
+def test_parallel_workers_write_the_same_store(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "CHUNK_SIZE", 5)
+    quiet_prepare(tree, tmp_path / "one", size=16)
+    quiet_prepare(tree, tmp_path / "two", size=16, workers=2)
     _assert_same_store(tmp_path / "one", tmp_path / "two")
 
 
@@ -260,9 +284,10 @@ def test_flat_validation_folder_with_label_file(tree, tmp_path):
         quiet_prepare(tree, tmp_path / "store3", size=16)
 
 
-def test_jpeg_store_is_close_to_raw_and_its_stats_are_its_own(tree, tmp_path):
+def test_jpeg_store_is_close_to_raw_and_its_stats_are_its_own(tree, tmp_path, monkeypatch):
     quiet_prepare(tree, tmp_path / "raw", size=32)
-    quiet_prepare(tree, tmp_path / "jpeg", size=32, fmt="jpeg", quality=95, chunk_size=5)
+    monkeypatch.setattr(prepare_module, "CHUNK_SIZE", 5)
+    quiet_prepare(tree, tmp_path / "jpeg", size=32, fmt="jpeg", quality=95)
     raw, jpg = ImageStore(tmp_path / "raw"), ImageStore(tmp_path / "jpeg")
     assert jpg.format == "jpeg" and len(jpg) == len(raw)
     np.testing.assert_array_equal(jpg.labels, raw.labels)

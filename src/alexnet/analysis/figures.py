@@ -56,6 +56,9 @@ def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     return path
 
 
+pyplot, save_figure = _pyplot, _save  # public: the experiment layer's figures (alexnet/fig1.py) use them too
+
+
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Training curves of a run (its metrics.jsonl rows): loss, error rates and learning rate by epoch."""
     epochs = [h["epoch"] for h in history]

@@ -53,12 +53,6 @@ def crop_and_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, crop:
     return images.reshape(n * h * w, c).index_select(0, pixel.reshape(-1)).reshape(len(top), crop, crop, c)
 
 
-def random_crop_and_flip(images: Tensor, crop: int, generator: torch.Generator,
-                         flip: bool = True) -> Tensor:
-    top, left, mirror = crop_params(images.shape[0], images.shape[1], crop, generator, flip)
-    return crop_and_flip(images, top, left, mirror, crop)
-
-
 def center_crop(images: Tensor, crop: int) -> Tensor:
     """(B, H, W, C) -> (B, crop, crop, C), the central patch (a view, no copy)."""
     h, w = images.shape[1:3]
@@ -86,11 +80,6 @@ def lighting_noise(n: int, eigvals: Tensor, eigvecs: Tensor, std: float, generat
     (§4.1). `eigvecs` holds p_i as columns; `eigvals` the magnitudes l_i."""
     alpha = torch.randn(n, 3, generator=generator, device=generator.device) * std
     return (alpha * eigvals.to(alpha.device)) @ eigvecs.to(alpha.device).T
-
-
-def pca_lighting(images: Tensor, eigvals: Tensor, eigvecs: Tensor, std: float, generator: torch.Generator) -> Tensor:
-    """Float (B, H, W, 3) images plus one lighting offset per image, the same for all its pixels."""
-    return images + lighting_noise(images.shape[0], eigvals, eigvecs, std, generator)[:, None, None, :].to(images.dtype)
 
 
 def to_nchw(images: Tensor) -> Tensor:

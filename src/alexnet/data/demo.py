@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alexnet.data.cifar import write_cifar_batches
+from alexnet.data.image import resize_and_center_crop
+from alexnet.errors import UserError
+
 CLASSES = ["disc", "square", "triangle", "ring", "cross", "horizontal stripes", "vertical stripes",
            "checkerboard", "diagonal stripes", "dots"]
 
@@ -77,10 +81,20 @@ def draw_example(k: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def _check_counts(root: Path, **counts: int) -> None:
+    for name, n in counts.items():
+        least = 0 if name == "val_per_class" else 1
+        if n < least:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {least}, got {n}")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} exists and is not a folder; choose a new folder to write the demo data into")
+
+
 def make_demo_data(root: str | os.PathLike, classes: int = 10, train_per_class: int = 100,
                    val_per_class: int = 20, seed: int = 0, odd_files: bool = True) -> Path:
     """Write the demo tree under `root` and return it. Deterministic for a seed."""
     root = Path(root)
+    _check_counts(root, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class)
     rng = np.random.default_rng(seed)
     (root / "LOC_synset_mapping.txt").parent.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -111,9 +125,7 @@ def make_demo_cifar(root: str | os.PathLike, train_per_class: int = 500, test_pe
                     seed: int = 0) -> Path:
     """The demo classes at 32x32 in CIFAR-10's python-pickle format (data_batch_1..5, test_batch,
     batches.meta), for the Fig. 1 experiment where no CIFAR-10 copy is at hand."""
-    from alexnet.cifar import write_cifar_batches
-    from alexnet.data.prepare import resize_and_center_crop
-
+    _check_counts(root, classes=len(CLASSES), train_per_class=train_per_class, val_per_class=test_per_class)
     rng = np.random.default_rng(seed)
 
     def draw(per_class):

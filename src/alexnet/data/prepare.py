@@ -1,328 +1,48 @@
 """`alexnet prepare SRC DST`: an ImageNet-style folder, written once into a store training reads fast.
 
-§2: "Given a rectangular image, we first rescaled the image such that the shorter side was of length
-256, and then cropped out the central 256x256 patch". Each image is decoded (with the JPEG decoder's
-own 1/2, 1/4, 1/8 downscaling while the image stays at least twice the target, as Pillow's thumbnail
-does), converted to RGB, resized with an antialiasing (Lanczos) filter and centre-cropped.
+Three steps, each its own function below:
+1. scan: find the classes and files (alexnet/data/source.py) and make the plan, whose key is a hash of
+   the file list and the settings;
+2. convert: decode, resize (§2, alexnet/data/image.py) and write the images chunk by chunk, in worker
+   processes (alexnet/data/convert.py), recording finished chunks and the training set's running
+   statistics in DST.partial/progress.npz;
+3. finalise: write the labels, names, index, statistics, log and, last, meta.json into DST.partial,
+   then rename it to DST. Each finalising step rewrites its file whole from the recorded progress, so
+   a finalise cut short anywhere is simply run again.
 
 The store (format documented in alexnet/data/store.py) is written into DST.partial and renamed to DST
-when complete, so a store at DST is always whole. The work is split into chunks; finished chunks and
-the running training-set statistics are checkpointed in DST.partial/progress.pkl, and running the same
-command again after an interrupt or a crash continues from there.
+when complete, so a store at DST is always whole; running the same command again after an interrupt
+or a crash continues from where it stopped. DST.lock keeps a second prepare out while one writes. With
+--overwrite the old store is moved to DST.old, the new one renamed into place, DST.old deleted; a run
+cut off between those renames is repaired by the next one.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
-import pickle
 import shutil
-import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from multiprocessing import get_context
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from alexnet.data.store import FORMAT_VERSION, read_meta, write_json_atomic
+from alexnet.data.convert import Chunk, Settings, run_chunks
+from alexnet.data.files import (FolderLock, fsync_dir, save_npy_atomic, save_npz_atomic, write_bytes_atomic,
+                                 write_json_atomic)
+from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (old import path)
+from alexnet.data.progress import PROGRESS_FILE, Progress
+from alexnet.data.source import Source, name_to_json, printable, scan_source
+from alexnet.data.store import FORMAT_VERSION, read_meta
 from alexnet.errors import UserError
 
-RESAMPLE = Image.Resampling.LANCZOS
-CLASS_NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "words.txt")
-VAL_LABEL_FILES = ("LOC_val_solution.csv", "val_labels.txt", "val.txt", "ILSVRC2012_val_labels.txt")
-
-
-class BadImage(Exception):
-    """An input file that cannot be turned into an RGB image."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# One image
-# ---------------------------------------------------------------------------------------------------
-
-
-def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) with the shorter side `size` and the aspect ratio kept (rounded)."""
-    if width <= height:
-        return size, max(size, round(height * size / width))
-    return max(size, round(width * size / height)), size
-
-
-def resize_and_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """§2: shorter side to `size`, then the central `size` x `size` patch."""
-    w, h = resized_shape(*img.size, size)
-    if (w, h) != img.size:
-        img = img.resize((w, h), RESAMPLE)
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def load_image(path: str | os.PathLike, size: int, draft: bool = True) -> tuple[np.ndarray, str | None]:
-    """The `size` x `size` x 3 uint8 RGB store image of one file, and a note when the file needed a
-    conversion (greyscale, CMYK, a PNG under a .JPEG name ...). Raises BadImage if it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BadImage(f"cannot read the file: {e.strerror or e}") from None
-    if not data:
-        raise BadImage("empty file")
-    try:
-        img = Image.open(io.BytesIO(data))
-        notes = []
-        suffix = Path(path).suffix.lower()
-        if img.format != "JPEG" or suffix not in (".jpeg", ".jpg"):
-            notes.append(f"{img.format} data in a '{Path(path).suffix}' file")
-        if draft and img.format == "JPEG":
-            # Let libjpeg downscale in the DCT while both sides stay >= 2*size (Pillow's reducing_gap).
-            img.draft(img.mode, (2 * size, 2 * size))
-        img.load()
-        if img.mode != "RGB":
-            notes.append(f"{img.mode} converted to RGB")
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")  # composite transparency on white, not on black
-                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, img)
-            img = img.convert("RGB")
-    except UnidentifiedImageError:
-        raise BadImage("not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"too large: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise BadImage(f"corrupt or truncated: {e}") from None
-    out = np.asarray(resize_and_center_crop(img, size), dtype=np.uint8)
-    return out, ("; ".join(notes) or None)
-
-
-def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-try:  # libjpeg-turbo without Pillow's image objects: the same pixels, 2.7x faster at 256x256 (bench/README.md)
-    import simplejpeg
-except ImportError:  # e.g. a GPU machine without it: Pillow decodes the same pixels, slower
-    simplejpeg = None
-
-
-def decode_jpeg(data: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
-    """An RGB JPEG of the store as an (H, W, 3) uint8 array, decoded into `out` if given."""
-    if simplejpeg is not None:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
-    img = Image.open(io.BytesIO(data))
-    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    if out is None:
-        return pixels
-    out[...] = pixels
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# The source tree
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SourceSplit:
-    files: list[str]  # paths relative to SRC, in store order
-    labels: list[int]
-
-
-@dataclass
-class Source:
-    classes: list[str]  # folder names (WordNet ids for ImageNet), sorted: label i is classes[i]
-    class_names: list[str]
-    splits: dict[str, SourceSplit]
-    warnings: list[str] = field(default_factory=list)
-
-
-def _files_in(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and not e.is_dir())
-
-
-def _read_class_names(src: Path, classes: list[str]) -> list[str]:
-    for name in CLASS_NAME_FILES:
-        path = src / name
-        if path.is_file():
-            names = {}
-            for line in path.read_text(errors="replace").splitlines():
-                parts = line.strip().split(None, 1)
-                if len(parts) == 2:
-                    names[parts[0]] = parts[1]
-            return [names.get(c, c) for c in classes]
-    return list(classes)
-
-
-def read_val_labels(path: Path, classes: list[str]) -> dict[str, int]:
-    """Labels of a flat validation folder, by file stem. Reads ILSVRC's LOC_val_solution.csv
-    (ImageId,PredictionString whose first word is the WordNet id) or lines "FILE LABEL" where LABEL is
-    a WordNet id or an index into the sorted class list (Caffe's val.txt)."""
-    index = {c: i for i, c in enumerate(classes)}
-    labels: dict[str, int] = {}
-    text = path.read_text(errors="replace")
-    if text.startswith("ImageId"):
-        rows = ((r["ImageId"], r["PredictionString"].split()[0]) for r in csv.DictReader(io.StringIO(text)))
-    else:
-        rows = (tuple(line.split()[:2]) for line in text.splitlines() if line.strip())
-    for n, row in enumerate(rows, 1):
-        if len(row) != 2:
-            raise UserError(f"{path}: line {n} is not 'FILE LABEL'")
-        name, label = row
-        stem = Path(name).stem
-        if label in index:
-            labels[stem] = index[label]
-        elif label.isdigit() and int(label) < len(classes):
-            labels[stem] = int(label)
-        else:
-            raise UserError(f"{path}: line {n}: label '{label}' is neither a class of train/ nor a class index")
-    return labels
-
-
-def scan_source(src: str | os.PathLike, val_labels: str | os.PathLike | None = None) -> Source:
-    """Find the classes and files of an ImageNet-style tree: SRC/train/<class>/*, and SRC/val/<class>/*
-    or a flat SRC/val/ with a labels file."""
-    src = Path(src)
-    if not src.exists():
-        raise UserError(f"source folder {src} does not exist")
-    if not src.is_dir():
-        raise UserError(f"source {src} is not a folder")
-    train = src / "train"
-    if not train.is_dir():
-        raise UserError(f"{src} has no train/ folder; expected SRC/train/<class>/<images> (and SRC/val/)")
-    classes = sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise UserError(f"{train} has no class folders; expected {train}/<class>/<images>")
-    warnings = []
-    splits: dict[str, SourceSplit] = {}
-    files, labels = [], []
-    for label, c in enumerate(classes):
-        names = _files_in(train / c)
-        if not names:
-            warnings.append(f"class folder train/{c} is empty: label {label} keeps its place but has no images")
-        files += [f"train/{c}/{n}" for n in names]
-        labels += [label] * len(names)
-    if not files:
-        raise UserError(f"{train} has class folders but no files in them")
-    splits["train"] = SourceSplit(files, labels)
-
-    val = src / "val"
-    if val.is_dir():
-        subdirs = sorted(e.name for e in os.scandir(val) if e.is_dir() and not e.name.startswith("."))
-        flat = _files_in(val)
-        files, labels = [], []
-        if subdirs:
-            index = {c: i for i, c in enumerate(classes)}
-            unknown = [d for d in subdirs if d not in index]
-            if unknown:
-                raise UserError(f"val/ has class folders that train/ lacks: {', '.join(unknown[:5])}")
-            for c in subdirs:
-                names = _files_in(val / c)
-                if not names:
-                    warnings.append(f"class folder val/{c} is empty")
-                files += [f"val/{c}/{n}" for n in names]
-                labels += [index[c]] * len(names)
-        elif flat:
-            path = Path(val_labels) if val_labels else next(
-                (p for p in (src / n for n in VAL_LABEL_FILES) if p.is_file()), None)
-            if path is None or not path.is_file():
-                raise UserError(f"{val} holds images but no class folders; give its labels with --val-labels "
-                                f"(LOC_val_solution.csv, or lines 'FILE LABEL'), or put one of "
-                                f"{', '.join(VAL_LABEL_FILES)} in {src}")
-            by_stem = read_val_labels(path, classes)
-            missing = [n for n in flat if Path(n).stem not in by_stem]
-            if missing:
-                raise UserError(f"{path} has no label for {len(missing)} file(s) of val/, e.g. {missing[0]}")
-            files = [f"val/{n}" for n in flat]
-            labels = [by_stem[Path(n).stem] for n in flat]
-        if files:
-            splits["val"] = SourceSplit(files, labels)
-        else:
-            warnings.append("val/ is empty: the store has no validation split")
-    else:
-        warnings.append("no val/ folder: the store has no validation split")
-    return Source(classes, _read_class_names(src, classes), splits, warnings)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Workers
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Chunk:
-    split: str
-    index: int
-    start: int  # first slot
-    paths: list[str]  # absolute paths
-
-
-def _process_chunk(chunk: Chunk, work: str, size: int, fmt: str, quality: int, draft: bool, stats: bool) -> dict:
-    """Decode, resize and write one chunk; return what the parent records (and the chunk's statistics
-    as exact integer sums: uint8 pixels make every sum fit int64 even for all of ImageNet)."""
-    out = Path(work) / chunk.split
-    valid, skipped, converted = [], [], []
-    sum_image = np.zeros((size, size, 3), np.int64) if stats else None
-    rgb_sum = np.zeros(3, np.int64)
-    rgb_outer = np.zeros((3, 3), np.int64)
-    blobs = []
-    if fmt == "raw":
-        meta = json.loads((out / "layout.json").read_text())
-        fd = os.open(out / "images.npy", os.O_WRONLY)
-    try:
-        for i, path in enumerate(chunk.paths):
-            slot = chunk.start + i
-            try:
-                pixels, note = load_image(path, size, draft)
-            except BadImage as e:
-                skipped.append((slot, str(e)))
-                continue
-            if note:
-                converted.append((slot, note))
-            if fmt == "raw":
-                os.pwrite(fd, pixels.tobytes(), meta["offset"] + slot * pixels.nbytes)
-            else:
-                blob = encode_jpeg(pixels, quality)
-                blobs.append(blob)
-                pixels = decode_jpeg(blob)  # statistics of exactly what training will read
-            valid.append(slot)
-            if stats:
-                sum_image += pixels
-                # float64 BLAS is exact here (every partial sum is an integer below 2^53) and 2.5x
-                # faster than numpy's int64 matmul; the running totals are kept as int64.
-                flat = pixels.reshape(-1, 3).astype(np.float64)
-                rgb_sum += flat.sum(0).astype(np.int64)
-                rgb_outer += (flat.T @ flat).astype(np.int64)
-    finally:
-        if fmt == "raw":
-            os.close(fd)
-    lengths = [len(b) for b in blobs]
-    if fmt == "jpeg":
-        shard = out / "shards" / f"{chunk.index:06d}.bin"
-        tmp = shard.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for b in blobs:
-                f.write(b)
-        os.replace(tmp, shard)
-    return {"split": chunk.split, "index": chunk.index, "valid": valid, "skipped": skipped,
-            "converted": converted, "lengths": lengths, "count": len(valid) if stats else 0,
-            "sum_image": sum_image, "rgb_sum": rgb_sum, "rgb_outer": rgb_outer}
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and saves progress
-
-
-# ---------------------------------------------------------------------------------------------------
-# The prepare run
-# ---------------------------------------------------------------------------------------------------
+CHUNK_SIZE = 256  # images a worker converts between progress records (~50 MB of raw pixels at 256)
+CHECKPOINT_SECONDS = 10.0  # at most this much converting is redone after a kill
 
 
 @dataclass
@@ -336,224 +56,311 @@ class PrepareReport:
     resumed_chunks: int = 0
 
 
-def _plan_key(source: Source, size: int, fmt: str, quality: int, draft: bool, chunk_size: int) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([FORMAT_VERSION, size, fmt, quality, draft, chunk_size, source.classes]).encode())
-    for name, split in sorted(source.splits.items()):
-        h.update(name.encode())
-        h.update("\n".join(split.files).encode())
-        h.update(np.asarray(split.labels, np.int64).tobytes())
-    return h.hexdigest()
+# ---------------------------------------------------------------------------------------------------
+# Checks before any work
+# ---------------------------------------------------------------------------------------------------
 
 
-def _save_progress(work: Path, state: dict) -> None:
-    tmp = work / "progress.pkl.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, work / "progress.pkl")
-
-
-def prepare(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    size: int = 256,
-    fmt: str = "raw",
-    quality: int = 90,
-    workers: int | None = None,
-    chunk_size: int = 256,
-    val_labels: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    draft: bool = True,
-    progress: bool = True,
-    log=print,
-    checkpoint_seconds: float = 10.0,
-    _stop_after_chunks: int | None = None,
-) -> PrepareReport:
-    """Write the store; returns what was written, skipped and converted. See the module docstring."""
-    start_time = time.time()
-    src, dst = Path(src).resolve(), Path(dst).resolve()
+def _check_settings(size: int, fmt: str, quality: int) -> None:
     if fmt not in ("raw", "jpeg"):
         raise UserError(f"unknown store format '{fmt}' (raw or jpeg)")
     if size < 8:
         raise UserError(f"--size {size} is too small")
     if not 1 <= quality <= 100:
         raise UserError(f"--quality must be within 1..100, got {quality}")
-    if dst.exists():
-        if not overwrite:
-            what = "a store" if (dst / "meta.json").exists() else "something"
-            raise UserError(f"{dst} already holds {what}; pass --overwrite to replace it, or choose another DST")
-    if dst == src or src in dst.parents:
-        raise UserError(f"DST {dst} must not lie inside SRC {src}")
-    source = scan_source(src, val_labels)
-    work = dst.parent / (dst.name + ".partial")
-    key = _plan_key(source, size, fmt, quality, draft, chunk_size)
-    state = None
+
+
+def _sibling(dst: Path, suffix: str) -> Path:
+    return dst.parent / (dst.name + suffix)
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    """Refuse a DST that overlaps SRC: replacing or cleaning it would delete source images."""
+    for path in (dst, _sibling(dst, ".partial"), _sibling(dst, ".old")):
+        if path == src or src in path.parents:
+            raise UserError(f"DST {dst} must not lie inside SRC {src}")
+        if path in src.parents:
+            raise UserError(f"SRC {src} lies inside {path}, which prepare would replace; choose another DST")
+
+
+def _recover_overwrite(dst: Path, log) -> None:
+    """Repair what an --overwrite cut off between its renames left: DST.old beside the new DST is
+    deleted; DST.old without a DST is put back."""
+    trash = _sibling(dst, ".old")
+    if not trash.exists():
+        return
+    if not (trash / "meta.json").is_file() and any(trash.iterdir()):
+        raise UserError(f"{trash} is in the way and is not a store prepare moved there; move it elsewhere")
+    if dst.exists() or not (trash / "meta.json").is_file():
+        _delete_store(trash)
+        log(f"deleted {trash}, the old store an interrupted --overwrite had replaced")
+    else:
+        os.replace(trash, dst)
+        fsync_dir(dst.parent)
+        log(f"put {trash} back at {dst}: an --overwrite was interrupted between its renames")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. scan: the plan, and where an earlier run left it
+# ---------------------------------------------------------------------------------------------------
+
+
+def plan_key(source: Source, settings: Settings) -> str:
+    """A hash of what the store will hold: the format, the settings, every file and label."""
+    h = hashlib.sha256()
+    s = settings
+    h.update(json.dumps([FORMAT_VERSION, s.size, s.fmt, s.quality, s.draft, CHUNK_SIZE, source.classes]).encode())
+    for name, split in sorted(source.splits.items()):
+        h.update(json.dumps([name, split.files]).encode())  # JSON escapes newlines and odd bytes alike
+        h.update(np.asarray(split.labels, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _create_work(work: Path, source: Source, settings: Settings, key: str, src: Path) -> Progress:
+    work.mkdir(parents=True)
+    for name, split in source.splits.items():
+        (work / name).mkdir()
+        if settings.fmt == "raw":
+            s = settings.size
+            np.lib.format.open_memmap(work / name / "images.npy", mode="w+", dtype=np.uint8,
+                                      shape=(len(split.files), s, s, 3))
+        else:
+            (work / name / "shards").mkdir()
+    write_json_atomic(work / "plan.json", {"key": key, "src": str(src), "size": settings.size,
+                                           "format": settings.fmt, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return Progress(settings.size)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _resume_or_start(work: Path, source: Source, settings: Settings, key: str, src: Path) -> Progress | None:
+    """The progress of an interrupted run of this plan, a fresh partial store, or None when the partial
+    store is already finalised and only waits to be renamed."""
     if work.exists():
-        plan_path = work / "plan.json"
-        old = json.loads(plan_path.read_text()) if plan_path.exists() else {}
-        if old.get("key") == key and (work / "progress.pkl").exists():
-            with open(work / "progress.pkl", "rb") as f:
-                state = pickle.load(f)
-        elif old.get("key") not in (None, key):
+        meta, plan = _read_json(work / "meta.json"), _read_json(work / "plan.json")
+        if meta.get("plan") == key:
+            return None
+        if plan.get("key") == key and (work / PROGRESS_FILE).exists():
+            return Progress.load(work, settings.size)
+        if meta.get("plan") or plan.get("key") not in (None, key):
             raise UserError(f"{work} holds an interrupted prepare of other files or settings; delete it "
                             f"or run the same command as before")
-        else:
-            shutil.rmtree(work)
-    if state is None:
-        work.mkdir(parents=True, exist_ok=True)
-        for name, split in source.splits.items():
-            (work / name).mkdir(exist_ok=True)
-            if fmt == "raw":
-                arr = np.lib.format.open_memmap(work / name / "images.npy", mode="w+", dtype=np.uint8,
-                                                shape=(len(split.files), size, size, 3))
-                write_json_atomic(work / name / "layout.json", {"offset": int(arr.offset)})
-                del arr
-            else:
-                (work / name / "shards").mkdir(exist_ok=True)
-        write_json_atomic(work / "plan.json", {"key": key, "src": str(src), "size": size, "format": fmt})
-        state = {"done": {}, "count": 0, "sum_image": np.zeros((size, size, 3), np.int64),
-                 "rgb_sum": np.zeros(3, np.int64), "rgb_outer": np.zeros((3, 3), np.int64)}
-    resumed = len(state["done"])
+        shutil.rmtree(work)  # cut off before its first record: nothing to keep
+    return _create_work(work, source, settings, key, src)
 
+
+# ---------------------------------------------------------------------------------------------------
+# 2. convert
+# ---------------------------------------------------------------------------------------------------
+
+
+def _chunks_to_do(source: Source, state: Progress, src: Path) -> list[Chunk]:
     chunks = []
     for name, split in source.splits.items():
-        for k, first in enumerate(range(0, len(split.files), chunk_size)):
-            if (name, k) not in state["done"]:
-                paths = [str(src / p) for p in split.files[first : first + chunk_size]]
+        for k, first in enumerate(range(0, len(split.files), CHUNK_SIZE)):
+            if (name, k) not in state.done:
+                paths = [str(src / p) for p in split.files[first : first + CHUNK_SIZE]]
                 chunks.append(Chunk(name, k, first, paths))
-    total = sum(len(s.files) for s in source.splits.values())
-    already = total - sum(len(c.paths) for c in chunks)
-    if resumed:
-        log(f"resuming an interrupted prepare: {resumed} chunk(s), {already} image(s) already done")
-    if workers is None or workers <= 0:
-        workers = os.cpu_count() or 1
-    workers = max(1, min(workers, len(chunks)))
+    return chunks
 
-    def record(result: dict) -> None:
-        state["done"][(result["split"], result["index"])] = {
-            k: result[k] for k in ("valid", "skipped", "converted", "lengths")}
-        if result["split"] == "train":
-            state["count"] += result["count"]
-            state["sum_image"] += result["sum_image"]
-            state["rgb_sum"] += result["rgb_sum"]
-            state["rgb_outer"] += result["rgb_outer"]
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=already, unit="img", desc="prepare", disable=not progress,
-               dynamic_ncols=True, file=sys.stderr)
-    args = (str(work), size, fmt, quality, draft)
-
-    def completed(pool):
-        """(chunk, result) as chunks finish: in this process, or on a pool with 2 chunks per worker queued."""
-        if pool is None:
-            for c in chunks:
-                yield c, _process_chunk(c, *args, c.split == "train")
-            return
-        pending: dict[Future, Chunk] = {}
-        queue = list(reversed(chunks))
-        while queue or pending:
-            while queue and len(pending) < 2 * workers:
-                c = queue.pop()
-                pending[pool.submit(_process_chunk, c, *args, c.split == "train")] = c
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield pending.pop(fut), fut.result()
-
+def convert(chunks: list[Chunk], state: Progress, settings: Settings, workers: int, bar) -> None:
+    """Run the chunks, recording each and saving the progress every CHECKPOINT_SECONDS and on the way
+    out, whatever ends the run (Ctrl-C, SIGTERM through the CLI, a full disk)."""
+    work = Path(settings.work)
     last_save = time.time()
-    finished_chunks = 0
-    interrupted = False
-    pool = None
     try:
-        if workers > 1 and chunks:
-            pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
-        for c, result in completed(pool):
-            record(result)
+        for c, result in run_chunks(chunks, settings, workers):
+            state.record(result)
             bar.update(len(c.paths))
-            finished_chunks += 1
-            if time.time() - last_save >= checkpoint_seconds:
-                _save_progress(work, state)
+            if time.time() - last_save >= CHECKPOINT_SECONDS:
+                state.save(work)
                 last_save = time.time()
-            if _stop_after_chunks is not None and finished_chunks >= _stop_after_chunks:
-                raise KeyboardInterrupt
     except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(wait=not interrupted, cancel_futures=True)
-        _save_progress(work, state)
-    if interrupted:
-        raise KeyboardInterrupt(f"prepare interrupted; run the same command again to continue ({work})")
+        _save_quietly(state, work)
+        raise KeyboardInterrupt(f"prepare interrupted; run the same command again to continue ({work})") from None
+    except BrokenProcessPool:
+        _save_quietly(state, work)
+        raise UserError(f"a worker process died (out of memory?); run the same command again to continue, "
+                        f"with fewer --workers ({work})") from None
+    except BaseException:
+        _save_quietly(state, work)
+        raise
+    state.save(work)
 
-    return _finalize(source, state, work, dst, size, fmt, quality, overwrite, start_time, resumed, log)
+
+def _save_quietly(state: Progress, work: Path) -> None:
+    try:
+        state.save(work)
+    except OSError:  # e.g. the disk is still full: the previous save stands
+        pass
 
 
-def _finalize(source: Source, state: dict, work: Path, dst: Path, size: int, fmt: str, quality: int,
-              overwrite: bool, start_time: float, resumed: int, log) -> PrepareReport:
-    counts, skipped, converted = {}, [], []
-    for name, split in source.splits.items():
-        keys = sorted(k for k in state["done"] if k[0] == name)
-        valid = [s for k in keys for s in state["done"][k]["valid"]]
-        for k in keys:
-            skipped += [(split.files[s], why) for s, why in state["done"][k]["skipped"]]
-            converted += [(split.files[s], note) for s, note in state["done"][k]["converted"]]
-        counts[name] = len(valid)
-        if not valid:
-            if name == "train":
-                raise UserError("no training image could be read; see the skipped files above")
-            continue
-        np.save(work / name / "labels.npy", np.asarray([split.labels[s] for s in valid], np.int16))
-        (work / name / "files.txt").write_text("".join(split.files[s] + "\n" for s in valid))
-        if fmt == "raw":
-            np.save(work / name / "slots.npy", np.asarray(valid, np.int64))
-            (work / name / "layout.json").unlink()
-        else:
-            index = []
-            for k in keys:
-                offset = 0
-                for length in state["done"][k]["lengths"]:
-                    index.append((k[1], offset, length))
-                    offset += length
-            np.save(work / name / "index.npy", np.asarray(index, np.int64).reshape(-1, 3))
+# ---------------------------------------------------------------------------------------------------
+# 3. finalise
+# ---------------------------------------------------------------------------------------------------
 
-    n = state["count"]
-    mean = (state["sum_image"] / n).astype(np.float32)
+
+def _write_split(work: Path, name: str, source: Source, state: Progress, fmt: str) -> int:
+    split, records = source.splits[name], state.chunks(name)
+    valid = [s for _, rec in records for s in rec["valid"]]
+    if not valid:
+        if name == "train":
+            why = [(split.files[s], w) for _, rec in records for s, w in rec["skipped"]][:1]
+            raise UserError("no training image could be read" + "".join(
+                f", e.g. {printable(p)}: {w}" for p, w in why) + f"; fix SRC and delete {work}")
+        return 0
+    folder = work / name
+    save_npy_atomic(folder / "labels.npy", np.asarray([split.labels[s] for s in valid], np.int16))
+    write_json_atomic(folder / "files.json", [name_to_json(split.files[s]) for s in valid])
+    if fmt == "raw":
+        with open(folder / "images.npy", "rb+") as f:
+            os.fsync(f.fileno())
+        save_npy_atomic(folder / "slots.npy", np.asarray(valid, np.int64))
+    else:
+        index = [(k, offset, length) for k, rec in records
+                 for offset, length in zip(np.cumsum([0] + rec["lengths"][:-1]).tolist(), rec["lengths"])]
+        save_npy_atomic(folder / "index.npy", np.asarray(index, np.int64).reshape(-1, 3))
+    return len(valid)
+
+
+def _write_stats(work: Path, state: Progress, size: int) -> None:
+    """§2's mean image and §4.1's RGB covariance with its eigenvectors, from the exact integer sums."""
+    n = state.count
+    mean = (state.sum_image / n).astype(np.float32)
     pixels = n * size * size
-    rgb_mean = state["rgb_sum"] / pixels
-    cov = state["rgb_outer"] / pixels - np.outer(rgb_mean, rgb_mean)
+    rgb_mean = state.rgb_sum / pixels
+    cov = state.rgb_outer / pixels - np.outer(rgb_mean, rgb_mean)
     eigvals, eigvecs = np.linalg.eigh(cov)
     order = np.argsort(eigvals)[::-1]
     eigvals, eigvecs = eigvals[order], eigvecs[:, order]
     eigvecs *= np.sign(eigvecs.sum(0, keepdims=True) + 1e-30)  # a fixed sign: components point to +RGB
-    np.savez(work / "stats.npz", mean=mean, rgb_mean=rgb_mean, rgb_cov=cov, eigvals=eigvals, eigvecs=eigvecs,
-             count=np.int64(n))
-    with open(work / "prepare.log", "w") as f:
-        f.write(f"alexnet prepare {source_desc(work)}\n")
-        for path, why in skipped:
-            f.write(f"skipped\t{path}\t{why}\n")
-        for path, note in converted:
-            f.write(f"converted\t{path}\t{note}\n")
-        for w in source.warnings:
-            f.write(f"warning\t{w}\n")
-    meta = {"format_version": FORMAT_VERSION, "format": fmt, "image_size": size, "quality": quality if fmt == "jpeg" else None,
-            "classes": source.classes, "class_names": source.class_names, "splits": counts,
-            "source": json.loads((work / "plan.json").read_text())["src"], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json_atomic(work / "meta.json", meta)  # the store is complete once meta.json exists
-    for name in ("plan.json", "progress.pkl"):
+    save_npz_atomic(work / "stats.npz", mean=mean, rgb_mean=rgb_mean, rgb_cov=cov, eigvals=eigvals,
+                    eigvecs=eigvecs, count=np.int64(n))
+
+
+def _outcomes(source: Source, state: Progress) -> tuple[list, list]:
+    skipped, converted = [], []
+    for name, split in source.splits.items():
+        for _, rec in state.chunks(name):
+            skipped += [(split.files[s], why) for s, why in rec["skipped"]]
+            converted += [(split.files[s], note) for s, note in rec["converted"]]
+    return skipped, converted
+
+
+def _write_log(work: Path, plan: dict, skipped, converted, warnings) -> None:
+    lines = [f"alexnet prepare {plan['src']} -> size {plan['size']}, format {plan['format']}"]
+    lines += [f"skipped\t{printable(p)}\t{why}" for p, why in skipped]
+    lines += [f"converted\t{printable(p)}\t{note}" for p, note in converted]
+    lines += [f"warning\t{w}" for w in warnings]
+    write_bytes_atomic(work / "prepare.log", "".join(line + "\n" for line in lines).encode("utf-8", "replace"))
+
+
+def finalise(work: Path, source: Source, state: Progress, settings: Settings, key: str) -> dict[str, int]:
+    """Write everything but the pixels; meta.json last, which makes the folder a store."""
+    counts = {name: _write_split(work, name, source, state, settings.fmt) for name in source.splits}
+    _write_stats(work, state, settings.size)
+    plan = _read_json(work / "plan.json")
+    _write_log(work, plan, *_outcomes(source, state), source.warnings)
+    write_json_atomic(work / "meta.json", {
+        "format_version": FORMAT_VERSION, "format": settings.fmt, "image_size": settings.size,
+        "quality": settings.quality if settings.fmt == "jpeg" else None, "classes": source.classes,
+        "class_names": source.class_names, "splits": counts, "source": plan["src"], "created": plan["created"],
+        "plan": key})
+    return counts
+
+
+def _delete_store(path: Path) -> None:
+    """Delete a store, meta.json last: a deletion cut short still shows whose folder this was."""
+    for child in path.iterdir():
+        if child.name != "meta.json":
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    (path / "meta.json").unlink(missing_ok=True)
+    path.rmdir()
+
+
+def install(work: Path, dst: Path) -> None:
+    """Drop the bookkeeping and rename the finished partial store to DST (moving an old DST aside)."""
+    for name in ("plan.json", PROGRESS_FILE):
         (work / name).unlink(missing_ok=True)
-    if dst.exists() and overwrite:
-        trash = dst.parent / (dst.name + ".old")
-        shutil.rmtree(trash, ignore_errors=True)
+    if dst.exists():
+        trash = _sibling(dst, ".old")
         os.replace(dst, trash)
         os.replace(work, dst)
-        shutil.rmtree(trash, ignore_errors=True)
+        fsync_dir(dst.parent)
+        _delete_store(trash)
     else:
         os.replace(work, dst)
+        fsync_dir(dst.parent)
+
+
+def _report_of_finished(work: Path) -> tuple[dict, list, list]:
+    """Counts, skipped and converted files of a partial store finalised by an earlier run."""
+    counts = _read_json(work / "meta.json")["splits"]
+    rows = [line.split("\t") for line in (work / "prepare.log").read_text(errors="replace").splitlines()[1:]]
+    return (counts, [(r[1], r[2]) for r in rows if r[0] == "skipped" and len(r) == 3],
+            [(r[1], r[2]) for r in rows if r[0] == "converted" and len(r) == 3])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------------
+
+
+def prepare(src: str | os.PathLike, dst: str | os.PathLike, size: int = 256, fmt: str = "raw",
+            quality: int = 90, workers: int | None = None, val_labels: str | os.PathLike | None = None,
+            overwrite: bool = False, draft: bool = True, progress: bool = True, log=print) -> PrepareReport:
+    """Write the store; returns what was written, skipped and converted. See the module docstring.
+    `workers` None or 0: all cores. `log` receives the lines worth telling (resume, repairs)."""
+    start_time = time.time()
+    _check_settings(size, fmt, quality)
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    _check_paths(src, dst)
+    try:
+        if not dst.parent.is_dir():
+            dst.parent.mkdir(parents=True)
+        with FolderLock(dst) as lock:
+            if lock.took_over:
+                log(f"took over {lock.path}: its owner, pid {lock.took_over['pid']}, is gone")
+            return _prepare_locked(src, dst, Settings(str(_sibling(dst, ".partial")), size, fmt, quality, draft),
+                                   workers, val_labels, overwrite, progress, log, start_time)
+    except OSError as e:
+        where = f" ({printable(str(e.filename))})" if e.filename else ""
+        raise UserError(f"cannot write {dst}: {e.strerror or e}{where}") from None
+
+
+def _prepare_locked(src: Path, dst: Path, settings: Settings, workers: int | None, val_labels, overwrite: bool,
+                    progress: bool, log, start_time: float) -> PrepareReport:
+    _recover_overwrite(dst, log)
+    if dst.exists() and not overwrite:
+        what = "a store" if (dst / "meta.json").exists() else "something"
+        raise UserError(f"{dst} already holds {what}; pass --overwrite to replace it, or choose another DST")
+    source = scan_source(src, val_labels)
+    work, key = Path(settings.work), plan_key(source, settings)
+    state = _resume_or_start(work, source, settings, key, src)
+    if state is None:
+        log(f"finishing an interrupted prepare: {work} is complete, renaming it to {dst}")
+        counts, skipped, converted = _report_of_finished(work)
+        install(work, dst)
+        return PrepareReport(dst, counts, skipped, converted, source.warnings, time.time() - start_time)
+    resumed = len(state.done)
+    chunks = _chunks_to_do(source, state, src)
+    total = sum(len(s.files) for s in source.splits.values())
+    already = total - sum(len(c.paths) for c in chunks)
+    if resumed:
+        log(f"resuming an interrupted prepare: {resumed} chunk(s), {already} image(s) already done")
+    workers = max(1, min(workers if workers and workers > 0 else os.cpu_count() or 1, len(chunks)))
+    with tqdm(total=total, initial=already, unit="img", desc="prepare", disable=not progress,
+              dynamic_ncols=True, file=sys.stderr) as bar:
+        convert(chunks, state, settings, workers, bar)
+    counts = finalise(work, source, state, settings, key)
+    skipped, converted = _outcomes(source, state)
+    install(work, dst)
     read_meta(dst)  # sanity: what we wrote reads back
     return PrepareReport(dst, counts, skipped, converted, source.warnings, time.time() - start_time, resumed)
-
-
-def source_desc(work: Path) -> str:
-    plan = json.loads((work / "plan.json").read_text())
-    return f"{plan['src']} -> size {plan['size']}, format {plan['format']}"

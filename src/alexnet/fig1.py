@@ -8,14 +8,13 @@ batch 128, no augmentation, no dropout. Each nonlinearity gets the learning rate
 gives the lowest training error after a short trial; then both train until their training error
 (averaged over each epoch's batches, as Fig. 1 plots it) reaches 25%.
 
-CIFAR-10 is read from the standard python-pickle batches (data_batch_1..5, test_batch,
-batches.meta) at a path; nothing is downloaded.
+CIFAR-10 is read by alexnet/data/cifar.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -24,64 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from alexnet.analysis.figures import pyplot, save_figure
+from alexnet.data.cifar import load_cifar10
 from alexnet.errors import UserError
-
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-
-
-def load_cifar10(path: str | os.PathLike) -> dict:
-    """{"train": (uint8 (N, 32, 32, 3), int64 (N,)), "test": (...), "classes": names} from the batches."""
-    root = Path(path)
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    if not root.is_dir():
-        raise UserError(f"CIFAR-10 folder {path} does not exist")
-    missing = [n for n in TRAIN_BATCHES if not (root / n).is_file()]
-    if missing:
-        raise UserError(f"{root} is not a CIFAR-10 python folder: {', '.join(missing)} missing "
-                        f"(expected data_batch_1..5, test_batch, batches.meta)")
-
-    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            with open(root / name, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            labels = np.asarray(d[b"labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
-            raise UserError(f"{root / name} is not a CIFAR-10 batch: {e}") from None
-        if len(data) != len(labels):
-            raise UserError(f"{root / name} has {len(data)} images but {len(labels)} labels")
-        return data, labels
-
-    parts = [read(n) for n in TRAIN_BATCHES]
-    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    test = read("test_batch") if (root / "test_batch").is_file() else None
-    classes = [str(i) for i in range(10)]
-    if (root / "batches.meta").is_file():
-        with open(root / "batches.meta", "rb") as f:
-            meta = pickle.load(f, encoding="bytes")
-        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(b"label_names", classes)]
-    return {"train": train, "test": test, "classes": classes}
-
-
-def write_cifar_batches(root: str | os.PathLike, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                        test_images: np.ndarray, test_labels: np.ndarray) -> Path:
-    """Write images (N, 32, 32, 3) uint8 in CIFAR-10's python format (five train batches)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def dump(name, x, y):
-        rows = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), -1)
-        with open(root / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": rows,
-                         b"filenames": [f"{name}_{i}.png".encode() for i in range(len(x))]}, f)
-
-    for i, part in enumerate(np.array_split(np.arange(len(images)), 5)):
-        dump(TRAIN_BATCHES[i], images[part], labels[part])
-    dump("test_batch", test_images, test_labels)
-    with open(root / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in classes], b"num_vis": 3072}, f)
-    return root
+from alexnet.optim import PaperSGD
+from alexnet.runtime import resolve_device
 
 
 class FourLayerNet(nn.Module):
@@ -108,8 +54,6 @@ def train_curve(images: torch.Tensor, labels: torch.Tensor, nonlinearity: str, l
                 device: torch.device | str = "cpu", budget_s: float | None = None) -> dict:
     """Train from scratch; the training error rate of each epoch (over its batches, the model as it
     was when it saw them) and the iterations at which it first reached `target`."""
-    from alexnet.optim import PaperSGD
-
     torch.manual_seed(seed)
     device = torch.device(device)
     model = FourLayerNet(nonlinearity).to(device)
@@ -154,9 +98,6 @@ def relu_vs_tanh(cifar: str | os.PathLike, out: str | os.PathLike, lrs=(0.003, 0
                  seed: int = 0, log=print) -> dict:
     """Fig. 1: pick each nonlinearity's best learning rate, train both to `target` training error,
     write fig1.png and fig1.json into `out`, return the result (iterations and their ratio)."""
-    from alexnet.runtime import keep_freed_memory, resolve_device
-
-    keep_freed_memory()
     dev = resolve_device(device)
     data = load_cifar10(cifar)
     images, labels = prepare_inputs(data["train"][0]), torch.from_numpy(data["train"][1])
@@ -183,16 +124,12 @@ def relu_vs_tanh(cifar: str | os.PathLike, out: str | os.PathLike, lrs=(0.003, 0
     r, t = result["runs"]["relu"]["iterations_to_target"], result["runs"]["tanh"]["iterations_to_target"]
     result["ratio"] = t / r if r and t else None
     save_fig1(result, out / "fig1.png")
-    import json
-
     (out / "fig1.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
 def save_fig1(result: dict, path: Path) -> Path:
-    from alexnet.analysis.figures import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, style in (("relu", "-"), ("tanh", "--")):
         run = result["runs"][name]
@@ -205,4 +142,4 @@ def save_fig1(result: dict, path: Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,170 @@
+"""The convert step of `alexnet prepare`: chunks of source files decoded, resized and written into the
+partial store, in this process or in worker processes.
+
+Workers die with the process that started them: they ask Linux for SIGKILL when their parent dies
+(prctl PR_SET_PDEATHSIG), and a watchdog thread exits them if their parent pid changes (other
+systems, or a parent that died before the request). They ignore SIGINT and SIGTERM: the parent
+handles both, saves its progress and shuts the pool down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from alexnet.data.files import fsync_dir
+from alexnet.data.image import BadImage, decode_jpeg, encode_jpeg, load_image
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Chunk:
+    split: str
+    index: int
+    start: int  # first slot
+    paths: list[str]  # absolute paths
+
+
+@dataclass
+class Settings:
+    work: str  # the partial store folder
+    size: int
+    fmt: str  # "raw" or "jpeg"
+    quality: int
+    draft: bool
+
+
+class _Sums:
+    """A chunk's training-set statistics as exact integer sums: uint8 pixels make every sum fit int64
+    even for all of ImageNet."""
+
+    def __init__(self, size: int):
+        self.count = 0
+        self.sum_image = np.zeros((size, size, 3), np.int64)
+        self.rgb_sum = np.zeros(3, np.int64)
+        self.rgb_outer = np.zeros((3, 3), np.int64)
+
+    def add(self, pixels: np.ndarray) -> None:
+        self.count += 1
+        self.sum_image += pixels
+        # float64 BLAS is exact here (every partial sum is an integer below 2^53) and 2.5x faster than
+        # numpy's int64 matmul; the running totals are kept as int64.
+        flat = pixels.reshape(-1, 3).astype(np.float64)
+        self.rgb_sum += flat.sum(0).astype(np.int64)
+        self.rgb_outer += (flat.T @ flat).astype(np.int64)
+
+
+def npy_header_bytes(path: Path) -> int:
+    """Where the data of a .npy file starts."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        read(f)
+        return f.tell()
+
+
+def _write_shard(path: Path, blobs: list[bytes]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for b in blobs:
+            f.write(b)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def process_chunk(chunk: Chunk, s: Settings) -> dict:
+    """Decode, resize and write one chunk; return what the parent records: the slots written, skipped
+    and converted, the JPEG lengths, and for the training split the chunk's statistics."""
+    out = Path(s.work) / chunk.split
+    stats = chunk.split == "train"
+    valid, skipped, converted, blobs = [], [], [], []
+    sums = _Sums(s.size)
+    fd = os.open(out / "images.npy", os.O_WRONLY) if s.fmt == "raw" else None
+    try:
+        offset = npy_header_bytes(out / "images.npy") if fd is not None else 0
+        for i, path in enumerate(chunk.paths):
+            slot = chunk.start + i
+            try:
+                pixels, note = load_image(path, s.size, s.draft)
+            except BadImage as e:
+                skipped.append((slot, str(e)))
+                continue
+            if note:
+                converted.append((slot, note))
+            if fd is not None:
+                os.pwrite(fd, pixels.tobytes(), offset + slot * pixels.nbytes)
+            else:
+                blobs.append(encode_jpeg(pixels, s.quality))
+                pixels = decode_jpeg(blobs[-1])  # statistics of exactly what training will read
+            valid.append(slot)
+            if stats:
+                sums.add(pixels)
+        if fd is not None:
+            os.fdatasync(fd)  # on disk before the parent records the chunk as done
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if s.fmt == "jpeg":
+        _write_shard(out / "shards" / f"{chunk.index:06d}.bin", blobs)
+    return {"split": chunk.split, "index": chunk.index, "valid": valid, "skipped": skipped,
+            "converted": converted, "lengths": [len(b) for b in blobs], "count": sums.count,
+            "sum_image": sums.sum_image, "rgb_sum": sums.rgb_sum, "rgb_outer": sums.rgb_outer}
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def init_worker(parent: int) -> None:
+    """A worker's first act: die with the parent, and leave SIGINT/SIGTERM to it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+    if os.getppid() != parent:  # the parent died before the request above
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="alexnet-parent-watch").start()
+
+
+def run_chunks(chunks: list[Chunk], s: Settings, workers: int) -> Iterator[tuple[Chunk, dict]]:
+    """(chunk, result) as chunks finish: in this process, or on a pool of `workers` processes with two
+    chunks per worker queued. Leaving the loop early (an interrupt) cancels what is queued."""
+    if workers <= 1 or len(chunks) <= 1:
+        for c in chunks:
+            yield c, process_chunk(c, s)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                               initargs=(os.getpid(),))
+    finished = False
+    try:
+        pending: dict[Future, Chunk] = {}
+        queue = list(reversed(chunks))
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                c = queue.pop()
+                pending[pool.submit(process_chunk, c, s)] = c
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+        finished = True
+    finally:
+        pool.shutdown(wait=finished, cancel_futures=True)

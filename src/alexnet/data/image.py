@@ -1,0 +1,129 @@
+"""One image file to the store's pixels, and the store's JPEG bytes back to pixels.
+
+§2: "Given a rectangular image, we first rescaled the image such that the shorter side was of length
+256, and then cropped out the central 256x256 patch". Each image is decoded (with the JPEG decoder's
+own 1/2, 1/4, 1/8 downscaling while the image stays at least twice the target, as Pillow's thumbnail
+does), converted to RGB, resized with an antialiasing (Lanczos) filter and centre-cropped.
+
+Conversions, each reported as a note:
+- greyscale, CMYK, palette and the like: Pillow's conversion to RGB; transparency composited on white.
+- 16-bit greyscale (Pillow modes I;16* and I, e.g. 16-bit PNGs): the top 8 bits (value >> 8). Pillow's
+  own conversion to RGB clips at 255, which stores such an image almost all white.
+- EXIF orientation: applied (`ImageOps.exif_transpose`), so an image is stored the way every photo
+  viewer and browser shows it, upright. torchvision and the usual ImageNet loaders ignore the tag; it
+  is rare in ImageNet (which was labelled as browsers showed it) and common in phone photos, the
+  images users hand to `alexnet predict`. `prepare` and `predict` both read files with `load_image`,
+  so training and prediction see the same pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESAMPLE = Image.Resampling.LANCZOS
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+try:  # libjpeg-turbo without Pillow's image objects: the same pixels, 2.7x faster at 256x256 (bench/README.md)
+    import simplejpeg
+except ImportError:  # e.g. a GPU machine without it: Pillow decodes the same pixels, slower
+    simplejpeg = None
+
+
+class BadImage(Exception):
+    """An input file that cannot be turned into an RGB image."""
+
+
+def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side `size` and the aspect ratio kept (rounded)."""
+    if width <= height:
+        return size, max(size, round(height * size / width))
+    return max(size, round(width * size / height)), size
+
+
+def resize_and_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """§2: shorter side to `size`, then the central `size` x `size` patch."""
+    w, h = resized_shape(*img.size, size)
+    if (w, h) != img.size:
+        img = img.resize((w, h), RESAMPLE)
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    """`img` as 8-bit RGB, appending a note for each conversion made."""
+    if img.mode == "RGB":
+        return img
+    notes.append(f"{img.mode} converted to RGB")
+    if img.mode in SIXTEEN_BIT_MODES:
+        # 16-bit samples: keep the top byte (Pillow's own conversion would clip them at 255).
+        wide = np.asarray(img).astype(np.int64)
+        return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")  # composite transparency on white, not on black
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img.convert("RGB")
+
+
+def _decode_file(data: bytes, suffix: str, size: int, draft: bool) -> tuple[Image.Image, list[str]]:
+    img = Image.open(io.BytesIO(data))
+    notes = []
+    if (img.format == "JPEG") != (suffix.lower() in (".jpeg", ".jpg")):
+        notes.append(f"{img.format} data in a '{suffix}' file")
+    if draft and img.format == "JPEG":
+        # Let libjpeg downscale in the DCT while both sides stay >= 2*size (Pillow's reducing_gap);
+        # the box is square, so it holds whichever way the orientation tag turns the image.
+        img.draft(img.mode, (2 * size, 2 * size))
+    img.load()
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in range(2, 9):
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"EXIF orientation {orientation} applied")
+    return to_rgb(img, notes), notes
+
+
+def load_image(path: str | os.PathLike, size: int, draft: bool = True) -> tuple[np.ndarray, str | None]:
+    """The `size` x `size` x 3 uint8 RGB store image of one file, and a note when the file needed a
+    conversion (greyscale, CMYK, 16-bit, a PNG under a .JPEG name, an EXIF rotation ...).
+    Raises BadImage if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadImage(f"cannot read the file: {e.strerror or e}") from None
+    if not data:
+        raise BadImage("empty file")
+    try:
+        img, notes = _decode_file(data, Path(path).suffix, size, draft)
+        out = np.asarray(resize_and_center_crop(img, size), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, TypeError) as e:  # truncated or corrupt data
+        raise BadImage(f"corrupt or truncated: {e}") from None
+    return out, ("; ".join(notes) or None)
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
+    """An RGB JPEG of the store as an (H, W, 3) uint8 array, decoded into `out` if given.
+    Raises ValueError (or OSError) on bytes that are not such a JPEG."""
+    if simplejpeg is not None:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+    img = Image.open(io.BytesIO(data))
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    if out is None:
+        return pixels
+    out[...] = pixels
+    return out
