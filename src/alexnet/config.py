@@ -54,6 +54,32 @@ class ModelConfig:
     # N(0, 1/fan_in) (LeCun et al. 1998), which keeps the input's signal alive through the stack; see
     # README "Does the paper's initialisation train?" for why the paper's stalls on small nets.
     init_scheme: Literal["paper", "scaled"] = "paper"
+    # Conventions of imported public weights (alexnet.pretrained); the defaults are this project's.
+    # conv1's zero padding: 2 turns the 224 input into Fig. 2's 55x55 maps; Caffe's bvlc_alexnet feeds
+    # 227 with none ((227 - 11) / 4 + 1 = 55).
+    conv1_padding: int = 2
+    # Caffe rounds a pooling layer's output size up (ceil), torch down; for the 55-27-13-6 maps of a 227
+    # input both agree, other sizes differ by one map (a Caffe net keeps true so they match).
+    pool_ceil: bool = False
+    # §4.2 "paper": multiply by 1-p at test time. "inverted": scale by 1/(1-p) while training, nothing at
+    # test time (nn.Dropout, Caffe and torchvision): the same test-time function for these weights.
+    dropout_style: Literal["paper", "inverted"] = "paper"
+    # Multiplier per RGB channel applied to the mean-subtracted input: torchvision's nets take
+    # (x/255 - m)/s, which is (x - 255 m) * 1/(255 s) with 255 m as the mean image. () = no scaling.
+    input_scale: tuple[float, ...] = ()
+    # torchvision's AdaptiveAvgPool2d((6, 6)) after pool5 (identity for a 224 input, which already gives
+    # 6x6 maps; other inputs are averaged to 6x6). 0 = none, as in the paper.
+    adaptive_pool: int = 0
+
+
+def _validate_source_conventions(model: ModelConfig) -> None:
+    """Checks of the fields imported weights set (the lead calls this from the config validation)."""
+    if model.conv1_padding < 0:
+        raise ConfigError(f"model.conv1_padding must be >= 0, got {model.conv1_padding}")
+    if model.input_scale and (len(model.input_scale) != 3 or min(model.input_scale) <= 0):
+        raise ConfigError(f"model.input_scale needs three positive numbers (R, G, B) or none, got {model.input_scale}")
+    if model.adaptive_pool < 0:
+        raise ConfigError(f"model.adaptive_pool must be >= 0 (0 = none), got {model.adaptive_pool}")
 
 
 @dataclass(frozen=True)

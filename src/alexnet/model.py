@@ -112,23 +112,25 @@ class PaperDropout(nn.Module):
     """§4.2: while training, zero each output with probability p; at test time use every neuron but
     multiply its output by 1-p. (nn.Dropout instead scales by 1/(1-p) while training; the two nets
     compute the same at test time but differ in the scale the next layer's weights, their N(0, 0.01)
-    init and their weight decay see while training.)"""
+    init and their weight decay see while training.) inverted=True is nn.Dropout's convention, which
+    imported Caffe and torchvision weights were trained with: their fc7 and fc8 expect unscaled inputs."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inverted: bool = False):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p, self.inverted = p, inverted
 
     def forward(self, x: Tensor) -> Tensor:
         if self.p == 0.0:
             return x
         if self.training:
-            return x * torch.empty_like(x).bernoulli_(1.0 - self.p)
-        return x * (1.0 - self.p)
+            kept = x * torch.empty_like(x).bernoulli_(1.0 - self.p)
+            return kept / (1.0 - self.p) if self.inverted else kept
+        return x if self.inverted else x * (1.0 - self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}" + (", inverted" if self.inverted else "")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,15 +149,24 @@ def conv_channels(config: ModelConfig) -> list[int]:
 def map_sizes(config: ModelConfig) -> dict[str, int]:
     """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6)."""
     z, s = config.pool_size, config.pool_stride
+
+    def pooled(n: int) -> int:
+        if not config.pool_ceil:
+            return (n - z) // s + 1
+        out = -(-(n - z) // s) + 1  # Caffe's ceil; torch's ceil_mode drops a window starting past the end
+        return out - 1 if (out - 1) * s >= n else out
+
     sizes = {"input": config.input_size}
-    sizes["conv1"] = (config.input_size + 2 * 2 - 11) // 4 + 1
-    sizes["pool1"] = (sizes["conv1"] - z) // s + 1
+    sizes["conv1"] = (config.input_size + 2 * config.conv1_padding - 11) // 4 + 1
+    sizes["pool1"] = pooled(sizes["conv1"])
     sizes["conv2"] = sizes["pool1"]
-    sizes["pool2"] = (sizes["conv2"] - z) // s + 1
+    sizes["pool2"] = pooled(sizes["conv2"])
     sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
-    sizes["pool5"] = (sizes["conv5"] - z) // s + 1
+    sizes["pool5"] = pooled(sizes["conv5"])
+    if config.adaptive_pool:
+        sizes["avgpool"] = config.adaptive_pool
     if config.extra_conv:
-        sizes["conv6"] = sizes["pool5"]
+        sizes["conv6"] = sizes.get("avgpool", sizes["pool5"])
     return sizes
 
 
@@ -193,13 +204,13 @@ class AlexNet(nn.Module):
 
         # conv1: 96 kernels 11x11x3, stride 4. A 224 input gives 55x55 maps (Fig. 2) only with padding:
         # (224 + 2*2 - 11) // 4 + 1 = 55, while no padding gives 54 (the reason others feed 227).
-        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=2)  # (B, 96, 55, 55)
+        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=config.conv1_padding)  # (B, 96, 55, 55)
         self.norm1 = norm()
-        self.pool1 = nn.MaxPool2d(z, s)  # (B, 96, 27, 27)
+        self.pool1 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 96, 27, 27)
         # conv2: 256 kernels 5x5x48, each tower sees only its own 48 maps of conv1.
         self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=t)  # (B, 256, 27, 27)
         self.norm2 = norm()
-        self.pool2 = nn.MaxPool2d(z, s)  # (B, 256, 13, 13)
+        self.pool2 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 13, 13)
         # conv3: 384 kernels 3x3x256, connected to all maps of conv2: the towers exchange here.
         cin = c2
         self.conv3 = None if config.remove_conv == 3 else nn.Conv2d(cin, c3, 3, padding=1)  # (B, 384, 13, 13)
@@ -209,15 +220,20 @@ class AlexNet(nn.Module):
         cin = cin if self.conv4 is None else c4
         self.conv5 = None if config.remove_conv == 5 else nn.Conv2d(cin, c5, 3, padding=1, groups=t)  # (B, 256, 13, 13)
         cin = cin if self.conv5 is None else c5
-        self.pool5 = nn.MaxPool2d(z, s)  # (B, 256, 6, 6)
+        self.pool5 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 6, 6)
+        # torchvision's net averages pool5 to 6x6 whatever the input (alexnet.pretrained).
+        self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool) if config.adaptive_pool else None
+        # Not a parameter, not in the state dict: the input scaling is part of the config.
+        scale = torch.tensor(config.input_scale or (1.0, 1.0, 1.0), dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("input_scale", scale if config.input_scale else None, persistent=False)
         # §6: "an extra sixth convolutional layer over the last pooling layer". The paper gives no
         # shape; we keep the maps' size and count (3x3, padding 1) and connect both towers.
         self.conv6 = nn.Conv2d(cin, cin, 3, padding=1) if config.extra_conv else None  # (B, 256, 6, 6)
-        self.feature_dim = cin * sizes["pool5"] ** 2  # 9216 for the paper's net
+        self.feature_dim = cin * sizes.get("avgpool", sizes["pool5"]) ** 2  # 9216 for the paper's net
         self.fc6 = nn.Linear(self.feature_dim, config.fc_width)  # (B, 4096)
-        self.drop6 = PaperDropout(config.dropout)
+        self.drop6 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc7 = nn.Linear(config.fc_width, config.fc_width)  # (B, 4096)
-        self.drop7 = PaperDropout(config.dropout)
+        self.drop7 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc8 = nn.Linear(config.fc_width, config.num_classes)  # (B, 1000), into the softmax
         init_paper_(self, config.init_std, config.init_bias, config.init_scheme)
 
@@ -225,10 +241,14 @@ class AlexNet(nn.Module):
         return x if conv is None else self.act(conv(x))
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         x = self.pool1(self.norm1(self.act(self.conv1(x))))
         x = self.pool2(self.norm2(self.act(self.conv2(x))))
         x = self._conv(self.conv5, self._conv(self.conv4, self._conv(self.conv3, x)))
         x = self.pool5(x)
+        if self.avgpool is not None:
+            x = self.avgpool(x)
         return self._conv(self.conv6, x)
 
     def embed(self, x: Tensor) -> Tensor:
