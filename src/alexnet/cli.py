@@ -360,6 +360,49 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                        progress=not args.quiet)
 
 
+# ---------------------------------------------------------------------------------------------------
+# import: the public ImageNet weights as a checkpoint (alexnet.pretrained, docs/pretrained.md)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from alexnet.pretrained import write_checkpoint
+
+    if args.source == "caffe":
+        from alexnet.pretrained.caffe import import_caffe
+
+        payload, notes = import_caffe(args.prototxt, args.weights, args.mean, args.synsets)
+    else:
+        from alexnet.pretrained.torchvision import import_torchvision
+
+        payload, notes = import_torchvision(args.weights, args.synsets)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(payload, args.out)
+    for note in notes:
+        print(f"note: {note}")
+    m = payload["config"]["model"]
+    print(f"wrote {args.out}: {payload['source']['format']} AlexNet, {m['input_size']}x{m['input_size']} centre "
+          f"patch of images resized to {payload['image_size']}, {len(payload['classes'])} classes")
+
+
+def add_import_parser(sub) -> None:
+    p = sub.add_parser("import", help="turn public ImageNet weights (Caffe, torchvision) into a checkpoint",
+                       description="Write an ordinary checkpoint of this project from Caffe's bvlc_alexnet "
+                       "(deploy.prototxt + .caffemodel, read without Caffe) or torchvision's alexnet state dict; "
+                       "its net computes what the source computes on the same pixels.")
+    kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    c = kinds.add_parser("caffe", help="Caffe's bvlc_alexnet: the paper's two-tower net")
+    c.add_argument("--prototxt", required=True, help="deploy.prototxt (the layers and their parameters)")
+    c.add_argument("--weights", required=True, help="bvlc_alexnet.caffemodel (binary NetParameter)")
+    c.add_argument("--mean", help="imagenet_mean.binaryproto (default: Caffe's per-channel mean 104, 117, 123 BGR)")
+    t = kinds.add_parser("torchvision", help="torchvision's alexnet-owt-*.pth: the 2014 single-tower net")
+    t.add_argument("weights", help="the state dict (read with torch.load(weights_only=True))")
+    for q in (c, t):
+        q.add_argument("--synsets", help="synset_words.txt for other class names (default: the packaged list)")
+        q.add_argument("--out", required=True, help="checkpoint (.pt) to write")
+    p.set_defaults(func=_cmd_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alexnet.model import VARIANTS
 
@@ -553,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_experiment, compile=False, **{k: None for k in TRAIN_FLAGS if k not in
                    ("epochs", "batch_size", "lr", "seed", "workers", "device")})
+    add_import_parser(sub)
     return parser
 
 
