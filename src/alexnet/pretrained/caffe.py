@@ -26,9 +26,9 @@ from google.protobuf import text_format
 
 from alexnet.config import ModelConfig
 from alexnet.errors import UserError
-from alexnet.pretrained.caffe_proto import V1_TYPES, message_class, parse_binary, parse_text
+from alexnet.pretrained.caffe_proto import V1_TYPES, parse_binary, parse_text
 from alexnet.pretrained.classes import class_list
-from alexnet.pretrained.common import build_payload, read_bytes
+from alexnet.pretrained.common import build_payload, read_bytes, state_shapes
 
 # Caffe's ImageNet mean per channel (models/bvlc_reference_caffenet: mean_value 104, 117, 123, in BGR).
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -199,14 +199,16 @@ def _fit(values: np.ndarray, shape: tuple[int, ...], where: str) -> torch.Tensor
 def weights_state(body: list[Layer], weights_net, shapes: dict[str, tuple], where: str) -> dict[str, torch.Tensor]:
     """conv1..fc8 from the caffemodel's layers of the same names, in this net's layout."""
     stored = {layer.name: layer for layer in net_layers(weights_net)}
-    state = {}
-    for ours, layer in zip(CONVS + FCS, [b for b in body if b.type in ("Convolution", "InnerProduct")]):
+    pairs = list(zip(CONVS + FCS, [b for b in body if b.type in ("Convolution", "InnerProduct")]))
+    for ours, layer in pairs:  # every layer present before any is converted: one line names the gap
         found = stored.get(layer.name)
         if found is None or len(found.blobs) == 0:
             raise UserError(f"{where} has no weights for layer '{layer.name}' ({ours})")
         if len(found.blobs) != 2:
             raise UserError(f"{where}: layer '{layer.name}' has {len(found.blobs)} blobs, not weights and biases")
-        for blob, kind in zip(found.blobs, ("weight", "bias")):
+    state = {}
+    for ours, layer in pairs:
+        for blob, kind in zip(stored[layer.name].blobs, ("weight", "bias")):
             label = f"{where}: {layer.name} {kind}"
             state[f"{ours}.{kind}"] = _fit(blob_array(blob, label), shapes[f"{ours}.{kind}"], label)
     state["conv1.weight"] = state["conv1.weight"].flip(1).contiguous()  # BGR kernels -> RGB kernels
@@ -228,8 +230,6 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
 def import_caffe(prototxt: str | os.PathLike, weights: str | os.PathLike, mean: str | os.PathLike | None = None,
                  synsets: str | os.PathLike | None = None) -> tuple[dict, list[str]]:
     """(checkpoint payload, notes for the user) of a Caffe AlexNet."""
-    from alexnet.model import AlexNet
-
     try:
         spec = parse_text(read_bytes(prototxt, "prototxt").decode("utf-8", "replace"))
     except text_format.ParseError as e:
@@ -238,7 +238,7 @@ def import_caffe(prototxt: str | os.PathLike, weights: str | os.PathLike, mean: 
     body = _check_sequence(layers, str(prototxt))
     config = model_config(body, input_size(spec, layers, str(prototxt)), str(prototxt))
     try:
-        shapes = {k: tuple(v.shape) for k, v in AlexNet(config).state_dict().items()}
+        shapes = state_shapes(config)
     except ValueError as e:
         raise UserError(f"{prototxt}: {e}") from None
     try:
@@ -260,15 +260,3 @@ def import_caffe(prototxt: str | os.PathLike, weights: str | os.PathLike, mean: 
               "mean": str(mean) if mean else "per-channel (104, 117, 123) BGR", "input": "RGB (flipped from BGR)"}
     return build_payload("caffe-alexnet", config, state, mean_rgb, classes, names, source), notes
 
-
-def blob_proto(values: np.ndarray, legacy: bool = False):
-    """A BlobProto holding `values` (float32), with `shape` or, legacy, 4-d num/channels/height/width."""
-    blob = message_class("BlobProto")()
-    values = np.asarray(values, np.float32)
-    if legacy:
-        dims = [1] * (4 - values.ndim) + list(values.shape)
-        blob.num, blob.channels, blob.height, blob.width = dims
-    else:
-        blob.shape.dim.extend(values.shape)
-    blob.data.extend(values.ravel())
-    return blob

@@ -20,17 +20,22 @@ def read_bytes(path: str | os.PathLike, what: str) -> bytes:
     return path.read_bytes()
 
 
+def state_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of the net's state dict (built on the meta device: no memory, no init)."""
+    from alexnet.model import AlexNet
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in AlexNet(model).state_dict().items()}
+
+
 def build_payload(variant: str, model: ModelConfig, state: dict[str, torch.Tensor], mean: np.ndarray,
                   classes: list[str], names: list[str], source: dict) -> dict:
     """An ordinary checkpoint payload (plain dicts, lists, strings, numbers and tensors): `mean` is the
     (S, S, 3) RGB image on the 0..255 scale the net's input has subtracted, S the image size whose
     centre patch the net sees (resize the shorter side to S, then the centre input_size square)."""
-    from alexnet.model import AlexNet
-
-    net = AlexNet(model)
-    expected = net.state_dict()
+    expected = state_shapes(model)
     for name, value in state.items():
-        if name not in expected or tuple(expected[name].shape) != tuple(value.shape):
+        if name not in expected or expected[name] != tuple(value.shape):
             raise UserError(f"{source.get('weights')}: {name} does not fit the net it maps to")
     missing = sorted(set(expected) - set(state))
     if missing:

@@ -25,7 +25,7 @@ import torch
 from alexnet.config import ModelConfig
 from alexnet.errors import UserError
 from alexnet.pretrained.classes import class_list
-from alexnet.pretrained.common import build_payload
+from alexnet.pretrained.common import build_payload, state_shapes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's Normalize for its ImageNet weights, RGB on 0..1
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,10 +59,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def convert_state(state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """torchvision's keys -> conv1..fc8, each tensor's shape checked against the net it maps to."""
-    from alexnet.model import AlexNet
-
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    expected = AlexNet(torchvision_config()).state_dict()
+    expected = state_shapes(torchvision_config())
     out = {}
     for theirs, ours in KEYS.items():
         for kind in ("weight", "bias"):
@@ -70,11 +68,8 @@ def convert_state(state: dict[str, torch.Tensor], where: str) -> dict[str, torch
             if key not in state:
                 raise UserError(f"{where} has no {key} ({ours}.{kind}): not torchvision's alexnet")
             value, want = state[key], expected[f"{ours}.{kind}"]
-            if ours == "fc8":  # another class count is allowed; the width it reads is not
-                want = torch.empty(value.shape[0], *want.shape[1:])
-            if tuple(value.shape) != tuple(want.shape):
-                raise UserError(f"{where}: {key} has shape {tuple(value.shape)}, torchvision's alexnet has "
-                                f"{tuple(want.shape)}")
+            if tuple(value.shape) != want:
+                raise UserError(f"{where}: {key} has shape {tuple(value.shape)}, torchvision's alexnet has {want}")
             out[f"{ours}.{kind}"] = value.detach().to(torch.float32)
     extra = sorted(set(state) - {f"{k}.{kind}" for k in KEYS for kind in ("weight", "bias")})
     if extra:
