@@ -75,9 +75,9 @@ V1_NAMES = {"Convolution": "CONVOLUTION", "ReLU": "RELU", "LRN": "LRN", "Pooling
             "InnerProduct": "INNER_PRODUCT", "Dropout": "DROPOUT", "Softmax": "SOFTMAX"}
 
 
-def _params(name: str, kind: str) -> str:
+def _params(name: str, kind: str, conv: dict, fc: int) -> str:
     if kind == "Convolution":
-        n, k, s, p, g = CONV[name]
+        n, k, s, p, g = conv[name]
         extra = (f" pad: {p}" if p else "") + (f" group: {g}" if g > 1 else "") + (f" stride: {s}" if s > 1 else "")
         return f"convolution_param {{ num_output: {n} kernel_size: {k}{extra} }}"
     if kind == "LRN":
@@ -85,13 +85,13 @@ def _params(name: str, kind: str) -> str:
     if kind == "Pooling":
         return "pooling_param { pool: MAX kernel_size: 3 stride: 2 }"
     if kind == "InnerProduct":
-        return f"inner_product_param {{ num_output: {1000 if name == 'fc8' else 4096} }}"
+        return f"inner_product_param {{ num_output: {1000 if name == 'fc8' else fc} }}"
     if kind == "Dropout":
         return "dropout_param { dropout_ratio: 0.5 }"
     return ""
 
 
-def deploy_prototxt(v1: bool = False, layers=LAYERS) -> str:
+def deploy_prototxt(v1: bool = False, layers=LAYERS, conv: dict = CONV, fc: int = 4096) -> str:
     """The layers of bvlc_alexnet's deploy.prototxt; `param { lr_mult }` blocks as the real file has
     them (fields the importer's schema does not know)."""
     lines = ['name: "AlexNet"']
@@ -105,7 +105,7 @@ def deploy_prototxt(v1: bool = False, layers=LAYERS) -> str:
         lr = " param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }" if kind == "Convolution" and not v1 else ""
         kind_text = V1_NAMES[kind] if v1 else f'"{kind}"'
         lines.append(f'{"layers" if v1 else "layer"} {{ name: "{name}" type: {kind_text} bottom: "{bottom}" '
-                     f'top: "{top}"{lr} {_params(name, kind)} }}')
+                     f'top: "{top}"{lr} {_params(name, kind, conv, fc)} }}')
         bottom = top
     return "\n".join(lines) + "\n"
 
