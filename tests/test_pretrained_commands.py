@@ -14,7 +14,11 @@ FC = 64
 
 
 @pytest.fixture(scope="module")
-def narrow_checkpoint(tmp_path_factory):
+def narrow_checkpoint(tmp_path_factory, store256):
+    """Imported with the store's own mean image as its mean.binaryproto (BGR), so that commands which
+    subtract the store's mean and those which subtract the checkpoint's see the same input."""
+    from alexnet.data import ImageStore
+
     rng = np.random.default_rng(3)
     shapes = {"conv1": (16, 3, 11, 11), "conv2": (32, 8, 5, 5), "conv3": (48, 32, 3, 3), "conv4": (48, 24, 3, 3),
               "conv5": (32, 24, 3, 3), "fc6": (FC, 32 * 36), "fc7": (FC, FC), "fc8": (1000, FC)}
@@ -24,20 +28,23 @@ def narrow_checkpoint(tmp_path_factory):
     (folder / "deploy.prototxt").write_text(ref.deploy_prototxt(conv=NARROW, fc=FC))
     layers = [(n, k, list(weights[n]) if n in weights else []) for n, k in ref.LAYERS]
     (folder / "w.caffemodel").write_bytes(ref.caffemodel(layers, v1=True))
+    mean_rgb = ImageStore(store256, "train").mean  # (256, 256, 3)
+    (folder / "mean.binaryproto").write_bytes(ref.mean_binaryproto(mean_rgb[..., ::-1].transpose(2, 0, 1)))
     out = folder / "narrow.pt"
     assert main(["import", "caffe", "--prototxt", str(folder / "deploy.prototxt"), "--weights",
-                 str(folder / "w.caffemodel"), "--out", str(out)]) == 0
+                 str(folder / "w.caffemodel"), "--mean", str(folder / "mean.binaryproto"), "--out", str(out)]) == 0
+    assert np.array_equal(torch.load(out, weights_only=True)["mean"].numpy(), mean_rgb)
     return out
 
 
-@pytest.fixture(scope="module")
-def store256(tmp_path_factory):
-    """3 classes at 256x256 (the imported net's image size)."""
+def _photo_tree(root, all_classes: bool):
+    """Crops of the photograph as 3 classes at 256x256 (the imported net's image size); all_classes adds
+    the other 997 ILSVRC-2012 class folders, empty, so the store's classes are the net's."""
     from PIL import Image
 
     from alexnet.data.prepare import prepare
+    from alexnet.pretrained.classes import ilsvrc2012_classes
 
-    root = tmp_path_factory.mktemp("s256")
     photo = Image.open(ref.photo_path()).convert("RGB")
     for c, wnid in enumerate(["n01440764", "n01443537", "n15075141"]):
         for i in range(4):
@@ -45,8 +52,22 @@ def store256(tmp_path_factory):
             box = (40 * c + 10 * i, 30 * i, 300 + 40 * c, 380 + 20 * i)
             (root / "src" / split / wnid).mkdir(parents=True, exist_ok=True)
             photo.crop(box).save(root / "src" / split / wnid / f"{wnid}_{i}.JPEG")
+    if all_classes:
+        for wnid in ilsvrc2012_classes()[0]:
+            (root / "src" / "train" / wnid).mkdir(exist_ok=True)
     prepare(root / "src", root / "store", size=256, workers=1, progress=False, log=lambda *a: None)
     return root / "store"
+
+
+@pytest.fixture(scope="module")
+def store256(tmp_path_factory):
+    return _photo_tree(tmp_path_factory.mktemp("s256"), all_classes=False)
+
+
+@pytest.fixture(scope="module")
+def imagenet_like_store(tmp_path_factory):
+    """The same images under the 1,000 ILSVRC-2012 classes (the same train images: the same mean)."""
+    return _photo_tree(tmp_path_factory.mktemp("s1000"), all_classes=True)
 
 
 def test_export_onnx_of_an_imported_net_matches_pytorch(narrow_checkpoint, tmp_path, capsys):
@@ -90,3 +111,23 @@ def test_finetune_copies_every_imported_layer_but_fc8(narrow_checkpoint, store25
             assert torch.equal(tuned["model"][key], value), key
     model = tuned["config"]["model"]
     assert (model["conv1_padding"], model["pool_ceil"], model["dropout_style"]) == (0, True, "inverted")
+
+
+@pytest.mark.parametrize("views", [1, 10])
+def test_eval_of_an_imported_net_sees_what_predict_sees(narrow_checkpoint, imagenet_like_store, views, capsys):
+    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet.data import ImageStore
+    from alexnet.evaluate import predict_probabilities
+    from alexnet.predict import predict_files
+
+    store = ImageStore(imagenet_like_store, "val")
+    assert store.classes == load_checkpoint(narrow_checkpoint)["classes"]
+    net = model_from_checkpoint(load_checkpoint(narrow_checkpoint))
+    probs = predict_probabilities(net, store, torch.device("cpu"), views)
+    files = [str(imagenet_like_store.parent / "src" / f) for f in store.files]
+    for row, result in zip(probs, predict_files(narrow_checkpoint, files, views, device="cpu")):
+        for t in result["top"]:
+            assert abs(row[t["label"]] - t["probability"]) <= 1e-4 * max(1e-3, t["probability"]) + 1e-6
+    assert main(["eval", str(narrow_checkpoint), "--data", str(imagenet_like_store), "--crops", str(views),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert f"val (3 images, {'centre patch' if views == 1 else 'average of 10 patches'})" in capsys.readouterr().out
