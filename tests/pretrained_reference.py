@@ -98,11 +98,13 @@ def deploy_prototxt(v1: bool = False, layers=LAYERS, conv: dict = CONV, fc: int 
     if v1:
         lines += ['input: "data"', "input_dim: 10", "input_dim: 3", "input_dim: 227", "input_dim: 227"]
     else:
-        lines.append('layer { name: "data" type: "Input" top: "data" input_param { shape: { dim: 10 dim: 3 dim: 227 dim: 227 } } }')
+        lines.append('layer { name: "data" type: "Input" top: "data" '
+                     'input_param { shape: { dim: 10 dim: 3 dim: 227 dim: 227 } } }')
     bottom = "data"
     for name, kind in list(layers) + [("prob", "Softmax")]:
         top = bottom if kind in ("ReLU", "Dropout") else name
-        lr = " param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }" if kind == "Convolution" and not v1 else ""
+        lr = " param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }"
+        lr = lr if kind == "Convolution" and not v1 else ""
         kind_text = V1_NAMES[kind] if v1 else f'"{kind}"'
         lines.append(f'{"layers" if v1 else "layer"} {{ name: "{name}" type: {kind_text} bottom: "{bottom}" '
                      f'top: "{top}"{lr} {_params(name, kind, conv, fc)} }}')

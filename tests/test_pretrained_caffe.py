@@ -125,7 +125,8 @@ def test_wrong_caffe_files_are_refused_with_one_line(caffe_files, tmp_path, caps
     caffenet = [("conv1", "Convolution"), ("relu1", "ReLU"), ("pool1", "Pooling"), ("norm1", "LRN")] + ref.LAYERS[4:]
     other = tmp_path / "caffenet.prototxt"
     other.write_text(ref.deploy_prototxt(layers=caffenet))
-    assert "'pool1' is Pooling where AlexNet has LRN" in _error(capsys, args + ["--prototxt", str(other), "--weights", str(model)])
+    err = _error(capsys, args + ["--prototxt", str(other), "--weights", str(model)])
+    assert "'pool1' is Pooling where AlexNet has LRN" in err
     # every layer is looked for before any is read, so small blobs elsewhere do not hide the gap
     small = {n: (np.zeros(2), np.zeros(1)) for n in weights}
     no_fc7 = tmp_path / "no_fc7.caffemodel"
@@ -136,7 +137,8 @@ def test_wrong_caffe_files_are_refused_with_one_line(caffe_files, tmp_path, caps
                  conv3=(weights["conv3"][0][:383], weights["conv3"][1][:383]))
     bad_shape = tmp_path / "bad_shape.caffemodel"
     bad_shape.write_bytes(ref.caffemodel([(n, k, list(wrong[n]) if n in wrong else []) for n, k in ref.LAYERS], False))
-    assert "conv3 weight has shape 383x256x3x3" in _error(capsys, args + ["--prototxt", str(proto), "--weights", str(bad_shape)])
+    err = _error(capsys, args + ["--prototxt", str(proto), "--weights", str(bad_shape)])
+    assert "conv3 weight has shape 383x256x3x3" in err
     garbage = tmp_path / "mean.binaryproto"
     garbage.write_bytes(ref.blob(np.zeros((3, 8)), legacy=False))
     assert "a mean image is 1x3xSxS" in _error(capsys, args + ["--prototxt", str(proto), "--weights", str(model),

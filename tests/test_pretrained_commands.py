@@ -1,5 +1,8 @@
-"""Every command on an imported checkpoint: export, features and train --finetune, on a narrow Caffe
-AlexNet (same layers and conventions as bvlc_alexnet, fewer kernels) so the commands stay fast."""
+"""Every command on an imported checkpoint (predict is in test_pretrained_caffe): export, features, eval,
+figures, neighbors and train --finetune, on a narrow Caffe AlexNet (bvlc_alexnet's layers and
+conventions with fewer kernels) so the commands stay fast."""
+
+import json
 
 import numpy as np
 import pytest
@@ -131,3 +134,21 @@ def test_eval_of_an_imported_net_sees_what_predict_sees(narrow_checkpoint, image
     assert main(["eval", str(narrow_checkpoint), "--data", str(imagenet_like_store), "--crops", str(views),
                  "--device", "cpu", "--quiet"]) == 0
     assert f"val (3 images, {'centre patch' if views == 1 else 'average of 10 patches'})" in capsys.readouterr().out
+
+
+def test_figures_and_neighbours_run_on_an_imported_net(narrow_checkpoint, imagenet_like_store, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["figures", str(narrow_checkpoint), "--data", str(imagenet_like_store), "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert (out / "kernels.png").is_file() and (out / "top5.png").is_file()
+    for split in ("train", "val"):
+        assert main(["features", str(narrow_checkpoint), "--data", str(imagenet_like_store), "--split", split,
+                     "--out", str(tmp_path / f"{split}.npy"), "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["neighbors", "--database", str(tmp_path / "train.npy"), "--queries", str(tmp_path / "val.npy"),
+                 "-k", "2", "--device", "cpu", "--json", str(tmp_path / "nn.json"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "nn.json").read_text())
+    train, val = np.load(tmp_path / "train.npy"), np.load(tmp_path / "val.npy")
+    for entry in result:  # the nearest training vectors by Euclidean distance, computed here directly
+        d = np.linalg.norm(train - val[entry["query"]], axis=1)
+        assert entry["neighbours"] == list(np.argsort(d, kind="stable")[:2])

@@ -81,7 +81,8 @@ def test_wrong_state_dicts_are_refused_with_one_line(tv_file, tmp_path, capsys):
         return err
 
     assert "no features.8.weight (conv4.weight)" in error({k: v for k, v in state.items() if k != "features.8.weight"})
-    assert "classifier.1.weight has shape (4096, 9217)" in error(dict(state, **{"classifier.1.weight": torch.zeros(4096, 9217)}))
+    misshaped = dict(state, **{"classifier.1.weight": torch.zeros(4096, 9217)})
+    assert "classifier.1.weight has shape (4096, 9217)" in error(misshaped)
     assert "loads without code" in error({"net": torch.nn.Linear(2, 2)})  # a pickled module: never unpickled
     assert "loads without code" in error(b"not a torch file at all")
     assert not (tmp_path / "x.pt").exists()

@@ -170,6 +170,13 @@ def map_sizes(config: ModelConfig) -> dict[str, int]:
     return sizes
 
 
+def _input_scale(config: ModelConfig) -> Tensor | None:
+    """(1, 3, 1, 1) per-channel multiplier of the input (torchvision's 1/(255 std)), or None."""
+    if not config.input_scale:
+        return None
+    return torch.tensor(config.input_scale, dtype=torch.float32).view(1, 3, 1, 1)
+
+
 class AlexNet(nn.Module):
     """§3.5, Fig. 2. `forward` gives the logits of the 1000-way softmax; `embed` the 4096-d last hidden
     layer (fc7 after its ReLU, §6.1); `forward_features` the last conv stage's pooled maps."""
@@ -221,11 +228,8 @@ class AlexNet(nn.Module):
         self.conv5 = None if config.remove_conv == 5 else nn.Conv2d(cin, c5, 3, padding=1, groups=t)  # (B, 256, 13, 13)
         cin = cin if self.conv5 is None else c5
         self.pool5 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 6, 6)
-        # torchvision's net averages pool5 to 6x6 whatever the input (alexnet.pretrained).
-        self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool) if config.adaptive_pool else None
-        # Not a parameter, not in the state dict: the input scaling is part of the config.
-        scale = torch.tensor(config.input_scale or (1.0, 1.0, 1.0), dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("input_scale", scale if config.input_scale else None, persistent=False)
+        self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool) if config.adaptive_pool else None  # torchvision's
+        self.register_buffer("input_scale", _input_scale(config), persistent=False)  # config, not state dict
         # §6: "an extra sixth convolutional layer over the last pooling layer". The paper gives no
         # shape; we keep the maps' size and count (3x3, padding 1) and connect both towers.
         self.conv6 = nn.Conv2d(cin, cin, 3, padding=1) if config.extra_conv else None  # (B, 256, 6, 6)

@@ -160,15 +160,17 @@ def model_config(body: list[Layer], size: int, where: str) -> ModelConfig:
         raise UserError(f"{where}: a leaky ReLU (negative_slope) does not map to AlexNet's ReLU")
     drops = {layer.param.dropout_ratio for layer in body if layer.type == "Dropout"}
     fcs = [layer.param for layer in body if layer.type == "InnerProduct"]
-    if len(drops) != 1 or any(f.axis != 1 or f.transpose or not f.bias_term for f in fcs) or fcs[0].num_output != fcs[1].num_output:
+    odd_fc = any(f.axis != 1 or f.transpose or not f.bias_term for f in fcs) or fcs[0].num_output != fcs[1].num_output
+    if len(drops) != 1 or odd_fc:
         raise UserError(f"{where}: dropout or fully connected layers do not map (unequal ratios, fc6 != fc7 width, "
                         f"transpose, axis or no bias)")
     n = norms[0]
     return ModelConfig(num_classes=fcs[2].num_output, input_size=size, channels=tuple(g[0] for g in geometry),
                        towers=towers, fc_width=fcs[0].num_output, lrn_size=n.local_size, lrn_k=_decimal(n.k),
-                       lrn_alpha=_decimal(n.alpha), lrn_beta=_decimal(n.beta), lrn_alpha_over_n=True, lrn_within_towers=False, pool_size=pool.kernel_size,
-                       pool_stride=pool.stride, pool_ceil=pool.round_mode == 0, dropout=_decimal(next(iter(drops))),
-                       dropout_style="inverted", conv1_padding=geometry[0][3])
+                       lrn_alpha=_decimal(n.alpha), lrn_beta=_decimal(n.beta), lrn_alpha_over_n=True,
+                       lrn_within_towers=False, pool_size=pool.kernel_size, pool_stride=pool.stride,
+                       pool_ceil=pool.round_mode == 0, dropout=_decimal(next(iter(drops))), dropout_style="inverted",
+                       conv1_padding=geometry[0][3])
 
 
 def blob_array(blob, where: str) -> np.ndarray:
