@@ -45,14 +45,14 @@ def caffemodel(layers: list[tuple[str, str, list[np.ndarray]]], v1: bool) -> byt
     """NetParameter with `layer` = 100 (LayerParameter: name 1, type 2 string, blobs 7) or the old
     `layers` = 2 (V1LayerParameter: name 4, type 5 enum, blobs 6)."""
     v1_types = {"Convolution": 4, "InnerProduct": 14, "ReLU": 18, "LRN": 15, "Pooling": 17, "Dropout": 6}
-    out = field(1, "AlexNet")
+    out = [field(1, "AlexNet")]
     for name, kind, blobs in layers:
         if v1:
             body = field(4, name) + field(5, v1_types[kind]) + b"".join(field(6, blob(b, True)) for b in blobs)
-            out += field(2, body)
+            out.append(field(2, body))
         else:
-            out += field(100, field(1, name) + field(2, kind) + b"".join(field(7, blob(b, False)) for b in blobs))
-    return out
+            out.append(field(100, field(1, name) + field(2, kind) + b"".join(field(7, blob(b, False)) for b in blobs)))
+    return b"".join(out)
 
 
 def mean_binaryproto(mean_bgr_chw: np.ndarray) -> bytes:

@@ -69,17 +69,22 @@ def test_caffe_net_computes_what_caffe_computes_on_photographs(caffe_files, impo
         assert got.argmax() == want.argmax()
 
 
-def test_old_v1_layers_form_with_legacy_blobs_gives_the_same_weights(caffe_files, imported):
+def test_old_v1_layers_form_with_legacy_blobs_gives_the_same_weights(caffe_files, imported, tmp_path, capsys):
+    """bvlc_alexnet.caffemodel itself is in the V1 form; imported here without --mean, which is said."""
     weights, mean_bgr, _, folder = caffe_files
-    proto, model, mean = ref.write_caffe_files(folder / "v1", weights, mean_bgr, v1=True)
-    old, _ = import_caffe(proto, model, mean)
-    new = imported[0]
+    proto, model, _ = ref.write_caffe_files(folder / "v1", weights, mean_bgr, v1=True)
+    out = tmp_path / "v1.pt"
+    assert main(["import", "caffe", "--prototxt", str(proto), "--weights", str(model), "--out", str(out)]) == 0
+    assert "104, G 117, R 123" in capsys.readouterr().out
+    old, new = torch.load(out, weights_only=True), imported[0]
     assert old["config"] == new["config"]
     for k, v in new["model"].items():
         assert torch.equal(old["model"][k], v), k
     # conv1's kernels are Caffe's with the input channels reversed (BGR -> RGB); the mean likewise
     np.testing.assert_array_equal(new["model"]["conv1.weight"].numpy(), weights["conv1"][0][:, ::-1])
     np.testing.assert_array_equal(new["mean"].numpy(), mean_bgr[::-1].transpose(1, 2, 0))
+    assert old["mean"].shape == (256, 256, 3) and torch.equal(old["mean"][37, 200], torch.tensor([123.0, 117.0, 104.0]))
+    assert old["mean"].unique().tolist() == [104.0, 117.0, 123.0]
 
 
 def test_predict_prints_ilsvrc_names_of_the_imported_net(caffe_files, imported, capsys):
@@ -97,15 +102,6 @@ def test_predict_prints_ilsvrc_names_of_the_imported_net(caffe_files, imported, 
     assert main(["predict", str(imported[1]), str(path), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"{top['name']} ({top['wnid']})" in out
-
-
-def test_without_a_mean_file_caffes_channel_means_are_used_and_said(caffe_files, tmp_path, capsys):
-    _, _, (proto, model, _), _ = caffe_files
-    out = tmp_path / "nomean.pt"
-    assert main(["import", "caffe", "--prototxt", str(proto), "--weights", str(model), "--out", str(out)]) == 0
-    assert "104, G 117, R 123" in capsys.readouterr().out
-    mean = torch.load(out, weights_only=True)["mean"]
-    assert mean.shape == (256, 256, 3) and torch.equal(mean[37, 200], torch.tensor([123.0, 117.0, 104.0]))
 
 
 def _error(capsys, argv) -> str:
