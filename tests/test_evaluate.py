@@ -193,3 +193,22 @@ def test_eval_json_holds_what_it_printed(tiny_run, demo_store, tmp_path, capsys)
     assert f"top-1 error {result['top1_err']:.2%}" in out and result["n"] == 100
     probs = store_outputs(model_from_checkpoint(load_checkpoint(tiny_run)), ImageStore(demo_store, "val"), CPU)
     assert result["top1_err"] == pytest.approx(1 - (probs.argmax(1) == ImageStore(demo_store, "val").labels).mean())
+
+
+def test_a_checkpoint_is_evaluated_with_the_mean_image_it_was_trained_with(tiny_run, demo_store):
+    """§2's mean is the training set's: a net imported or trained elsewhere subtracts its own mean, not
+    the store's (the two are equal for a run trained on this store)."""
+    payload = load_checkpoint(tiny_run)
+    store = ImageStore(demo_store, "val")
+    assert np.array_equal(model_from_checkpoint(payload).input_mean, store.mean)
+    payload["mean"] = payload["mean"] + 20.0  # as if trained on a brighter store
+    model = model_from_checkpoint(payload)
+    rows = np.array([0, 7, 40])
+    got = store_outputs(model, store, CPU, output="logits", indices=rows)
+    images = store.get_batch(rows)[:, 4:68, 4:68].astype(np.float64)  # centre 64 of 72
+    x = images - (store.mean.astype(np.float64) + 20.0)[4:68, 4:68]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).numpy()
+        with_store_mean = model(torch.from_numpy(x + 20.0).permute(0, 3, 1, 2).float()).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(got - with_store_mean).max() > 1e-3  # the two means give different outputs

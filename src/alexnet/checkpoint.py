@@ -95,11 +95,14 @@ def checkpoint_config(payload: dict[str, Any]) -> Config:
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> AlexNet:
-    """The trained AlexNet of a checkpoint, in eval mode, on the CPU."""
+    """The trained AlexNet of a checkpoint, in eval mode, on the CPU. `model.input_mean` is the mean
+    image it was trained with (§2), which the test views subtract (an imported net's is its source's)."""
     config = checkpoint_config(payload)
     model = AlexNet(config.model)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:
         raise UserError(f"{payload.get('path')}: weights do not fit the saved config: {str(e).splitlines()[0]}") from None
+    mean = payload.get("mean")
+    model.input_mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).numpy()
     return model.eval()

@@ -287,10 +287,31 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                        progress=not args.quiet)
 
 
+def _cmd_import(args: argparse.Namespace) -> None:
+    from alexnet.pretrained import write_checkpoint
+
+    if args.source == "caffe":
+        from alexnet.pretrained.caffe import import_caffe
+
+        payload, notes = import_caffe(args.prototxt, args.weights, args.mean, args.synsets)
+    else:
+        from alexnet.pretrained.torchvision import import_torchvision
+
+        payload, notes = import_torchvision(args.weights, args.synsets)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(payload, args.out)
+    for note in notes:
+        print(f"note: {note}")
+    m = payload["config"]["model"]
+    print(f"wrote {args.out}: {payload['source']['format']} AlexNet, {m['input_size']}x{m['input_size']} centre "
+          f"patch of images resized to {payload['image_size']}, {len(payload['classes'])} classes")
+
+
 COMMANDS = {"summary": _cmd_summary, "prepare": _cmd_prepare, "demo-data": _cmd_demo_data, "train": _cmd_train,
             "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo, "predict": _cmd_predict,
             "features": _cmd_features, "neighbors": _cmd_neighbors, "neighbours": _cmd_neighbors,
-            "figures": _cmd_figures, "export": _cmd_export, "experiment": _cmd_experiment}
+            "figures": _cmd_figures, "export": _cmd_export, "experiment": _cmd_experiment,
+            "import": _cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

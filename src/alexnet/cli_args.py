@@ -208,9 +208,26 @@ def _experiment_parser(sub) -> None:
     add_setting_flags(p, variant=False)  # the ablation's net is --base's
 
 
+def _import_parser(sub) -> None:
+    p = sub.add_parser("import", help="turn public ImageNet weights (Caffe, torchvision) into a checkpoint",
+                       description="Write an ordinary checkpoint of this project from Caffe's bvlc_alexnet "
+                       "(deploy.prototxt + .caffemodel, read without Caffe) or torchvision's alexnet state dict; "
+                       "its net computes what the source computes on the same pixels (docs/pretrained.md).")
+    kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    c = kinds.add_parser("caffe", help="Caffe's bvlc_alexnet: the paper's two-tower net")
+    c.add_argument("--prototxt", required=True, help="deploy.prototxt (the layers and their parameters)")
+    c.add_argument("--weights", required=True, help="bvlc_alexnet.caffemodel (binary NetParameter)")
+    c.add_argument("--mean", help="imagenet_mean.binaryproto (default: Caffe's per-channel mean 104, 117, 123 BGR)")
+    t = kinds.add_parser("torchvision", help="torchvision's alexnet-owt-*.pth: the 2014 single-tower net")
+    t.add_argument("weights", help="the state dict (read with torch.load(weights_only=True))")
+    for q in (c, t):
+        q.add_argument("--synsets", help="synset_words.txt for other class names (default: the packaged list)")
+        q.add_argument("--out", required=True, help="checkpoint (.pt) to write")
+
+
 SUBCOMMANDS = [_summary_parser, _prepare_parser, _demo_data_parser, _train_parser, _eval_parser, _plot_parser,
                _demo_parser, _predict_parser, _features_parser, _neighbors_parser, _figures_parser, _export_parser,
-               _experiment_parser]
+               _experiment_parser, _import_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

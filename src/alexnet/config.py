@@ -16,10 +16,11 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 # load_toml and parse_overrides are part of this module's interface (callers import them from here).
-from alexnet.config_text import (ConfigError, field_types, load_toml, parse_overrides, show,  # noqa: F401
+from alexnet.config_text import (ConfigError, Rule, above, at_least, field_types, load_toml, one_of,  # noqa: F401
+                                 parse_overrides, probability, show,
                                  toml_text, type_problem, update_section)
 
 
@@ -56,6 +57,22 @@ class ModelConfig:
     # N(0, 1/fan_in) (LeCun et al. 1998), which keeps the input's signal alive through the stack; see
     # README "Does the paper's initialisation train?" for why the paper's stalls on small nets.
     init_scheme: Literal["paper", "scaled"] = "paper"
+    # Conventions of imported public weights (alexnet.pretrained); the defaults are this project's.
+    # conv1's zero padding: 2 turns the 224 input into Fig. 2's 55x55 maps; Caffe's bvlc_alexnet feeds
+    # 227 with none ((227 - 11) / 4 + 1 = 55).
+    conv1_padding: int = 2
+    # Caffe rounds a pooling layer's output size up (ceil), torch down; for the 55-27-13-6 maps of a 227
+    # input both agree, other sizes differ by one map (a Caffe net keeps true so they match).
+    pool_ceil: bool = False
+    # §4.2 "paper": multiply by 1-p at test time. "inverted": scale by 1/(1-p) while training, nothing at
+    # test time (nn.Dropout, Caffe and torchvision): the same test-time function for these weights.
+    dropout_style: Literal["paper", "inverted"] = "paper"
+    # Multiplier per RGB channel applied to the mean-subtracted input: torchvision's nets take
+    # (x/255 - m)/s, which is (x - 255 m) * 1/(255 s) with 255 m as the mean image. () = no scaling.
+    input_scale: tuple[float, ...] = ()
+    # torchvision's AdaptiveAvgPool2d((6, 6)) after pool5 (identity for a 224 input, which already gives
+    # 6x6 maps; other inputs are averaged to 6x6). 0 = none, as in the paper.
+    adaptive_pool: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,17 +205,27 @@ def conv_channels(config: ModelConfig) -> list[int]:
 
 def map_sizes(config: ModelConfig) -> dict[str, int]:
     """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6). conv1
-    is 11x11, stride 4, padding 2 (model.layer_spec); conv2..conv6 keep the size of their input."""
+    is 11x11, stride 4, padding model.conv1_padding (model.layer_spec); conv2..conv6 keep the size of
+    their input."""
     z, s = config.pool_size, config.pool_stride
+
+    def pooled(n: int) -> int:
+        if not config.pool_ceil:
+            return (n - z) // s + 1
+        out = -(-(n - z) // s) + 1  # Caffe's ceil; torch's ceil_mode drops a window starting past the end
+        return out - 1 if (out - 1) * s >= n else out
+
     sizes = {"input": config.input_size}
-    sizes["conv1"] = (config.input_size + 2 * 2 - 11) // 4 + 1
-    sizes["pool1"] = (sizes["conv1"] - z) // s + 1
+    sizes["conv1"] = (config.input_size + 2 * config.conv1_padding - 11) // 4 + 1
+    sizes["pool1"] = pooled(sizes["conv1"])
     sizes["conv2"] = sizes["pool1"]
-    sizes["pool2"] = (sizes["conv2"] - z) // s + 1
+    sizes["pool2"] = pooled(sizes["conv2"])
     sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
-    sizes["pool5"] = (sizes["conv5"] - z) // s + 1
+    sizes["pool5"] = pooled(sizes["conv5"])
+    if config.adaptive_pool:
+        sizes["avgpool"] = config.adaptive_pool
     if config.extra_conv:
-        sizes["conv6"] = sizes["pool5"]
+        sizes["conv6"] = sizes.get("avgpool", sizes["pool5"])
     return sizes
 
 
@@ -213,25 +240,6 @@ def smallest_input_size(config: ModelConfig) -> int:
 # ---------------------------------------------------------------------------------------------------
 # What each setting admits: checked by `validate` on every config resolve/apply/from_dict returns
 # ---------------------------------------------------------------------------------------------------
-Rule = Callable[[Any], "str | None"]  # the value -> None if allowed, else what is allowed
-
-
-def _at_least(low: float) -> Rule:
-    return lambda v: None if v >= low else f"must be >= {low}"
-
-
-def _above(low: float) -> Rule:
-    return lambda v: None if v > low else f"must be > {low}"
-
-
-def _one_of(*choices: Any) -> Rule:
-    return lambda v: None if v in choices else "must be " + " or ".join(map(str, choices))
-
-
-def _probability(v: float) -> str | None:
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
 DEVICE = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
 
 
@@ -251,44 +259,48 @@ def _milestones(v: tuple[int, ...]) -> str | None:
 
 
 RULES: dict[str, Rule] = {
-    "model.num_classes": _at_least(1),
-    "model.input_size": _at_least(1),  # and large enough for the geometry (`validate`)
+    "model.num_classes": at_least(1),
+    "model.input_size": at_least(1),  # and large enough for the geometry (`validate`)
     "model.channels": lambda v: None if len(v) == 5 and min(v) >= 1 else "must be five kernel counts >= 1",
-    "model.width": _above(0),
-    "model.fc_width": _at_least(1),
-    "model.towers": _one_of(1, 2),  # §3.2: the paper's two GPUs, or footnote 2's one
+    "model.width": above(0),
+    "model.fc_width": at_least(1),
+    "model.towers": one_of(1, 2),  # §3.2: the paper's two GPUs, or footnote 2's one
     "model.lrn_size": lambda v: None if v >= 1 and v % 2 else "must be odd and >= 1 (a window centred on a map)",
     # k > 0: ReLU leaves whole columns of maps at 0, and k = 0 would then divide 0 by 0.
-    "model.lrn_k": _above(0),
-    "model.lrn_alpha": _at_least(0),
-    "model.lrn_beta": _at_least(0),
-    "model.pool_size": _at_least(1),
-    "model.pool_stride": _at_least(1),
-    "model.dropout": _probability,
-    "model.remove_conv": _one_of(0, 3, 4, 5),
-    "model.init_std": _above(0),  # 0 would make every kernel of a layer the same, for good
-    "data.lighting_std": _at_least(0),
-    "data.workers": _at_least(0),
-    "data.prefetch": _at_least(1),
-    "optim.lr": _above(0),
-    "optim.momentum": _probability,
-    "optim.weight_decay": _at_least(0),
+    "model.lrn_k": above(0),
+    "model.lrn_alpha": at_least(0),
+    "model.lrn_beta": at_least(0),
+    "model.pool_size": at_least(1),
+    "model.pool_stride": at_least(1),
+    "model.dropout": probability,
+    "model.remove_conv": one_of(0, 3, 4, 5),
+    "model.init_std": above(0),  # 0 would make every kernel of a layer the same, for good
+    "model.conv1_padding": at_least(0),
+    "model.input_scale": lambda v: None if v == () or (len(v) == 3 and min(v) > 0) else
+    "must be three positive numbers (R, G, B), or none",
+    "model.adaptive_pool": at_least(0),  # 0: none
+    "data.lighting_std": at_least(0),
+    "data.workers": at_least(0),
+    "data.prefetch": at_least(1),
+    "optim.lr": above(0),
+    "optim.momentum": probability,
+    "optim.weight_decay": at_least(0),
     "schedule.factor": lambda v: None if 0 < v < 1 else "must be in (0, 1)",
-    "schedule.patience": _at_least(0),
-    "schedule.threshold": _at_least(0),
-    "schedule.max_drops": _at_least(0),
+    "schedule.patience": at_least(0),
+    "schedule.threshold": at_least(0),
+    "schedule.max_drops": at_least(0),
     "schedule.milestones": _milestones,
-    "schedule.warmup_epochs": _at_least(0),
-    "train.epochs": _at_least(1),
-    "train.batch_size": _at_least(1),
-    "train.seed": _at_least(0),  # NumPy's generators take no negative seed
+    "schedule.warmup_epochs": at_least(0),
+    "train.epochs": at_least(1),
+    "train.batch_size": at_least(1),
+    "train.seed": at_least(0),  # NumPy's generators take no negative seed
     "train.device": _device,
-    "train.model_parallel": _one_of(1, 2),
+    "train.model_parallel": one_of(1, 2),
     "train.devices": _devices,
-    "train.eval_crops": _one_of(1, 10),  # §4.1: the centre patch, or the ten patches
-    "train.checkpoint_every": _at_least(0),
-    "train.max_steps": _at_least(0),
-    "train.log_every": _at_least(1),
+    "train.eval_crops": one_of(1, 10),  # §4.1: the centre patch, or the ten patches
+    "train.checkpoint_every": at_least(0),
+    "train.max_steps": at_least(0),
+    "train.log_every": at_least(1),
 }
 
 

@@ -10,7 +10,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from alexnet.errors import UserError
 
@@ -79,8 +79,11 @@ def type_problem(value: Any, tp: Any) -> str | None:
         choices = typing.get_args(tp)
         return None if value in choices else "must be " + " or ".join(map(str, choices))
     if typing.get_origin(tp) is tuple:
-        ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        return None if ok else "must be a list of integers"
+        inner = typing.get_args(tp)[0]
+        if not isinstance(value, tuple):
+            return f"must be a list of {inner.__name__}s"
+        problems = [type_problem(v, inner) for v in value]
+        return next((f"every element {p}" for p in problems if p), None)
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok else "must be a finite number"
@@ -152,3 +155,23 @@ def toml_text(d: dict[str, Any]) -> str:
         lines.append(f"\n[{section}]")
         lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
     return "\n".join(lines) + "\n"
+
+
+# What a setting admits: a rule maps a value to None if allowed, else what is allowed (config.RULES).
+Rule = Callable[[Any], "str | None"]  # the value -> None if allowed, else what is allowed
+
+
+def at_least(low: float) -> Rule:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Rule:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def one_of(*choices: Any) -> Rule:
+    return lambda v: None if v in choices else "must be " + " or ".join(map(str, choices))
+
+
+def probability(v: float) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"

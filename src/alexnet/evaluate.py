@@ -56,11 +56,12 @@ def _finite(name: str, value, where: str) -> None:
         raise UserError(f"{where}: {name} is not finite (NaN or infinite); prepare the store again")
 
 
-def check_fits(payload: dict, store=None) -> None:
-    """Refuse, in one line, to run a checkpoint's net on a store it does not fit: other classes, another
-    image size (a 64-px net on 256-px images scores near chance without any error), labels outside the
-    classes, or non-finite statistics. Without a store, check the checkpoint's own mean image (what
-    `predict` subtracts)."""
+def check_fits(payload: dict, store=None, same_classes: bool = True) -> None:
+    """Refuse, in one line, to run a checkpoint's net on a store it does not fit: other classes (unless
+    `same_classes` is False, as for §6.1 features of a net trained elsewhere), another image size (a
+    64-px net on 256-px images scores near chance without any error), labels outside the classes, or
+    non-finite statistics. Without a store, check the checkpoint's own mean image (what `predict`
+    subtracts)."""
     where = payload.get("path", "the checkpoint")
     size = payload["image_size"]
     mean = np.asarray(payload["mean"])
@@ -69,7 +70,7 @@ def check_fits(payload: dict, store=None) -> None:
     _finite("the mean image it carries", mean, where)
     if store is None:
         return
-    if payload["classes"] != store.classes:
+    if same_classes and payload["classes"] != store.classes:
         raise UserError(f"{where} was trained on other classes than the store {store.root} has "
                         f"({len(payload['classes'])} vs {len(store.classes)})")
     if size != store.image_size:
@@ -173,10 +174,14 @@ def validate(model: torch.nn.Module, store, transforms: BatchTransforms, device:
 
 def store_transforms(model: torch.nn.Module, store, data_config: DataConfig | None,
                      device: torch.device) -> BatchTransforms:
-    """The test views of `model`'s input size, minus `store`'s mean image."""
+    """The test views of `model`'s input size, minus the mean image the model was trained with (its
+    checkpoint's `input_mean`, alexnet.checkpoint) or else `store`'s."""
     crop = model.config.input_size
     if crop > store.image_size:
         raise UserError(f"the net's input ({crop}) is larger than the store's images ({store.image_size})")
+    mean = getattr(model, "input_mean", None)
+    if mean is not None and mean.shape == (store.image_size, store.image_size, 3):
+        return BatchTransforms(mean, *store.pca, crop, data_config or DataConfig(), device)
     return BatchTransforms.for_store(store, crop, data_config or DataConfig(), device)
 
 

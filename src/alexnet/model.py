@@ -113,23 +113,25 @@ class PaperDropout(nn.Module):
     """§4.2: while training, zero each output with probability p; at test time use every neuron but
     multiply its output by 1-p. (nn.Dropout instead scales by 1/(1-p) while training; the two nets
     compute the same at test time but differ in the scale the next layer's weights, their N(0, 0.01)
-    init and their weight decay see while training.)"""
+    init and their weight decay see while training.) inverted=True is nn.Dropout's convention, which
+    imported Caffe and torchvision weights were trained with: their fc7 and fc8 expect unscaled inputs."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inverted: bool = False):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p, self.inverted = p, inverted
 
     def forward(self, x: Tensor) -> Tensor:
         if self.p == 0.0:
             return x
         if self.training:
-            return x * torch.empty_like(x).bernoulli_(1.0 - self.p)
-        return x * (1.0 - self.p)
+            kept = x * torch.empty_like(x).bernoulli_(1.0 - self.p)
+            return kept / (1.0 - self.p) if self.inverted else kept
+        return x if self.inverted else x * (1.0 - self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}" + (", inverted" if self.inverted else "")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ def layer_spec(config: ModelConfig) -> dict[str, ConvSpec | tuple[int, int] | No
     spec: dict[str, ConvSpec | tuple[int, int] | None] = {}
     # conv1: 96 kernels 11x11x3, stride 4. A 224 input gives 55x55 maps (Fig. 2) only with padding:
     # (224 + 2*2 - 11) // 4 + 1 = 55, while no padding gives 54 (the reason others feed 227).
-    spec["conv1"] = ConvSpec(3, c1, 11, stride=4, padding=2)
+    spec["conv1"] = ConvSpec(3, c1, 11, stride=4, padding=config.conv1_padding)  # Caffe's 227 input: 0
     # conv2: 256 kernels 5x5x48, each tower sees only its own 48 maps of conv1.
     spec["conv2"] = ConvSpec(c1, c2, 5, padding=2, groups=t)
     # conv3: 384 kernels 3x3x256, connected to all maps of conv2: the towers exchange here.
@@ -169,7 +171,8 @@ def layer_spec(config: ModelConfig) -> dict[str, ConvSpec | tuple[int, int] | No
     # §6: "an extra sixth convolutional layer over the last pooling layer". The paper gives no
     # shape; we keep the maps' size and count (3x3, padding 1) and connect both towers.
     spec["conv6"] = ConvSpec(cin, cin, 3, padding=1) if config.extra_conv else None
-    spec["fc6"] = (cin * map_sizes(config)["pool5"] ** 2, config.fc_width)  # 9216 -> 4096 in the paper's net
+    sizes = map_sizes(config)
+    spec["fc6"] = (cin * sizes.get("avgpool", sizes["pool5"]) ** 2, config.fc_width)  # 9216 -> 4096 in the paper's net
     spec["fc7"] = (config.fc_width, config.fc_width)
     spec["fc8"] = (config.fc_width, config.num_classes)
     return spec
@@ -178,6 +181,13 @@ def layer_spec(config: ModelConfig) -> dict[str, ConvSpec | tuple[int, int] | No
 def conv_layer(spec: ConvSpec | None) -> nn.Conv2d | None:
     return None if spec is None else nn.Conv2d(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.padding,
                                                groups=spec.groups)
+
+
+def _input_scale(config: ModelConfig) -> Tensor | None:
+    """(1, 3, 1, 1) per-channel multiplier of the input (torchvision's 1/(255 std)), or None."""
+    if not config.input_scale:
+        return None
+    return torch.tensor(config.input_scale, dtype=torch.float32).view(1, 3, 1, 1)
 
 
 class AlexNet(nn.Module):
@@ -215,20 +225,22 @@ class AlexNet(nn.Module):
         # Shapes below are the paper's net's; `layer_spec` gives every layer's sizes and §3.5's reasons.
         self.conv1 = conv_layer(spec["conv1"])  # (B, 96, 55, 55): 11x11x3, stride 4
         self.norm1 = norm()
-        self.pool1 = nn.MaxPool2d(z, s)  # (B, 96, 27, 27)
+        self.pool1 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 96, 27, 27)
         self.conv2 = conv_layer(spec["conv2"])  # (B, 256, 27, 27): 5x5x48, within each tower
         self.norm2 = norm()
-        self.pool2 = nn.MaxPool2d(z, s)  # (B, 256, 13, 13)
+        self.pool2 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 13, 13)
         self.conv3 = conv_layer(spec["conv3"])  # (B, 384, 13, 13): 3x3x256, across the towers
         self.conv4 = conv_layer(spec["conv4"])  # (B, 384, 13, 13): 3x3x192, within each tower
         self.conv5 = conv_layer(spec["conv5"])  # (B, 256, 13, 13): 3x3x192, within each tower
-        self.pool5 = nn.MaxPool2d(z, s)  # (B, 256, 6, 6)
+        self.pool5 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 6, 6)
+        self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool) if config.adaptive_pool else None  # torchvision's
+        self.register_buffer("input_scale", _input_scale(config), persistent=False)  # config, not state dict
         self.conv6 = conv_layer(spec["conv6"])  # (B, 256, 6, 6), §6 only
         self.feature_dim = spec["fc6"][0]  # 9216 for the paper's net
         self.fc6 = nn.Linear(*spec["fc6"])  # (B, 4096)
-        self.drop6 = PaperDropout(config.dropout)
+        self.drop6 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc7 = nn.Linear(*spec["fc7"])  # (B, 4096)
-        self.drop7 = PaperDropout(config.dropout)
+        self.drop7 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc8 = nn.Linear(*spec["fc8"])  # (B, 1000), into the softmax
         init_paper_(self, config.init_std, config.init_bias, config.init_scheme)
 
@@ -236,10 +248,14 @@ class AlexNet(nn.Module):
         return x if conv is None else self.act(conv(x))
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         x = self.pool1(self.norm1(self.act(self.conv1(x))))
         x = self.pool2(self.norm2(self.act(self.conv2(x))))
         x = self._conv(self.conv5, self._conv(self.conv4, self._conv(self.conv3, x)))
         x = self.pool5(x)
+        if self.avgpool is not None:
+            x = self.avgpool(x)
         return self._conv(self.conv6, x)
 
     def embed(self, x: Tensor) -> Tensor:

@@ -69,6 +69,10 @@ class TwoTowerAlexNet(nn.Module):
             raise ValueError("model parallelism supports Fig. 2's layers only (no removed or extra conv)")
         if config.lrn and not config.lrn_within_towers:
             raise ValueError("model parallelism needs model.lrn_within_towers = true (no exchange at conv1/conv2)")
+        if (config.conv1_padding, config.pool_ceil, config.dropout_style, config.input_scale, config.adaptive_pool) != (
+                2, False, "paper", (), 0):
+            raise ValueError("model parallelism supports this project's conv1 padding, pooling and dropout only "
+                             "(not an imported net's conventions)")
         if config.fc_width % 2:
             raise ValueError("model.fc_width must be even to split fc6 and fc7 over two devices")
         self.config = config

@@ -79,7 +79,7 @@ def write_features(checkpoint: str | os.PathLike, data: str | os.PathLike | None
     if not data:
         raise UserError("give the store with --data")
     store = ImageStore(data, split)
-    check_fits(payload, store)
+    check_fits(payload, store, same_classes=False)  # fc7 of a net trained elsewhere (ImageNet weights) is the point
     model = model_from_checkpoint(payload)
     path = extract_features(model, store, out, resolve_device(device), batch_size, dtype,
                             checkpoint_config(payload).data, progress=progress, meta={"checkpoint": payload["path"]})
