@@ -1,6 +1,6 @@
 """The paper net against torchvision's AlexNet, in one run, and its share of the machine's matmul rate.
 
-    python bench/peer.py [--batch 64,128] [--quick] [--channels-last] [--repeats 4] [--out FILE]
+    python bench/peer.py [--batch 64,128] [--quick] [--channels-last on] [--repeats 4] [--out FILE]
     python bench/peer.py --profile [--precision fp32] [--batch 64]   # where a training step goes
 
 *ours*: `alexnet.model.AlexNet` (variant paper: LRN, two towers, 724 M multiply-adds). *torchvision*:
@@ -205,26 +205,28 @@ def main() -> None:
     p.add_argument("--precision", default="fp32,bf16", help="fp32, bf16 or both")
     p.add_argument("--mode", default="train,forward", help="train, forward or both")
     p.add_argument("--repeats", type=int, default=4, help="timed pairs per row")
-    p.add_argument("--channels-last", action="store_true", help="both nets and inputs in channels_last")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="both nets and inputs in channels_last (auto: on CUDA, as alexnet train)")
     p.add_argument("--quick", action="store_true", help="batch 16, 2 pairs, small matmuls (a smoke run)")
     p.add_argument("--profile", action="store_true", help="profile one training step of the paper net instead")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="", help="append the rows to this JSON-lines file")
     args = p.parse_args()
     from alexnet.runtime import keep_freed_memory, resolve_device
 
     keep_freed_memory()
     device = resolve_device(args.device)
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
     batches = [16] if args.quick else [int(b) for b in args.batch.split(",")]
     repeats = 2 if args.quick else args.repeats
     precisions = args.precision.split(",")
     if args.profile:
-        return profile_step(batches[0], precisions[0] == "bf16", args.channels_last, device)
+        return profile_step(batches[0], precisions[0] == "bf16", channels_last, device)
     rows = []
     for precision in precisions:
         for mode in args.mode.split(","):
             for batch in batches:
-                rows.append(compare(batch, mode == "train", precision == "bf16", args.channels_last, device, repeats))
+                rows.append(compare(batch, mode == "train", precision == "bf16", channels_last, device, repeats))
                 print(rows[-1], flush=True)
     ceiling = ceiling_rows(device, (512, 1024) if args.quick else (1024, 2048, 4096), 2 if args.quick else 5)
     shares = share_of_ceiling(rows, ceiling)

@@ -1,6 +1,6 @@
 """Two machines, proven on one: `torchrun --nnodes 2` across two network namespaces.
 
-    sudo python scripts/multinode.py [--workdir DIR] [--steps 4] [--timeout 120]
+    python scripts/multinode.py [--workdir DIR] [--steps 4] [--timeout 120]
 
 Makes two hosts, each a network namespace of its own joined to the other by a veth pair (addresses
 192.168.77.1 and 192.168.77.2 on that pair only: no traffic leaves the two namespaces), and runs on
@@ -15,7 +15,8 @@ dropout off, the data-parallel run must compute what one process computes (alexn
 crops of a global batch once and slices them). Prints one JSON line with the result and the exact
 commands. The namespaces and their processes are removed whatever happens (Ctrl-C, SIGTERM, errors).
 
-Needs root and `ip` (iproute2). Exit status: 0 the runs match, 1 they differ or a run failed,
+Needs root and `ip` (iproute2); the processes inherit the environment (PYTHONPATH included) and use
+this Python (sys.executable). Exit status: 0 the runs match, 1 they differ or a run failed,
 77 this machine does not allow network namespaces or veth pairs (the reason is printed).
 """
 
