@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -71,12 +72,13 @@ class Runner:
     """One net, its optimizer and a batch: `step()` runs one training step or one forward pass."""
 
     def __init__(self, net: nn.Module, batch: int, train: bool, bf16: bool, channels_last: bool,
-                 device: torch.device, optimizer: torch.optim.Optimizer | None = None):
+                 device: torch.device, optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(device, memory_format=fmt).train(train)
         self.train, self.bf16, self.device = train, bf16, device
         # The same plain SGD for both nets by default: the comparison is of the nets.
-        self.opt = optimizer or torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        self.opt = (optimizer(self.net) if optimizer else
+                    torch.optim.SGD(self.net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4))
         g = torch.Generator().manual_seed(0)
         self.x = (torch.randn(batch, 3, 224, 224, generator=g) * 50).to(device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 1000, (batch,), generator=g).to(device)
@@ -176,8 +178,8 @@ def profile_step(batch: int, bf16: bool, channels_last: bool, device: torch.devi
     from alexnet.config import OptimConfig
     from alexnet.optim import make_optimizer
 
-    net = paper_alexnet().to(device)
-    runner = Runner(net, batch, True, bf16, channels_last, device, make_optimizer(net, OptimConfig()))
+    runner = Runner(paper_alexnet(), batch, True, bf16, channels_last, device,
+                    lambda net: make_optimizer(net, OptimConfig()))
     runner.step()
     mark_layers(runner.net)
     runner.step()
