@@ -221,12 +221,14 @@ def main() -> None:
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
     batches = [16] if args.quick else [int(b) for b in args.batch.split(",")]
     repeats = 2 if args.quick else args.repeats
-    precisions = args.precision.split(",")
+    precisions, modes = args.precision.split(","), args.mode.split(",")
+    if not set(precisions) <= {"fp32", "bf16"} or not set(modes) <= {"train", "forward"}:
+        p.error(f"--precision takes fp32,bf16 and --mode train,forward; got '{args.precision}', '{args.mode}'")
     if args.profile:
         return profile_step(batches[0], precisions[0] == "bf16", channels_last, device)
     rows = []
     for precision in precisions:
-        for mode in args.mode.split(","):
+        for mode in modes:
             for batch in batches:
                 rows.append(compare(batch, mode == "train", precision == "bf16", channels_last, device, repeats))
                 print(rows[-1], flush=True)
