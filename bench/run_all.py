@@ -2,11 +2,13 @@
 
     python bench/run_all.py [--device auto] [--out bench/results/latest.md] [--quick]
 
-Runs lrn.py, loader.py, train.py and eval.py (each in its own process, results appended to
+Runs lrn.py, loader.py, train.py, eval.py and peer.py (each in its own process, results appended to
 bench/results/all.jsonl) and summarises: LRN forward+backward time, training-batch loader images/s,
-training images/s and evaluation images/s, against torch.nn.LocalResponseNorm, a per-image Pillow
-pipeline and a plain eager training / evaluation loop. On a CUDA machine (--device auto finds it)
-the same benchmarks run on the GPU, and train.py adds the paper net at batch 128 in fp32 and bf16.
+training images/s, evaluation images/s and the paper net's training and forward images/s, against
+torch.nn.LocalResponseNorm, a per-image Pillow pipeline, a plain eager training / evaluation loop and
+torchvision's AlexNet architecture; and the paper net's share of the machine's best matmul rate. On a
+CUDA machine (--device auto finds it) the same benchmarks run on the GPU, train.py adds the paper net
+at batch 128 in fp32 and bf16, and peer.py runs both nets in channels_last.
 """
 
 from __future__ import annotations
@@ -61,6 +63,25 @@ def summary_rows(results: dict[str, list[dict]]) -> list[tuple[str, str, str, st
             plain = x["plain per-image loop img/s"]
             rows.append((f"evaluation, {x['variant']}, {x['views']} view(s) (images/s)", f"{x['alexnet eval img/s']:,.1f}",
                          f"{plain:,.1f} (plain per-image loop)" if plain == plain else "-", x["speed-up"]))
+    rows += peer_rows(results)
+    return rows
+
+
+def peer_rows(results: dict[str, list[dict]]) -> list[tuple[str, str, str, str]]:
+    """The paper net against torchvision's AlexNet, and its share of the best matmul rate."""
+    rows = []
+    for r in results.get("peer", []):
+        if r["bench"] == "peer":
+            for x in r["rows"]:
+                rows.append((f"paper net {x['mode']}, {x['precision']}, {x['layout']}, batch {x['batch']} (images/s)",
+                             f"{x['ours img/s']:,.1f}", f"{x['torchvision img/s']:,.1f} (torchvision's AlexNet)",
+                             f"{x['ours / torchvision']:.2f}x"))
+        else:
+            for x in r["rows"]:
+                if "ours share" in x:
+                    rows.append((f"paper net training, {x['precision']}, batch {x['batch']}: share of the best matmul "
+                                 f"rate", f"{x['ours img/s']:,.1f} img/s", f"{x['ceiling img/s']:,.1f} img/s (ceiling)",
+                                 f"{x['ours share']:.0%}"))
     return rows
 
 
@@ -81,6 +102,7 @@ def main() -> None:
         "train": run("train.py", ["--device", args.device, "--images", "128" if quick else "384",
                                   "--steps", "2" if quick else "4", "--batch", "32" if quick else "64"], jsonl),
         "eval": run("eval.py", ["--device", args.device, "--images", "64" if quick else "256"], jsonl),
+        "peer": run("peer.py", ["--device", args.device] + (["--quick"] if quick else []), jsonl),
     }
     env = environment()
     lines = [f"# Benchmarks, {time.strftime('%Y-%m-%d')}", "",
