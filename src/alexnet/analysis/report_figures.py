@@ -68,7 +68,7 @@ PERCENT_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0
 ONE_TWO_FIVE = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-def percent_ticks(low: float, high: float, most: int = 9) -> list[float]:
+def percent_ticks(low: float, high: float, most: int = 11) -> list[float]:
     """Round percentages between low and high for a log axis: as many as fit in `most`, the 1-2-5
     ones when there are too many (a wide range), so a narrow range still gets several."""
     inside = [t for t in PERCENT_TICKS if low <= t <= high]

@@ -160,7 +160,7 @@ def _curves(d: RunData, max_classes: int) -> str:
     rows = [[esc(cell(k, h.get(k))) for k, _ in keys] for h in d.history]
     note = missing(d.notes["curves"]) if "curves" in d.notes else ""
     return (note + image_tag(curves_png(d.history, run_title(d)), "training curves")
-            + f'<p class="caption">Loss and error on log axes, so the progress after the first epochs shows. '
+            + f'<p class="caption">Error rates on a log axis, so the progress after the first epochs shows. '
               f"{esc(said)}</p>"
             + f'<details><summary>every epoch</summary><div class="scroll">'
               f"{table([h for _, h in keys], rows, set(range(len(keys))))}</div></details>")
