@@ -18,8 +18,12 @@ from pathlib import Path
 
 from alexnet.analysis import report_sections as sections
 from alexnet.analysis.report_sections import RunData, esc
+from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from alexnet.data import ImageStore
 from alexnet.errors import UserError
+from alexnet.evaluate import error_rates, predict_probabilities
 from alexnet.metrics_log import write_text_atomic
+from alexnet.runtime import resolve_device
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")
 
@@ -69,23 +73,17 @@ def _read_history(d: RunData) -> None:
         d.notes["curves"] = f"{bad} line(s) of metrics.jsonl could not be read and are left out."
 
 
-def _load_model(d: RunData, device: str) -> None:
-    from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from alexnet.runtime import resolve_device
-
+def _load_model(d: RunData) -> None:
     try:
         d.payload = load_checkpoint(d.run)
         d.model_config = checkpoint_config(d.payload)
         d.model = model_from_checkpoint(d.payload)
-        d.device = resolve_device(device)
     except UserError as e:
         d.payload = d.model = None
         d.notes["model"] = f"No trained weights to show: {e}."
 
 
 def _open_stores(d: RunData, data: str | os.PathLike | None) -> None:
-    from alexnet.data import ImageStore
-
     root = data or d.payload.get("data")
     if not root:
         d.notes["store"] = "The checkpoint names no store; give one with --data."
@@ -107,8 +105,6 @@ def _open_stores(d: RunData, data: str | os.PathLike | None) -> None:
 def _evaluate(d: RunData, progress: bool) -> None:
     """One pass over the val split (centre patch, §6): the probabilities give the per-class table, the
     confusion matrix and the top-5 examples."""
-    from alexnet.evaluate import error_rates, predict_probabilities
-
     try:
         d.probs = predict_probabilities(d.model, d.val, d.device, 1, progress=progress,
                                         data_config=d.model_config.data)
@@ -122,10 +118,10 @@ def _evaluate(d: RunData, progress: bool) -> None:
 def gather(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, device: str = "cpu",
            progress: bool = False) -> RunData:
     """Read everything the page shows from a run folder (and its store), noting what is missing."""
-    d = RunData(run_folder(run_dir))
+    d = RunData(run_folder(run_dir), device=resolve_device(device))
     _read_config(d)
     _read_history(d)
-    _load_model(d, device)
+    _load_model(d)
     if d.payload is not None:
         _open_stores(d, data)
         if d.val is not None:

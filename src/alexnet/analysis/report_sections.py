@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from alexnet.analysis.figures import save_kernel_mosaic, save_neighbours_figure, save_top5_figure
+from alexnet.analysis.neighbours import nearest_neighbours
+from alexnet.analysis.report import spread_sample
 from alexnet.analysis.report_figures import confusion_matrix, confusion_png, curves_png, lr_drops, plain_text
+from alexnet.data.augment import BatchTransforms
 
 @dataclass
 class RunData:
@@ -96,7 +101,8 @@ def run_title(d: RunData) -> str:
 
 def _summary(d: RunData, max_classes: int) -> str:
     rows = [["run folder", esc(d.run.resolve())]]
-    epochs_planned = (d.config or {}).get("train", {}).get("epochs")
+    train = (d.config or {}).get("train")
+    epochs_planned = train.get("epochs") if isinstance(train, dict) else None
     rows.append(["epochs done", esc(f"{len(d.history)}" + (f" of {epochs_planned}" if epochs_planned else ""))])
     val_rows = [h for h in d.history if isinstance(h.get("val_top1_err"), (int, float))]
     if val_rows:
@@ -235,8 +241,6 @@ def _confusion(d: RunData, max_classes: int) -> str:
 def example_indices(labels: np.ndarray, predictions: np.ndarray, n: int = 8, seed: int = 0) -> np.ndarray:
     """Up to n images to show, half of them mistakes when there are enough (Fig. 4 shows some), the
     classes taking turns within each half."""
-    from alexnet.analysis.report import spread_sample
-
     wrong = np.flatnonzero(predictions != labels)
     right = np.flatnonzero(predictions == labels)
     n_wrong = min(len(wrong), max(n // 2, n - len(right)))
@@ -250,8 +254,6 @@ def example_indices(labels: np.ndarray, predictions: np.ndarray, n: int = 8, see
 def _top5(d: RunData, max_classes: int) -> str:
     if (no := _no_eval(d)) is not None:
         return no
-    from alexnet.analysis.figures import save_top5_figure
-
     shown = example_indices(d.val.labels, d.probs.argmax(1))
     names = [plain_text(n) for n in d.val.class_names]
     png = saved_png(lambda path: save_top5_figure(d.val.get_batch(shown), d.probs[shown], d.val.labels[shown],
@@ -264,10 +266,6 @@ def _top5(d: RunData, max_classes: int) -> str:
 
 def fc7_features(model, store, indices: np.ndarray, device, data_config, batch_size: int = 256) -> np.ndarray:
     """The last hidden layer's vectors (§6.1) of some images of a store, centre patch."""
-    import torch
-
-    from alexnet.data.augment import BatchTransforms
-
     transforms = BatchTransforms.for_store(store, model.config.input_size, data_config, device)
     model = model.to(device).eval()
     out = []
@@ -290,10 +288,6 @@ def _neighbours(d: RunData, max_classes: int) -> str:
     if d.payload is None or d.val is None or d.train is None:
         why = d.notes.get("model") or d.notes.get("store") or d.notes.get("val") or d.notes.get("train")
         return missing(f"Needs the trained net and the store's train and val splits: {why}")
-    from alexnet.analysis.figures import save_neighbours_figure
-    from alexnet.analysis.neighbours import nearest_neighbours
-    from alexnet.analysis.report import spread_sample
-
     database = np.sort(spread_sample(d.train.labels, NEIGHBOUR_DATABASE, seed=0))
     queries = spread_sample(d.val.labels, 5, seed=1)
     data_config = d.model_config.data
@@ -315,8 +309,6 @@ def _neighbours(d: RunData, max_classes: int) -> str:
 def _kernels(d: RunData, max_classes: int) -> str:
     if d.model is None:
         return missing(d.notes.get("model", "No trained weights."))
-    from alexnet.analysis.figures import save_kernel_mosaic
-
     conv1 = d.model.conv1
     towers = d.model_config.model.towers
     title = (f"conv1: {conv1.out_channels} kernels {conv1.kernel_size[0]}x{conv1.kernel_size[1]}x3"
