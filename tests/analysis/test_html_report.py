@@ -203,6 +203,11 @@ def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(UserError, match="is not a folder"):
         write_run_report(tmp_path / "file.txt")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('variant = "tiny"\n')
+    with pytest.raises(UserError, match="'gpu0' is not a device"):  # the user's mistake, not a missing piece
+        write_run_report(run, device="gpu0")
 
 
 def test_an_interrupted_write_leaves_the_previous_page(tiny_run, tmp_path, monkeypatch):
