@@ -80,13 +80,13 @@ def _load_model(d: RunData) -> None:
         d.model = model_from_checkpoint(d.payload)
     except UserError as e:
         d.payload = d.model = None
-        d.notes["model"] = f"No trained weights to show: {e}."
+        d.notes["model"] = str(e)
 
 
 def _open_stores(d: RunData, data: str | os.PathLike | None) -> None:
     root = data or d.payload.get("data")
     if not root:
-        d.notes["store"] = "The checkpoint names no store; give one with --data."
+        d.notes["store"] = "the checkpoint names no store; give one with --data"
         return
     d.data = str(root)
     for split in ("val", "train"):

@@ -119,7 +119,8 @@ def _summary(d: RunData, max_classes: int) -> str:
         rows.append(["this evaluation (centre patch, §6)",
                      esc(f"top-1 error {d.rates['top1_err']:.1%}, top-5 error {d.rates['top5_err']:.1%} "
                          f"on {d.rates['n']} validation images of {len(d.val.classes)} classes")])
-    notes = "".join(missing(d.notes[k]) for k in ("model", "store", "val") if k in d.notes)
+    said = {"model": "No trained weights", "store": "No store", "val": "No evaluation"}
+    notes = "".join(missing(f"{said[k]}: {d.notes[k]}.") for k in said if k in d.notes)
     return table(None, rows) + notes
 
 
@@ -172,11 +173,16 @@ def _curves(d: RunData, max_classes: int) -> str:
               f"{table([h for _, h in keys], rows, set(range(len(keys))))}</div></details>")
 
 
+def reason(d: RunData, *keys: str) -> str:
+    """The first note among `keys`: why a piece is missing."""
+    return next((d.notes[k] for k in keys if k in d.notes), "not available")
+
+
 def _no_eval(d: RunData) -> str | None:
     if d.rates is not None:
         return None
-    why = d.notes.get("model") or d.notes.get("store") or d.notes.get("val") or "no evaluation"
-    return missing(f"Needs an evaluation on the validation split: {why}")
+    return missing(f"Needs an evaluation on the validation split, not possible here: "
+                   f"{reason(d, 'model', 'store', 'val')}.")
 
 
 def confusion_of(d: RunData) -> np.ndarray:
@@ -286,8 +292,8 @@ def _neighbours(d: RunData, max_classes: int) -> str:
                 f"{esc(made)} (written by “alexnet figures”): each query image and its nearest training images "
                 f"in fc7 space (§6.1, Fig. 4 right).</p>")
     if d.payload is None or d.val is None or d.train is None:
-        why = d.notes.get("model") or d.notes.get("store") or d.notes.get("val") or d.notes.get("train")
-        return missing(f"Needs the trained net and the store's train and val splits: {why}")
+        return missing(f"Needs the trained net and the store's train and val splits, not possible here: "
+                       f"{reason(d, 'model', 'store', 'val', 'train')}.")
     database = np.sort(spread_sample(d.train.labels, NEIGHBOUR_DATABASE, seed=0))
     queries = spread_sample(d.val.labels, 5, seed=1)
     data_config = d.model_config.data
@@ -308,7 +314,7 @@ def _neighbours(d: RunData, max_classes: int) -> str:
 
 def _kernels(d: RunData, max_classes: int) -> str:
     if d.model is None:
-        return missing(d.notes.get("model", "No trained weights."))
+        return missing(f"No trained weights: {reason(d, 'model')}.")
     conv1 = d.model.conv1
     towers = d.model_config.model.towers
     title = (f"conv1: {conv1.out_channels} kernels {conv1.kernel_size[0]}x{conv1.kernel_size[1]}x3"
