@@ -150,3 +150,13 @@ def test_config_that_is_a_folder_is_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err == f"alexnet train: error: config file {tmp_path} is a folder; give a TOML file\n"
+
+
+def test_report_writes_one_page_or_says_why_not(tiny_run, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert main(["report", str(tiny_run), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"alexnet report: error: {tmp_path} is not a run folder "
+                                               "(it has none of config.toml, metrics.jsonl, best.pt, last.pt)")
+

@@ -273,3 +273,24 @@ def test_training_on_cuda_with_bf16_and_channels_last(demo_store, tmp_path):
                                                   "model_parallel": 2, "devices": "cuda:0,cuda:0"}}),
             demo_store, tmp_path / "mp", progress=False, echo=False)
     assert r["status"] == "stopped at max_steps"
+
+
+def test_a_run_writes_its_metrics_as_csv_and_tensorboard_events(demo_store, tmp_path):
+    import csv
+
+    run = tmp_path / "run"
+    fit(tiny_config(max_steps=40), demo_store, run, progress=False, echo=False)  # stops in epoch 2
+    fit(tiny_config(), None, run, resume=True, progress=False, echo=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    with open(run / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in table] == [r["epoch"] for r in rows] == [1, 2]
+    assert [float(r["val_top1_err"]) for r in table] == [r["val_top1_err"] for r in rows]
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.value for e in events.Scalars("epoch/val_top1_err")] == pytest.approx([r["val_top1_err"] for r in rows])
+    steps = [e.step for e in events.Scalars("step/loss")]
+    assert steps == sorted(set(steps)) and len(steps) >= 2  # both sessions logged, nothing twice

@@ -236,6 +236,14 @@ def _cmd_neighbors(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from alexnet.analysis.html_report import write_run_report
+
+    path = write_run_report(args.run, args.out, data=args.data, device=args.device, max_classes=args.max_classes,
+                            progress=not args.quiet)
+    print(f"wrote {path}; open {path.resolve().as_uri()} in a browser")
+
+
 def _cmd_figures(args: argparse.Namespace) -> None:
     from alexnet.analysis.report import write_figures
 
@@ -311,7 +319,7 @@ COMMANDS = {"summary": _cmd_summary, "prepare": _cmd_prepare, "demo-data": _cmd_
             "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo, "predict": _cmd_predict,
             "features": _cmd_features, "neighbors": _cmd_neighbors, "neighbours": _cmd_neighbors,
             "figures": _cmd_figures, "export": _cmd_export, "experiment": _cmd_experiment,
-            "import": _cmd_import}
+            "import": _cmd_import, "report": _cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,21 @@ def _figures_parser(sub) -> None:
     _quiet_flag(p)
 
 
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="one HTML page about a run: config, curves, per-class errors, figures",
+                       description="Write one self-contained HTML page (figures embedded, no server, no internet): "
+                       "the run's config, training curves, per-class error table, confusion matrix, top-5 "
+                       "examples, nearest neighbours and conv1 kernels, from an evaluation of RUN's best.pt on "
+                       "its store's val split. A missing piece (no val split, no epoch yet) is said on the page.")
+    p.add_argument("run", help="a run folder (the --out of `alexnet train`)")
+    p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    p.add_argument("--data", help="store (default: the checkpoint's)")
+    p.add_argument("--max-classes", type=int, default=100,
+                   help="classes in the confusion matrix at most; beyond, those with the highest error (default: 100)")
+    _device_flag(p)
+    _quiet_flag(p)
+
+
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX",
                        description="Write the net, with the mean subtraction inside, as ONNX; with onnxruntime "
@@ -226,8 +241,8 @@ def _import_parser(sub) -> None:
 
 
 SUBCOMMANDS = [_summary_parser, _prepare_parser, _demo_data_parser, _train_parser, _eval_parser, _plot_parser,
-               _demo_parser, _predict_parser, _features_parser, _neighbors_parser, _figures_parser, _export_parser,
-               _experiment_parser, _import_parser]
+               _demo_parser, _predict_parser, _features_parser, _neighbors_parser, _figures_parser, _report_parser,
+               _export_parser, _experiment_parser, _import_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

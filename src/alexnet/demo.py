@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from alexnet.analysis.figures import plot_curves
+from alexnet.analysis.html_report import write_run_report
 from alexnet.analysis.report import write_figures
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import resolve
@@ -34,13 +35,13 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
     root = Path(root)
     src, store, run = root / "images", root / "store", root / "run"
     epochs = epochs or DEMO_EPOCHS
-    echo(f"== 1/5 demo images -> {src}")
+    echo(f"== 1/6 demo images -> {src}")
     if not (src / "LOC_synset_mapping.txt").exists():
         make_demo_data(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class)
         echo(f"wrote {classes} classes x ({train_per_class} train + {val_per_class} val) JPEGs of mixed sizes")
     else:
         echo("already there")
-    echo(f"== 2/5 prepare (§2: shorter side to {DEMO_SIZE}, centre crop, mean image, RGB PCA) -> {store}")
+    echo(f"== 2/6 prepare (§2: shorter side to {DEMO_SIZE}, centre crop, mean image, RGB PCA) -> {store}")
     if not (store / "meta.json").exists():
         report = prepare(src, store, size=DEMO_SIZE, progress=progress, log=echo)
         for path, note in report.converted:
@@ -49,7 +50,7 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
              f"in {report.seconds:.1f} s")
     else:
         echo("already there")
-    echo(f"== 3/5 train the small variant (§5 recipe: SGD momentum 0.9, weight decay 5e-4, batch 128, "
+    echo(f"== 3/6 train the small variant (§5 recipe: SGD momentum 0.9, weight decay 5e-4, batch 128, "
          f"lr 0.01 /10 on plateau) -> {run}")
     config = resolve({"variant": "small", "train": {"epochs": epochs, "device": device}}, overrides or {})
     last = run / "last.pt"
@@ -62,7 +63,7 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
         if result["status"] != "finished":
             echo(f"training {result['status']}; run `alexnet demo` again to continue")
             return {"status": result["status"], "exit_code": result["exit_code"]}
-    echo("== 4/5 evaluate on the validation images (§4.1: centre patch, then the average of ten patches)")
+    echo("== 4/6 evaluate on the validation images (§4.1: centre patch, then the average of ten patches)")
     results = {}
     for views in (1, 10):
         r = evaluate([run / "best.pt"], store, "val", views, device=device, progress=progress)
@@ -71,13 +72,16 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
         echo(f"{'centre patch' if views == 1 else 'ten patches '}: top-1 error {r['top1_err']:.1%}, "
              f"top-5 error {r['top5_err']:.1%} on {r['n']} images "
              f"(chance: {1 - 1 / len(r['per_class']):.0%} top-1)")
-    echo("== 5/5 figures (§6.1: Fig. 3 kernels, Fig. 4 top-5 labels and nearest neighbours, training curves)")
+    echo("== 5/6 figures (§6.1: Fig. 3 kernels, Fig. 4 top-5 labels and nearest neighbours, training curves)")
     figures = write_figures(run / "best.pt", store, root / "figures", device=device, progress=progress)
+    echo("== 6/6 run report (one HTML page: config, curves, per-class errors, confusion matrix, figures)")
+    report = write_run_report(run, data=store, device=device, progress=progress)
     outputs = {"images": src, "store": store, "run": run, "checkpoint": run / "best.pt",
                "metrics": run / "metrics.jsonl", "evaluation": run / "eval_1crop.json",
-               **{f"figure {k}": v for k, v in figures.items()}}
+               **{f"figure {k}": v for k, v in figures.items()}, "report": report}
     echo("== done. Where everything went:")
     for name, path in outputs.items():
         echo(f"  {name:<18} {path}")
+    echo(f"open the report in a browser: {report.resolve().as_uri()}")
     return {"status": "finished", "exit_code": 0, "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
             "outputs": {k: str(v) for k, v in outputs.items()}}

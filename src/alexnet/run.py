@@ -2,6 +2,8 @@
 
     RUN/config.toml    the resolved config (every default cited in alexnet/config.py)
     RUN/metrics.jsonl  one line per epoch: lr, train loss/error, val loss/top-1/top-5, images/s
+    RUN/metrics.csv    the same rows as a table; RUN/tensorboard/ event files when tensorboard is
+                       installed (epoch rows and per-step scalars; alexnet/metrics_log.py)
     RUN/train.log      what the console showed
     RUN/last.pt        model, optimizer, position (epoch, step), history and the epoch best.pt holds:
                        `--resume RUN` continues bit for bit from here; written every epoch, on
@@ -21,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import math
 import os
 import signal
@@ -34,13 +35,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alexnet.checkpoint import checkpoint_config, fsync_directory, load_checkpoint, save_checkpoint
+from alexnet.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from alexnet.config import Config, apply, load_toml, resolve, resume_config, to_toml, validate
 from alexnet.data import ImageStore
 from alexnet.distributed import setup_processes
 from alexnet.errors import UserError
 from alexnet.lock import FolderLock
 from alexnet.machine import ThreadPlanner
+from alexnet.metrics_log import MetricsLog
 from alexnet.train import Position, Running, Trainer, format_epoch
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
@@ -88,17 +90,6 @@ class RunLog:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(msg + "\n")
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    """RUN/metrics.jsonl from the checkpoint's history (on a resume: drops rows of epochs redone)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(h) + "\n" for h in history))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_directory(path.parent)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,7 +238,8 @@ def _start(config: Config, data, out: Path, resume: bool, finetune, procs, devic
             f"which starts afresh for {len(classes)} classes")
     if procs.main:
         (out / "config.toml").write_text(to_toml(config))
-        write_metrics(out / "metrics.jsonl", trainer.history)
+        # metrics.jsonl and .csv rewritten from the checkpoint's history (a resume drops epochs redone)
+        trainer.metrics = MetricsLog(out, trainer.history, trainer.position.global_step)
     return trainer
 
 
@@ -271,9 +263,8 @@ def _train_epochs(trainer: Trainer, stop: StopRequest, out: Path, log: RunLog) -
         if improved:
             trainer.best_err, trainer.best_epoch = err, trainer.position.epoch
         save_checkpoints(trainer, out, best=improved)
-        if trainer.procs.main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if trainer.metrics is not None:
+            trainer.metrics.append(row, trainer.position.global_step)
         log(format_epoch(row, epochs))
         reason = trainer.should_stop(stop.requested)
         if reason and trainer.position.epoch < epochs:
@@ -305,6 +296,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
             refused = e
     if procs.any(refused is not None, device):  # every process stops, not only the first
         raise refused or UserError(f"{out} is being trained by another process")
+    trainer = None
     try:
         log = RunLog(out / "train.log" if procs.main else None, echo and procs.main)
         try:
@@ -325,6 +317,8 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
         with StopRequest() as stop, _faults_as_user_errors(trainer.device, c.train.batch_size // procs.world, out):
             status = _train_epochs(trainer, stop, out, log)
     finally:
+        if trainer is not None and trainer.metrics is not None:
+            trainer.metrics.close()
         lock.release()
     signal_name = stop.signal if status == "interrupted" else None
     return {"status": status, "signal": signal_name,

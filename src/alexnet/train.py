@@ -93,6 +93,7 @@ class Trainer:
         if t.compile:
             self.net = torch.compile(self.net)
         self.thread_planner = None  # set by the run (alexnet.machine.ThreadPlanner)
+        self.metrics = None  # the main process's alexnet.metrics_log.MetricsLog, set by the run
         self.position = Position()
         self.running = Running()
         self.history: list[dict] = []
@@ -245,8 +246,12 @@ class Trainer:
                     seen, start = 0, time.perf_counter()
                 if logging:
                     r = self.running
-                    bar.set_postfix(loss=f"{r.loss / r.count:.3f}", err=f"{1 - r.correct1 / r.count:.3f}",
-                                    lr=f"{step_lr:.2g}", img_s=f"{r.count * self.procs.world / max(r.seconds, 1e-9):.0f}")
+                    scalars = {"loss": r.loss / r.count, "top1_err": 1 - r.correct1 / r.count, "lr": step_lr,
+                               "img_s": r.count * self.procs.world / max(r.seconds, 1e-9)}
+                    bar.set_postfix(loss=f"{scalars['loss']:.3f}", err=f"{scalars['top1_err']:.3f}",
+                                    lr=f"{step_lr:.2g}", img_s=f"{scalars['img_s']:.0f}")
+                    if self.metrics is not None:
+                        self.metrics.log_step(self.position.global_step, scalars)  # TensorBoard's step curves
                 if stopped:
                     break
                 if saving and save is not None:
