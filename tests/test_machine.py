@@ -42,9 +42,11 @@ def test_usable_cores_is_affinity_capped_by_quota(tmp_path, monkeypatch):
 def test_read_cpu_sample_counts_busy_ticks(tmp_path):
     # user nice system idle iowait irq softirq steal guest guest_nice
     (tmp_path / "stat").write_text("cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 1 2 3\n")
-    s = read_cpu_sample(tmp_path / "stat")
     ticks = os.sysconf("SC_CLK_TCK")
+    s = read_cpu_sample(tmp_path / "stat", niced=True)
     assert s.machine_busy == pytest.approx((100 + 5 + 50 + 3 + 2) / ticks)
+    s = read_cpu_sample(tmp_path / "stat", niced=False)  # niced processes' 5 ticks yield to us
+    assert s.machine_busy == pytest.approx((100 + 50 + 3 + 2) / ticks)
     assert read_cpu_sample(tmp_path / "missing") is None
 
 

@@ -69,7 +69,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         report = prepare(args.src, args.dst, size=args.size, fmt=args.format, quality=args.quality,
-                         workers=args.workers, val_labels=args.val_labels, overwrite=args.overwrite,
+                         workers=args.workers or args.thread_planner.current,  # the cores others leave free
+                         val_labels=args.val_labels, overwrite=args.overwrite,
                          draft=not args.no_draft, progress=not args.quiet)
     except KeyboardInterrupt as e:
         why = str(e) or "run the same command again to continue"

@@ -92,8 +92,18 @@ def _clock_ticks() -> int:
         return 100
 
 
-def read_cpu_sample(proc_stat: str | os.PathLike = "/proc/stat") -> CpuSample | None:
-    """None where /proc/stat is missing or unreadable (not Linux)."""
+def _niced() -> bool:
+    try:
+        return os.nice(0) > 0
+    except (AttributeError, OSError):
+        return False
+
+
+def read_cpu_sample(proc_stat: str | os.PathLike = "/proc/stat", niced: bool | None = None) -> CpuSample | None:
+    """None where /proc/stat is missing or unreadable (not Linux). Time of niced processes counts as
+    busy only when this process is niced too (`niced`, default: ask the OS): the scheduler gives a
+    nice-10 process about a tenth of a core that a nice-0 one wants, so it takes no thread from us."""
+    niced = _niced() if niced is None else niced
     try:
         with open(proc_stat) as f:
             fields = f.readline().split()
@@ -104,6 +114,8 @@ def read_cpu_sample(proc_stat: str | os.PathLike = "/proc/stat") -> CpuSample | 
     ticks = [int(v) for v in fields[1:]]
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
+    if not niced:
+        busy -= ticks[1]  # processes at a lower priority (nice > 0) yield their cores to us
     t = os.times()
     return CpuSample(time.monotonic(), busy / _clock_ticks(), t.user + t.system)
 
