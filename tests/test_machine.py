@@ -57,8 +57,8 @@ def test_busy_elsewhere_subtracts_our_own_time():
     assert busy_elsewhere(after, after) == 0.0
 
 
-@pytest.mark.parametrize("usable, others, expected", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1),
-                                                      (2, 3.0, 1), (8, 2.2, 6), (1, 0.0, 1)])
+@pytest.mark.parametrize("usable, others, expected", [(2, 0.0, 2), (2, 1.0, 2), (2, 2.4, 2), (2, 2.6, 1),
+                                                      (2, 9.0, 1), (8, 9.0, 7), (8, 12.0, 4), (1, 5.0, 1)])
 def test_threads_for(usable, others, expected):
     assert threads_for(usable, others) == expected
 
@@ -76,8 +76,8 @@ def test_replan_follows_the_load(monkeypatch):
     samples = iter([
         CpuSample(0.0, 0.0, 0.0),
         CpuSample(10.0, 10.0, 10.0),  # 10 s: only our own work -> both cores
-        CpuSample(20.0, 30.0, 15.0),  # 10 s: 20 core-s busy, 5 ours -> 1.5 cores elsewhere -> one thread
-        CpuSample(40.0, 40.0, 26.0),  # 20 s: 10 core-s busy, 11 ours (rounding) -> idle again -> both
+        CpuSample(20.0, 45.0, 15.0),  # 10 s: 35 core-s busy, 5 ours -> 3 cores elsewhere (2 usable) -> one
+        CpuSample(40.0, 56.0, 26.0),  # 20 s: 11 core-s busy, all ours -> idle again -> both cores
     ])
     monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(samples))
     planner = ThreadPlanner(usable=2, every_s=5.0)
