@@ -46,7 +46,7 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw",
                    help="raw uint8 (fastest, ~196 KB an image at 256) or re-encoded JPEG (~10x smaller)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality for --format jpeg (default: 90)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default: the cores other processes leave free, as --threads)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: as --threads)")
     p.add_argument("--val-labels", help="labels of a flat val/ folder: LOC_val_solution.csv or lines 'FILE LABEL'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST (once the new one is complete)")
     p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (no DCT downscaling)")
@@ -133,8 +133,10 @@ def _predict_parser(sub) -> None:
 
 def _features_parser(sub) -> None:
     p = sub.add_parser("features", help="last-hidden-layer (fc7) vectors of a whole split (§6.1)",
-                       description="Write the 4096-d fc7 vectors (after ReLU) of every image of a split to a .npy "
-                       "file, streamed batch by batch (a JSON file beside it says where they came from).")
+                       description="Write the fc7 vectors (after ReLU) of every image of a split to a .npy file, "
+                       "streamed batch by batch (a JSON file beside it says where they came from). Their width is "
+                       "the checkpoint's model.fc_width: " + ", ".join(f"{n} {c.fc_width}" for n, c in VARIANTS.items())
+                       + ", an imported Caffe or torchvision net 4096.")
     _checkpoint_arg(p)
     p.add_argument("--data", help="store (default: the checkpoint's)")
     p.add_argument("--split", default="train", help="split (default: train)")
@@ -252,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate the paper's network, and look at what it learned.",
     )
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
-    parser.add_argument("--threads", type=int, metavar="N", help="compute threads (default: the cores this "
-                        "process may use minus those other processes keep busy, re-planned as the load changes; "
-                        "or ALEXNET_THREADS / OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=int, metavar="N", help="compute threads (default: one per core this "
+                        "process may use, fewer when other processes keep more than all of them busy, re-planned "
+                        "as the load changes; or ALEXNET_THREADS / OMP_NUM_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
