@@ -24,7 +24,7 @@ from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.cli import main
 from alexnet.config import resolve, resume_config
 from alexnet.errors import UserError
-from alexnet.lock import FolderLock
+from alexnet.files import run_lock
 from alexnet.run import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_stale_and_foreign_locks(demo_store, tmp_path):
     r = fit(tiny_config(max_steps=2), demo_store, out, progress=False, echo=False)
     assert r["status"] == "stopped at max_steps" and not (out / "train.lock").exists()
     (out / "train.lock").write_text("")  # killed between creating the lock and writing it
-    with FolderLock(out, "train.lock", "trained") as lock:
+    with run_lock(out) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert not (out / "train.lock").exists()
     (out / "train.lock").write_text(json.dumps({"pid": dead_pid, "host": "elsewhere"}))  # cannot be checked here

@@ -18,46 +18,24 @@ import torch
 from alexnet import __version__
 from alexnet.config import Config, ConfigError, from_dict
 from alexnet.errors import UserError
+from alexnet.files import atomic_write
 from alexnet.model import AlexNet
 
 CHECKPOINT_VERSION = 1
 
 
-def fsync_directory(path: str | os.PathLike) -> None:
-    """Make a rename inside `path` durable (the new name survives a power cut, not only the data)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write to PATH.tmp, flush, fsync, then rename over PATH: a crash or a full disk leaves either
-    the previous checkpoint or the new one, never half of one."""
+    """Write to PATH.tmp, flush, fsync, then rename over PATH (alexnet.files.atomic_write): a crash or
+    a full disk leaves either the previous checkpoint or the new one, never half of one."""
     path = Path(path)
     payload = {"format": "alexnet-checkpoint", "version": CHECKPOINT_VERSION, "alexnet": __version__, **payload}
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
         kept = "the previous one is intact" if path.exists() else "nothing was written"
         raise UserError(f"cannot write checkpoint {path}: {why}; {kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

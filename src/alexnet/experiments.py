@@ -27,6 +27,7 @@ from alexnet.checkpoint import checkpoint_config, load_checkpoint
 from alexnet.config import Config, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
+from alexnet.files import write_json_atomic, write_text_atomic
 from alexnet.model import AlexNet, count_parameters
 from alexnet.analysis.figures import plot_curves
 from alexnet.run import fit
@@ -132,7 +133,7 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
         f.flush()
         os.fsync(f.fileno())
     write_table(results)
-    (results / f"{run.name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    write_json_atomic(results / f"{run.name}.json", row)
     log(f"{name}: top-1 error {row['top1_err']:.2%} (10 patches {row['top1_err_10crop']:.2%}), "
         f"top-5 {row['top5_err']:.2%}; table: {results / 'results.md'}")
     return row
@@ -159,7 +160,5 @@ def write_table(results: str | os.PathLike) -> Path:
                      f"{r['top1_err_10crop']:.2%} | {r['top5_err_10crop']:.2%} | {r['train_err']:.2%} | "
                      f"{r['images_per_s']:.0f} | {r['date']} | {r['commit']} |")
     path = results / "results.md"
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -21,6 +21,7 @@ from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.data.augment import center_crop
 from alexnet.errors import UserError
 from alexnet.evaluate import check_fits
+from alexnet.files import atomic_path
 
 
 class WithMean(nn.Module):
@@ -67,14 +68,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: b
     crop = wrapped.model.config.input_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial.onnx")
-    try:
+    with atomic_path(out, tmp_suffix=".partial.onnx") as tmp:
         _write_onnx(wrapped, payload, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     result = {"onnx": str(out), "input": (None, 3, crop, crop), "max_abs_diff": None}
     if verify:
         try:

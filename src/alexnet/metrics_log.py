@@ -26,31 +26,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from alexnet.files import write_text_atomic
+
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush, fsync, rename it over `path`, then fsync
-    the folder so that the rename itself survives a power cut."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # a folder that cannot be opened (some platforms): the file itself is safe
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
 
 
 def csv_columns(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -10,8 +10,8 @@
                        Ctrl-C/SIGTERM and every `train.checkpoint_every` steps
     RUN/best.pt        the weights with the lowest validation top-1 error so far; written before
                        last.pt, so a kill between the two never leaves it behind last.pt
-    RUN/train.lock     while a process trains the run: its pid and host (one trainer per run,
-                       alexnet/lock.py)
+    RUN/train.lock     while a process trains the run: its pid, host and start time (one trainer per run,
+                       alexnet/files.py)
 
 The step loop is `alexnet.train.Trainer`; this module is the layer above it: which config a new,
 resumed or fine-tuned run gets, the lock, signals (Ctrl-C and SIGTERM save and stop, exit 130/143),
@@ -40,7 +40,7 @@ from alexnet.config import Config, apply, load_toml, resolve, resume_config, to_
 from alexnet.data import ImageStore
 from alexnet.distributed import setup_processes
 from alexnet.errors import UserError
-from alexnet.lock import FolderLock
+from alexnet.files import run_lock
 from alexnet.machine import ThreadPlanner
 from alexnet.metrics_log import MetricsLog
 from alexnet.train import Position, Running, Trainer, format_epoch
@@ -287,7 +287,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
     if resume and not (out / "last.pt").is_file():
         raise UserError(f"nothing to resume: {out / 'last.pt'} does not exist")
     created = not out.exists()
-    lock, refused = FolderLock(out, "train.lock", "trained"), None
+    lock, refused = run_lock(out), None
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         try:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,7 +93,7 @@ def test_a_second_prepare_into_the_same_store_is_refused(tree, tmp_path, monkeyp
     monkeypatch.setattr(convert_module, "process_chunk", process_chunk)
     report = quiet_prepare(tree, dst, size=16)
     assert second["returncode"] == 2 and len(second["stderr"].strip().splitlines()) == 1
-    assert f"is writing {dst}" in second["stderr"] and str(os.getpid()) in second["stderr"]
+    assert f"{dst} is being prepared by pid {os.getpid()} on {socket.gethostname()}" in second["stderr"]
     assert report.counts == {"train": 18, "val": 6}
     quiet_prepare(tree, tmp_path / "alone", size=16)
     assert tree_files(dst) == tree_files(tmp_path / "alone")  # every image whole, none black
@@ -103,8 +104,6 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(tree, tmp_path, ca
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock = tmp_path / "store.lock"
-    import socket
-
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "start": "1"}))
     lines = []
     prepare_module.prepare(tree, tmp_path / "store", size=16, workers=1, progress=False, log=lines.append)

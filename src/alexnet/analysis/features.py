@@ -19,6 +19,7 @@ from alexnet.config import DataConfig
 from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from alexnet.evaluate import check_fits, store_outputs
+from alexnet.files import atomic_path, write_json_atomic
 from alexnet.runtime import resolve_device
 
 DTYPES = ("float32", "float16")
@@ -27,15 +28,6 @@ DTYPES = ("float32", "float16")
 def _npy(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, device: torch.device,
@@ -49,23 +41,17 @@ def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, devi
     out = _npy(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dim = model.config.fc_width
-    tmp = out.with_name(out.name + ".partial")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(store), dim))
-    try:
-        store_outputs(model, store, device, output="features", batch_size=batch_size, data_config=data_config,
-                      out=array, progress=progress, desc="features")
-        array.flush()
-    except BaseException:
-        del array
-        tmp.unlink(missing_ok=True)
-        raise
-    del array
-    info = {"n": len(store), "dim": dim, "dtype": dtype, "split": store.split, "data": str(store.root),
-            "layer": "fc7 after ReLU (§6.1)", **(meta or {})}
-    _write_json_atomic(out.with_suffix(".json"), info)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_path(out, tmp_suffix=".partial") as tmp:  # renamed into place once every row is written
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(store), dim))
+        try:
+            store_outputs(model, store, device, output="features", batch_size=batch_size,
+                          data_config=data_config, out=array, progress=progress, desc="features")
+            array.flush()
+        finally:
+            del array
+        info = {"n": len(store), "dim": dim, "dtype": dtype, "split": store.split, "data": str(store.root),
+                "layer": "fc7 after ReLU (§6.1)", **(meta or {})}
+        write_json_atomic(out.with_suffix(".json"), info)
     return out
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet.files import atomic_write
+
 # keyword arguments for every text artist whose string comes from data, not from this code
 PLAIN = {"parse_math": False, "usetex": False}
 
@@ -47,12 +49,8 @@ def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
         _pyplot().close(fig)
     buf.seek(0)
     img = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    tmp = path.with_name(path.name + ".partial.png")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, tmp_suffix=".partial.png") as f:
         img.save(f, format="PNG", optimize=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -22,7 +22,7 @@ from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_ch
 from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from alexnet.evaluate import error_rates, predict_probabilities
-from alexnet.metrics_log import write_text_atomic
+from alexnet.files import write_text_atomic
 from alexnet.runtime import resolve_device
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")

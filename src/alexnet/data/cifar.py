@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.data.files import write_bytes_atomic
 from alexnet.errors import UserError
+from alexnet.files import write_bytes_atomic
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 

@@ -22,8 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
-from alexnet.data.files import fsync_dir
 from alexnet.data.image import BadImage, decode_jpeg, encode_jpeg, load_image
+from alexnet.files import atomic_write
 
 PR_SET_PDEATHSIG = 1
 
@@ -75,14 +75,9 @@ def npy_header_bytes(path: Path) -> int:
 
 
 def _write_shard(path: Path, blobs: list[bytes]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         for b in blobs:
             f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def process_chunk(chunk: Chunk, s: Settings) -> dict:

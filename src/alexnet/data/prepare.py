@@ -33,13 +33,13 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.data.convert import Chunk, Settings, run_chunks
-from alexnet.data.files import (FolderLock, fsync_dir, save_npy_atomic, save_npz_atomic, write_bytes_atomic,
-                                 write_json_atomic)
 from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (old import path)
 from alexnet.data.progress import PROGRESS_FILE, Progress
 from alexnet.data.source import Source, name_to_json, printable, scan_source
 from alexnet.data.store import FORMAT_VERSION, read_meta
 from alexnet.errors import UserError
+from alexnet.files import (fsync_dir, fsync_file, save_npy_atomic, save_npz_atomic, store_lock, write_bytes_atomic,
+                           write_json_atomic)
 
 CHUNK_SIZE = 256  # images a worker converts between progress records (~50 MB of raw pixels at 256)
 CHECKPOINT_SECONDS = 10.0  # at most this much converting is redone after a kill
@@ -220,8 +220,7 @@ def _write_split(work: Path, name: str, source: Source, state: Progress, fmt: st
     save_npy_atomic(folder / "labels.npy", np.asarray([split.labels[s] for s in valid], np.int16))
     write_json_atomic(folder / "files.json", [name_to_json(split.files[s]) for s in valid])
     if fmt == "raw":
-        with open(folder / "images.npy", "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(folder / "images.npy")
         save_npy_atomic(folder / "slots.npy", np.asarray(valid, np.int64))
     else:
         index = [(k, offset, length) for k, rec in records
@@ -325,9 +324,9 @@ def prepare(src: str | os.PathLike, dst: str | os.PathLike, size: int = 256, fmt
     try:
         if not dst.parent.is_dir():
             dst.parent.mkdir(parents=True)
-        with FolderLock(dst) as lock:
-            if lock.took_over:
-                log(f"took over {lock.path}: its owner, pid {lock.took_over['pid']}, is gone")
+        with store_lock(dst) as lock:
+            if lock.took_over is not None:
+                log(f"took over {lock.path}: its owner, pid {lock.took_over.get('pid', '?')}, is gone")
             return _prepare_locked(src, dst, Settings(str(_sibling(dst, ".partial")), size, fmt, quality, draft),
                                    workers, val_labels, overwrite, progress, log, start_time)
     except OSError as e:

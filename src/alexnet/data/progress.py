@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.data.files import save_npz_atomic
 from alexnet.errors import UserError
+from alexnet.files import save_npz_atomic
 
 PROGRESS_FILE = "progress.npz"
 CHUNK_FIELDS = ("valid", "skipped", "converted", "lengths")
