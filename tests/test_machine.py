@@ -110,7 +110,7 @@ def test_torch_starts_with_the_planned_threads():
     code = ("import os\nfrom alexnet.machine import configure_process\nconfigure_process(threads=1)\n"
             "import torch\nprint(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    env["PYTHONPATH"] = str(SRC)
+    env.update(PYTHONPATH=str(SRC), MKL_NUM_THREADS="2")  # inherited from a parent that planned 2
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "PASSIVE"]
 

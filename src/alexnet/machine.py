@@ -210,6 +210,9 @@ def configure_process(threads: int | None = None, environ: dict | None = None) -
     planner = ThreadPlanner(fixed=fixed)
     n = planner.initial()
     environ["OMP_NUM_THREADS"] = str(n)
-    environ.setdefault("MKL_NUM_THREADS", str(n))
+    # torch starts with MKL's count when it is set (an inherited MKL_NUM_THREADS=2 beat --threads 1):
+    # ours wins unless only OMP_NUM_THREADS was given and the user also set MKL's
+    if threads is not None or "ALEXNET_THREADS" in environ or "MKL_NUM_THREADS" not in environ:
+        environ["MKL_NUM_THREADS"] = str(n)
     keep_freed_memory()
     return planner
