@@ -29,8 +29,10 @@ TIMING_KEYS = {"images_per_s", "seconds", "time", "path"}  # wall-clock facts, n
 
 
 def child_env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(HERE)]), OMP_NUM_THREADS="1",
-                PYTHONUNBUFFERED="1")
+    """The children's environment: this checkout's package (or ALEXNET_FAULTS_SRC, to try a patched
+    tree), one OpenMP thread (a resumed run is bit-exact only with the same thread count)."""
+    src = os.environ.get("ALEXNET_FAULTS_SRC", str(REPO / "src"))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(HERE)]), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def cli(*args: str | os.PathLike) -> list[str]:

@@ -31,8 +31,10 @@ def check_killed(o: Outcome, dst: Path, fault: Fault, sig: str, wants: list[dict
     if alive:
         fault.lost.append(f"left: {len(alive)} process(es) of the killed prepare alive after 10 s: {alive}")
     if o.rc not in expected_codes(sig) and o.rc != 0:
-        if o.rc == -{"SIGINT": 2, "SIGTERM": 15}.get(sig, 0):
-            fault.misbehaved.append(f"died of {sig} without its handler (rc {o.rc})")
+        if o.rc == -{"SIGINT": 2, "SIGTERM": 15}.get(sig, 0):  # before its handler: the shell says 130/143
+            fault.kind += " (died of it before its handler)"
+            if dst.with_name(dst.name + ".lock").exists():
+                fault.lost.append(f"left: DST.lock after {sig}")
         else:
             fault.misbehaved.append(f"exit {o.rc} after {sig}: {(o.error_lines() or [''])[-1][:160]}")
     if sig != "SIGKILL" and o.rc in expected_codes(sig):
@@ -99,9 +101,9 @@ def random_chain(ws, tally: Tally, rng: random.Random, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def child_spec(ws, dst: Path, fmt: str, overwrite: bool) -> dict:
-    argv = ["prepare", str(ws.src_small), str(dst), "--size", str(PREPARE_SIZE), "--workers", "1", "--quiet",
-            "--format", fmt] + (["--overwrite"] if overwrite else [])
+def child_spec(ws, dst: Path, fmt: str, overwrite: bool, src: Path | None = None, workers: int = 1) -> dict:
+    argv = ["prepare", str(src or ws.src_small), str(dst), "--size", str(PREPARE_SIZE), "--workers", str(workers),
+            "--quiet", "--format", fmt] + (["--overwrite"] if overwrite else [])
     return {"argv": argv, "chunk_size": CHILD_CHUNK, "checkpoint_seconds": 0.0, "scope": "all", "target": None,
             "count": None}
 
@@ -129,7 +131,7 @@ def exact_points(ws, fmt: str, overwrite: bool) -> tuple[list[dict], list[dict]]
             stage = "finalise" if i > finalise_from else "convert"
             point = {"n": n, "when": when, "how": how, "fmt": fmt, "overwrite": overwrite,
                      "kind": f"{how} {when} {e[1]} (#{n}, {stage}, {fmt}{', --overwrite' if overwrite else ''})"}
-            is_install = e[1].startswith("replace store") or e[1].startswith("rmdir")
+            is_install = e[1] in ("replace store.partial", "replace store", "rmdir store.old")
             (always if is_install and when == "before" else others).append(point)
     return always, others
 
@@ -179,8 +181,9 @@ def two_preparers(ws, tally: Tally, rng: random.Random, name: str, stale: bool) 
     dst = ws.fresh(name) / "store"
     if stale:
         _stale_lock(dst.with_name("store.lock"))
-        spec = child_spec(ws, dst, fmt, False) | {"slow_stale_check": 0.3, "chunk_size": 256}
-        argvs, want = [child("prepare", spec)] * 2, ws.ref_small[fmt]
+        spec = child_spec(ws, dst, fmt, False, ws.src_big, 2) | {"slow_stale_check": 0.3, "chunk_size": 256,
+                                                                 "checkpoint_seconds": 10.0}
+        argvs, want = [child("prepare", spec)] * 2, ws.ref_big[fmt]
         kind, stagger = f"two prepares taking over one stale lock at once (check slowed 0.3 s, {fmt})", 0.0
     else:
         argv = cli("prepare", ws.src_big, dst, "--size", PREPARE_SIZE, "--workers", "2", "--quiet", "--format", fmt)
@@ -203,17 +206,21 @@ def two_preparers(ws, tally: Tally, rng: random.Random, name: str, stale: bool) 
         lines = [x for x in stderr.splitlines() if x.strip()]
         if rc == 2 and (len(lines) != 1 or "Traceback" in stderr):
             fault.misbehaved.append(f"refusal not one line: {' / '.join(lines)[:200]}")
+        elif rc == 2 and not any(w in lines[0] for w in ("is writing", "already holds a store")):
+            fault.lost.append(f"both held the lock: the second failed with: {lines[0][:300]}")
         elif rc == 2:
             tally.note(f"{kind}: refused with: {lines[0][:150]}")
     fault.lost += store_diff(dst, want) + leftovers(dst)
     tally.add(fault)
 
 
-def full_disk(ws, tally: Tally, rng: random.Random, name: str) -> bool:
+def full_disk(ws, tally: Tally, rng: random.Random, name: str, frequent_progress: bool) -> bool:
     """prepare into a tmpfs filled to leave a random share of the store's size: one line, exit 2, the
-    progress kept; with the space freed the same command finishes the same store."""
+    progress kept; with the space freed the same command finishes the same store. With
+    `frequent_progress`, a child that records its progress after every 64-image chunk (so there is
+    progress to keep); else the CLI as it is."""
     fmt = rng.choice(["raw", "jpeg"])
-    want = ws.ref_small[fmt]
+    want = ws.ref_child[fmt] if frequent_progress else ws.ref_small[fmt]
     size = sum(len(v) for v in want.values())
     with tmpfs(size + (2 << 20)) as mnt:
         if mnt is None:
@@ -221,10 +228,14 @@ def full_disk(ws, tally: Tally, rng: random.Random, name: str) -> bool:
         leave = rng.randint(0, int(size * 0.95))
         ballast = fill(mnt, leave)
         dst = mnt / "store"
-        argv = cli("prepare", ws.src_small, dst, "--size", PREPARE_SIZE, "--workers", "2", "--quiet",
-                   "--format", fmt)
+        if frequent_progress:
+            argv = child("prepare", child_spec(ws, dst, fmt, False, workers=2))
+        else:
+            argv = cli("prepare", ws.src_small, dst, "--size", PREPARE_SIZE, "--workers", "2", "--quiet",
+                       "--format", fmt)
         o = run_proc(argv, kill=("SIGKILL", 1e9))  # never sent: only to watch the workers
-        fault = Fault("disk", f"prepare: disk full, {leave // 1024} of {size // 1024} KB left ({fmt})")
+        how = "progress every chunk" if frequent_progress else "CLI"
+        fault = Fault("disk", f"prepare: disk full, {leave // 1024} of {size // 1024} KB left ({fmt}, {how})")
         if o.rc == 0:
             tally.note(f"{fault.kind}: finished anyway (no fault)")
             return True

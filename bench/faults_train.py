@@ -30,8 +30,9 @@ def after_exit(o: Outcome, out: Path, fault: Fault, sig: str | None) -> None:
     codes = expected_codes(sig)
     finished = o.rc == 0 and "finished:" in o.out
     if o.rc == -{"SIGINT": 2, "SIGTERM": 15}.get(sig, 0):
-        # died of the signal itself (its handler not yet installed): the shell still says 130/143
-        fault.misbehaved.append(f"died of {sig} without its handler (rc {o.rc})")
+        # died of the signal itself, before its handler was installed: the shell says 130/143 all the
+        # same; only a lock left behind would be wrong
+        fault.kind += " (died of it before its handler)"
         if (out / "train.lock").exists():
             fault.lost.append(f"left: train.lock after {sig}")
     elif o.rc not in codes and not finished:
@@ -198,6 +199,8 @@ def two_trainers(ws, tally: Tally, rng: random.Random, name: str, resume: bool) 
             lines = [x for x in stderr.splitlines() if x.strip()]
             if len(lines) != 1 or "Traceback" in stderr:
                 fault.misbehaved.append(f"refusal not one line: {' / '.join(lines)[:200]}")
+            elif not any(w in lines[0] for w in ("is being trained by", "already holds a run")):
+                fault.lost.append(f"both trained: the second failed with: {lines[0][:300]}")
             else:
                 tally.note(f"{kind}: refused with: {lines[0][:150]}")
     if (out / "train.lock").exists():
@@ -258,6 +261,10 @@ def full_disk(ws, tally: Tally, rng: random.Random, name: str) -> bool:
         if not (out / "last.pt").exists():
             fault.lost.append("last.pt is gone")
         elif (out / "last.pt").read_bytes() != before:
+            from alexnet.checkpoint import load_checkpoint
+
+            if load_checkpoint(out / "last.pt")["global_step"] <= steps:
+                fault.lost.append("last.pt changed but is not later than before")
             tally.note(f"{fault.kind}: a later last.pt was written before the disk filled")
         if (out / "train.lock").exists():
             fault.lost.append("left: train.lock")
