@@ -3,10 +3,11 @@
 (os._exit, SIGKILL to itself), is signalled, or fails with ENOSPC, before or after the real call.
 
 spec (JSON, argv[1]):
-  train:   {"argv": [...], "target": "save" | "torch.save" | "replace" | null, "n": N,
+  train:   {"argv": [...], "target": "save" | "torch.save" | "replace" | "lock" | null, "n": N,
             "when": "before" | "after", "how": HOW, "count": FILE | null}
            save = alexnet.run.save_checkpoint (best.pt then last.pt), torch.save = inside
-           save_checkpoint's write of PATH.tmp, replace = os.replace (checkpoints and metrics.jsonl)
+           save_checkpoint's write of PATH.tmp, replace = os.replace (checkpoints and metrics.jsonl),
+           lock = taking RUN/train.lock (the start of a run)
   prepare: {"argv": [...], "chunk_size": N, "checkpoint_seconds": S, "scope": "finalise" | "all",
             "target": "fs" | null, "n": N, "when": ..., "how": ..., "count": FILE | null}
   either:  "slow_stale_check": S makes the lock's is-the-owner-gone check take S seconds longer
@@ -135,6 +136,7 @@ def train(arg: str) -> int:
 
     run_module.save_checkpoint = save_checkpoint
     torch.save = torch_save
+    run_module.FolderLock.acquire = inj.wrap(run_module.FolderLock.acquire, "lock")
     os.replace = inj.wrap(os.replace, "replace", lambda a: os.path.basename(os.fsdecode(a[1])))
     try:
         return main(spec["argv"])

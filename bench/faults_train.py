@@ -125,6 +125,9 @@ def exact_points(ws) -> tuple[list[dict], list[dict]]:
                            "kind": f"torn (half written, os._exit) {where}"})
         for how in ("torn", "enospc", "sigint2", "sigterm2"):
             others.append({"target": "torch.save", "n": n, "when": "after", "how": how, "kind": f"{how} in {where}"})
+    for how in ("sigterm", "sigint"):  # while the run starts: the lock is held, no checkpoint yet
+        always.append({"target": "lock", "n": 1, "when": "after", "how": how,
+                       "kind": f"{how} just after train.lock is taken (start of a run)"})
     for n, (_, name) in enumerate(renames, 1):
         where = f"os.replace #{n} (-> {name})"
         for when, how in (("before", "exit"), ("after", "exit"), ("before", "enospc")):
@@ -145,7 +148,11 @@ def exact_fault(ws, tally: Tally, point: dict, name: str, family: str = "train")
     fault.lost += whole_files_in_run(out)
     finished = o.rc == 0 and "finished:" in o.out
     ok_codes = EXPECTED[point["how"]]
-    if o.rc not in ok_codes and not (finished and point["how"] in ("sigint", "sigterm")):
+    if o.rc in (-2, -15) and -o.rc + 128 in ok_codes:  # died of the signal before its handler: the shell
+        fault.kind += " (died of it before its handler)"  # says 130/143 all the same
+        if (out / "train.lock").exists():
+            fault.lost.append(f"left: train.lock after {point['how'].upper()}")
+    elif o.rc not in ok_codes and not (finished and point["how"] in ("sigint", "sigterm")):
         fault.misbehaved.append(f"exit {o.rc}, not {sorted(ok_codes)}: {(o.error_lines() or [''])[-1][:160]}")
     if point["how"] == "enospc":
         fault.misbehaved += [p for p in one_line_error(o) if not p.startswith("exit")]
