@@ -39,7 +39,7 @@ def check_killed(o: Outcome, dst: Path, fault: Fault, sig: str, wants: list[dict
             fault.misbehaved.append(f"exit {o.rc} after {sig}: {(o.error_lines() or [''])[-1][:160]}")
     if sig != "SIGKILL" and o.rc in expected_codes(sig):
         if len(o.error_lines()) != 1 or "Traceback" in o.err:
-            fault.misbehaved.append(f"not one line after {sig}: {' / '.join(o.error_lines())[:200]}")
+            fault.misbehaved.append(f"not one line after {sig}: {' / '.join(o.error_lines()[-8:])[:900]}")
         if dst.with_name(dst.name + ".lock").exists():
             fault.lost.append("left: DST.lock after a clean stop")
     if dst.exists() and not any(not store_diff(dst, w) for w in wants):

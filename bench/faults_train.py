@@ -35,6 +35,8 @@ def after_exit(o: Outcome, out: Path, fault: Fault, sig: str | None) -> None:
         fault.kind += " (died of it before its handler)"
         if (out / "train.lock").exists():
             fault.lost.append(f"left: train.lock after {sig}")
+        if o.error_lines():
+            fault.kind += f" [stderr: {' / '.join(o.error_lines()[-3:])[:300]}]"
     elif o.rc not in codes and not finished:
         fault.misbehaved.append(f"exit {o.rc} after {sig}, not {sorted(codes)}")
     if "Traceback" in o.err:
