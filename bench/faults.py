@@ -35,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # a shell starts a background job with SIGINT ignored, and children inherit that: a handler here
+    # makes every child start with the default action, as in a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     rng = random.Random(seed)
     families = args.only or ["train", "prepare", "writers", "disk"]
