@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from alexnet import machine
-from alexnet.machine import (CpuSample, ThreadPlanner, busy_elsewhere, cgroup_cpu_limit, configure_process,
+from alexnet.machine import (CpuSample, busy_elsewhere, cgroup_cpu_limit, configure_process, plan_threads,
                              fixed_thread_count, read_cpu_sample, threads_for, usable_cores)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -72,37 +72,27 @@ def test_fixed_thread_count_precedence():
     assert fixed_thread_count({}) is None
 
 
-def test_replan_follows_the_load(monkeypatch):
-    samples = iter([
-        CpuSample(0.0, 0.0, 0.0),
-        CpuSample(10.0, 10.0, 10.0),  # 10 s: only our own work -> both cores
-        CpuSample(20.0, 45.0, 15.0),  # 10 s: 35 core-s busy, 5 ours -> 3 cores elsewhere (2 usable) -> one
-        CpuSample(40.0, 56.0, 26.0),  # 20 s: 11 core-s busy, all ours -> idle again -> both cores
-    ])
-    monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(samples))
-    planner = ThreadPlanner(usable=2, every_s=5.0)
-    assert planner.initial(probe_s=0) == 2
-    monkeypatch.setattr(machine.time, "monotonic", lambda: 20.0)
-    assert planner.replan() == 1
-    monkeypatch.setattr(machine.time, "monotonic", lambda: 21.0)
-    assert planner.replan() is None  # 1 s after the last look: not yet (and no sample read)
-    monkeypatch.setattr(machine.time, "monotonic", lambda: 40.0)
-    assert planner.replan() == 2 and planner.current == 2
+def test_plan_threads_from_a_probe_of_the_load(monkeypatch):
+    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
 
+    def probe(*samples):
+        it = iter(samples)
+        monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(it))
+        return plan_threads(usable=2)
 
-def test_fixed_count_never_replans(monkeypatch):
-    planner = ThreadPlanner(fixed=3, usable=2, every_s=0.0)
-    assert planner.initial() == 3
-    assert planner.replan() is None
+    assert probe(CpuSample(0.0, 0.0, 0.0), CpuSample(0.1, 0.1, 0.0)) == 2  # one other core busy: keep both
+    assert probe(CpuSample(0.0, 0.0, 0.0), CpuSample(0.1, 0.35, 0.05)) == 1  # 3 cores' worth elsewhere
+    assert probe(None) == 2  # no /proc/stat: every usable core
+    assert plan_threads(fixed=3, usable=2) == 3
 
 
 def test_configure_process_keeps_user_settings():
     env = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "1"}
-    planner = configure_process(environ=env)
-    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["OMP_NUM_THREADS"] == "1" and planner.fixed == 1
+    assert configure_process(environ=env) == 1
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["OMP_NUM_THREADS"] == "1"
     env = {}
-    planner = configure_process(threads=2, environ=env)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "2" and planner.current == 2
+    assert configure_process(threads=2, environ=env) == 2
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
 
 
 def test_torch_starts_with_the_planned_threads():

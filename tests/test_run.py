@@ -363,3 +363,20 @@ def test_save_checkpoint_syncs_the_file_before_the_rename_and_the_folder_after(t
     save_checkpoint(tmp_path / "x.pt", {"weights": torch.arange(5.0)})
     assert events == [("fsync", "file"), ("replace", "x.pt.tmp", "x.pt"), ("fsync", "dir")]
     assert torch.equal(load_checkpoint(tmp_path / "x.pt")["weights"], torch.arange(5.0))
+
+
+def test_a_real_full_disk_while_saving_is_one_line(tmp_path):
+    """On a real full filesystem torch's writer raises RuntimeError('unexpected pos') around the
+    OSError(ENOSPC); that too must be one line, with nothing half-written left behind."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(UserError, match="the disk is full; nothing was written") as e:
+            save_checkpoint(small / "last.pt", {"model": {"w": torch.zeros(100_000)}})  # 400 KB > 256 KB
+        assert "\n" not in str(e.value) and list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

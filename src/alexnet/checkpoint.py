@@ -32,7 +32,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     try:
         with atomic_write(path) as f:
             torch.save(payload, f)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError):  # torch's zip writer reports a failed write as a RuntimeError
+            if not isinstance(e.__context__ or e.__cause__, OSError):
+                raise
+            e = e.__context__ or e.__cause__
         why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
         kept = "the previous one is intact" if path.exists() else "nothing was written"
         raise UserError(f"cannot write checkpoint {path}: {why}; {kept}") from None

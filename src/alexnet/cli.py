@@ -69,7 +69,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         report = prepare(args.src, args.dst, size=args.size, fmt=args.format, quality=args.quality,
-                         workers=args.workers or args.thread_planner.current,  # the cores others leave free
+                         workers=args.workers or args.threads,  # as many as compute threads
                          val_labels=args.val_labels, overwrite=args.overwrite,
                          draft=not args.no_draft, progress=not args.quiet)
     except KeyboardInterrupt as e:
@@ -121,10 +121,19 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
     from alexnet.run import start_or_resume, summary_line
 
-    result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config, train_overrides(args),
-                             progress=not args.quiet, thread_planner=args.thread_planner)
+    def on_sigterm(signum, frame):  # while the run starts, before fit's own handler: stop, lock released
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config,
+                                 train_overrides(args), progress=not args.quiet)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if result["rank"] == 0:
         if args.plot and result["history"]:
             from alexnet.analysis.figures import plot_curves
@@ -333,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     from alexnet.machine import configure_process
 
-    args.thread_planner = configure_process(args.threads)  # before torch is imported (alexnet.machine)
+    args.threads = configure_process(args.threads)  # before torch is imported (alexnet.machine)
     try:
         code = COMMANDS[args.command](args)
     except UserError as e:

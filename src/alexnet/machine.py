@@ -6,8 +6,8 @@ core, spinning at every barrier): on a 2-core machine with one other busy proces
 took 15 min 22 s with the defaults and 1 min 16 s with OMP_NUM_THREADS=1. A thread that spins while
 its partner waits for a core burns the core the partner needs. So: OpenMP threads sleep instead of
 spinning when they wait (OMP_WAIT_POLICY=PASSIVE), one thread per core this process may use
-(affinity, cgroup quota) unless other processes keep more than all of them busy (`threads_for`), and
-a long run re-plans as the load changes (`ThreadPlanner.replan`). ALEXNET_THREADS=N, `--threads N` or OMP_NUM_THREADS=N fix the count.
+(affinity, cgroup quota) unless other processes keep more than all of them busy (`threads_for`),
+decided once at the command's entry (`plan_threads`). ALEXNET_THREADS=N, `--threads N` or OMP_NUM_THREADS=N fix the count.
 This module must not import torch: the OpenMP settings only take effect if made before torch loads.
 """
 
@@ -154,65 +154,35 @@ def fixed_thread_count(environ: dict | None = None) -> int | None:
     return None
 
 
-class ThreadPlanner:
-    """Decides the intra-op thread count now and again as the machine's load changes. `replan()` is
-    cheap (it reads /proc/stat and compares with the previous reading, no sleeping) and returns a new
-    count, or None when nothing should change; the caller applies it with torch.set_num_threads."""
-
-    def __init__(self, fixed: int | None = None, usable: int | None = None, every_s: float = 5.0,
-                 proc_stat: str | os.PathLike = "/proc/stat"):
-        self.fixed, self.every_s, self.proc_stat = fixed, every_s, proc_stat
-        self.usable = usable or usable_cores()
-        self.current: int | None = fixed
-        self._last = read_cpu_sample(proc_stat)
-
-    def initial(self, probe_s: float = 0.05) -> int:
-        """The count to start with: fixed, or measured over a short probe of the machine's load."""
-        if self.fixed is not None:
-            return self.fixed
-        if self._last is not None and probe_s > 0:
-            time.sleep(probe_s)
-        self.current = self._plan() or self.usable
-        return self.current
-
-    def _plan(self) -> int | None:
-        now = read_cpu_sample(self.proc_stat)
-        if now is None or self._last is None:
-            return None
-        n = threads_for(self.usable, busy_elsewhere(self._last, now))
-        self._last = now
-        return n
-
-    def replan(self) -> int | None:
-        if self.fixed is not None or self._last is None or time.monotonic() - self._last.wall < self.every_s:
-            return None
-        n = self._plan()
-        if n is None or n == self.current:
-            return None
-        self.current = n
-        return n
+def plan_threads(fixed: int | None = None, usable: int | None = None, probe_s: float = 0.1,
+                 proc_stat: str | os.PathLike = "/proc/stat") -> int:
+    """The thread count for this process: `fixed` if given, else `threads_for` the usable cores and
+    the load other processes put on them over a short probe. Decided once, at a command's entry: a
+    count that changed during a run would change the order of torch's sums, and with it the bits that
+    bit-exact resume promises (resume with the same count: same machine, or --threads N)."""
+    if fixed is not None:
+        return fixed
+    usable = usable or usable_cores()
+    before = read_cpu_sample(proc_stat)
+    if before is None:
+        return usable
+    time.sleep(probe_s)
+    after = read_cpu_sample(proc_stat)
+    return usable if after is None else threads_for(usable, busy_elsewhere(before, after))
 
 
-def planned_workers(environ: dict | None = None) -> int:
-    """Worker processes for parallel work that is not torch's (prepare): the fixed count, else one per
-    core that other processes leave free, measured over a short probe."""
-    return ThreadPlanner(fixed=fixed_thread_count(environ)).initial()
-
-
-def configure_process(threads: int | None = None, environ: dict | None = None) -> ThreadPlanner:
+def configure_process(threads: int | None = None, environ: dict | None = None) -> int:
     """At a command's entry, before torch is imported: OpenMP threads sleep when they wait, the thread
     count is the one fixed by the user or planned from the machine's load, and glibc keeps freed
-    memory. Returns the planner a long-running loop consults. Settings the user made are kept."""
+    memory. Returns the thread count. Settings the user made are kept."""
     environ = os.environ if environ is None else environ
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp: sleep at once instead of spinning
     environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP, where torch links it
-    fixed = threads if threads is not None else fixed_thread_count(environ)
-    planner = ThreadPlanner(fixed=fixed)
-    n = planner.initial()
+    n = plan_threads(threads if threads is not None else fixed_thread_count(environ))
     environ["OMP_NUM_THREADS"] = str(n)
     # torch starts with MKL's count when it is set (an inherited MKL_NUM_THREADS=2 beat --threads 1):
     # ours wins unless only OMP_NUM_THREADS was given and the user also set MKL's
     if threads is not None or "ALEXNET_THREADS" in environ or "MKL_NUM_THREADS" not in environ:
         environ["MKL_NUM_THREADS"] = str(n)
     keep_freed_memory()
-    return planner
+    return n

@@ -41,7 +41,6 @@ from alexnet.data import ImageStore
 from alexnet.distributed import setup_processes
 from alexnet.errors import UserError
 from alexnet.files import run_lock
-from alexnet.machine import ThreadPlanner
 from alexnet.metrics_log import MetricsLog
 from alexnet.train import Position, Running, Trainer, format_epoch
 
@@ -274,13 +273,11 @@ def _train_epochs(trainer: Trainer, stop: StopRequest, out: Path, log: RunLog) -
 
 
 def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, resume: bool = False,
-        progress: bool = True, echo: bool = True, finetune: str | os.PathLike | None = None,
-        thread_planner: ThreadPlanner | None = None) -> dict:
+        progress: bool = True, echo: bool = True, finetune: str | os.PathLike | None = None) -> dict:
     """Train as §5 describes into the run folder `out` and return a summary: status, the signal that
     stopped it (if one did) and the exit code it calls for, last and best metrics, history, paths.
     With `resume`, continue the run in `out` from its last.pt; with `finetune`, start from that
-    checkpoint's weights (all but fc8, §6) instead of the paper's init. A `thread_planner`
-    (alexnet.machine, made at the command's entry) re-sets torch's thread count as the load changes."""
+    checkpoint's weights (all but fc8, §6) instead of the paper's init."""
     config = validate(config)  # a Config built with dataclasses.replace has not been checked yet
     procs, device = setup_processes(config.train.device)
     out = Path(out)
@@ -288,16 +285,16 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
         raise UserError(f"nothing to resume: {out / 'last.pt'} does not exist")
     created = not out.exists()
     lock, refused = run_lock(out), None
-    if procs.main:
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire()
-        except UserError as e:
-            refused = e
-    if procs.any(refused is not None, device):  # every process stops, not only the first
-        raise refused or UserError(f"{out} is being trained by another process")
     trainer = None
-    try:
+    try:  # from the moment the lock is taken, whatever stops this process releases it
+        if procs.main:
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire()
+            except UserError as e:
+                refused = e
+        if procs.any(refused is not None, device):  # every process stops, not only the first
+            raise refused or UserError(f"{out} is being trained by another process")
         log = RunLog(out / "train.log" if procs.main else None, echo and procs.main)
         try:
             with _faults_as_user_errors(device, config.train.batch_size // procs.world, out):
@@ -308,7 +305,6 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
                 with contextlib.suppress(OSError):
                     out.rmdir()  # a run that never started leaves no folder behind
             raise
-        trainer.thread_planner = thread_planner
         c = trainer.config
         log(f"training {c.variant} ({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on "
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"
@@ -332,11 +328,10 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
 def start_or_resume(data: str | os.PathLike | None, out: str | os.PathLike | None,
                     resume: str | os.PathLike | None = None, finetune: str | os.PathLike | None = None,
                     config_file: str | os.PathLike | None = None, overrides: dict | None = None,
-                    progress: bool = True, echo: bool = True, thread_planner=None) -> dict:
+                    progress: bool = True, echo: bool = True) -> dict:
     """What `alexnet train` does: resolve the run's config and folder (`resolve_run`), then `fit`."""
     config, folder = resolve_run(out, resume, finetune, config_file, overrides or {})
-    return fit(config, data, folder, resume=bool(resume), progress=progress, echo=echo, finetune=finetune,
-               thread_planner=thread_planner)
+    return fit(config, data, folder, resume=bool(resume), progress=progress, echo=echo, finetune=finetune)
 
 
 def summary_line(result: dict) -> str:

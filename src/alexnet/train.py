@@ -92,7 +92,6 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:
             self.net = torch.compile(self.net)
-        self.thread_planner = None  # set by the run (alexnet.machine.ThreadPlanner)
         self.metrics = None  # the main process's alexnet.metrics_log.MetricsLog, set by the run
         self.position = Position()
         self.running = Running()
@@ -279,8 +278,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.thread_planner is not None and (n := self.thread_planner.replan()):
-            torch.set_num_threads(n)  # the machine's load changed (alexnet.machine)
         sums[0] += loss.detach().double() * len(labels)
         sums[1] += (logits.detach().argmax(1) == labels).sum()
         self.position.step += 1
