@@ -101,10 +101,10 @@ def train(arg: str) -> int:
     import alexnet.run as run_module
     from alexnet.cli import main
 
-    if spec.get("slow_stale_check"):
-        import alexnet.lock
+    import alexnet.files as files_module
 
-        _slow(alexnet.lock, "_is_stale", spec["slow_stale_check"])
+    if spec.get("slow_stale_check"):
+        _slow(files_module, "_alive", spec["slow_stale_check"])
     inj = Injector(spec)
     real_save, real_torch_save = run_module.save_checkpoint, torch.save
 
@@ -136,7 +136,7 @@ def train(arg: str) -> int:
 
     run_module.save_checkpoint = save_checkpoint
     torch.save = torch_save
-    run_module.FolderLock.acquire = inj.wrap(run_module.FolderLock.acquire, "lock")
+    files_module.FolderLock.acquire = inj.wrap(files_module.FolderLock.acquire, "lock")
     os.replace = inj.wrap(os.replace, "replace", lambda a: os.path.basename(os.fsdecode(a[1])))
     try:
         return main(spec["argv"])
@@ -150,9 +150,9 @@ def prepare(arg: str) -> int:
     from alexnet.cli import main
 
     if spec.get("slow_stale_check"):
-        import alexnet.data.files
+        import alexnet.files
 
-        _slow(alexnet.data.files, "_alive", spec["slow_stale_check"])
+        _slow(alexnet.files, "_alive", spec["slow_stale_check"])
     prepare_module.CHUNK_SIZE = spec["chunk_size"]
     prepare_module.CHECKPOINT_SECONDS = spec["checkpoint_seconds"]
     inj = Injector(spec)

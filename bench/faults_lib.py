@@ -58,6 +58,7 @@ class Outcome:
     killed: str | None  # the signal sent, if it was sent while the process ran
     seconds: float
     descendants: dict[int, str] = field(default_factory=dict)  # pid -> start time, seen before the kill
+    pid: int = 0  # the process's own
 
     def error_lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.strip()]
@@ -130,7 +131,7 @@ def run_proc(argv: list[str], kill: tuple[str, float] | None = None, watch: Path
             rc = p.wait()
         out.seek(0)
         err.seek(0)
-        return Outcome(rc, out.read(), err.read(), sent, time.perf_counter() - start, seen)
+        return Outcome(rc, out.read(), err.read(), sent, time.perf_counter() - start, seen, p.pid)
 
 
 def expected_codes(sig: str | None) -> set[int]:

@@ -206,7 +206,7 @@ def two_preparers(ws, tally: Tally, rng: random.Random, name: str, stale: bool) 
         lines = [x for x in stderr.splitlines() if x.strip()]
         if rc == 2 and (len(lines) != 1 or "Traceback" in stderr):
             fault.misbehaved.append(f"refusal not one line: {' / '.join(lines)[:200]}")
-        elif rc == 2 and not any(w in lines[0] for w in ("is writing", "already holds a store")):
+        elif rc == 2 and not any(w in lines[0] for w in ("is being prepared by", "already holds a store")):
             fault.lost.append(f"both held the lock: the second failed with: {lines[0][:300]}")
         elif rc == 2:
             tally.note(f"{kind}: refused with: {lines[0][:150]}")

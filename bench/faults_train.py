@@ -5,6 +5,8 @@ bit-for-bit comparison with the uninterrupted run."""
 
 from __future__ import annotations
 
+import json
+
 import random
 import shutil
 from pathlib import Path
@@ -22,6 +24,15 @@ def start_args(ws, out: Path) -> list[str]:
     return ["train", "--data", str(ws.store), "--out", str(out), *TRAIN_FLAGS]
 
 
+def own_lock_left(out: Path, o: Outcome) -> bool:
+    """RUN/train.lock is still there and names this process. A lock an earlier SIGKILL of the chain
+    left, which this process died before taking over, is not this process's to release."""
+    try:
+        return json.loads((out / "train.lock").read_text()).get("pid") == o.pid
+    except (OSError, ValueError):
+        return False
+
+
 def after_exit(o: Outcome, out: Path, fault: Fault, sig: str | None) -> None:
     """Checks right after a process of the run ended, killed or not."""
     fault.lost += whole_files_in_run(out)
@@ -33,7 +44,7 @@ def after_exit(o: Outcome, out: Path, fault: Fault, sig: str | None) -> None:
         # died of the signal itself, before its handler was installed: the shell says 130/143 all the
         # same; only a lock left behind would be wrong
         fault.kind += " (died of it before its handler)"
-        if (out / "train.lock").exists():
+        if own_lock_left(out, o):
             fault.lost.append(f"left: train.lock after {sig}")
         if o.error_lines():
             fault.kind += f" [stderr: {' / '.join(o.error_lines()[-3:])[:300]}]"
@@ -41,7 +52,7 @@ def after_exit(o: Outcome, out: Path, fault: Fault, sig: str | None) -> None:
         fault.misbehaved.append(f"exit {o.rc} after {sig}, not {sorted(codes)}")
     if "Traceback" in o.err:
         fault.misbehaved.append("traceback: " + o.error_lines()[-1][:160])
-    if sig in ("SIGINT", "SIGTERM") and o.rc in codes and (out / "train.lock").exists():
+    if sig in ("SIGINT", "SIGTERM") and o.rc in codes and own_lock_left(out, o):
         fault.lost.append("left: train.lock after a clean stop")
 
 
