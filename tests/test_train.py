@@ -294,3 +294,17 @@ def test_a_run_writes_its_metrics_as_csv_and_tensorboard_events(demo_store, tmp_
     assert [e.value for e in events.Scalars("epoch/val_top1_err")] == pytest.approx([r["val_top1_err"] for r in rows])
     steps = [e.step for e in events.Scalars("step/loss")]
     assert steps == sorted(set(steps)) and len(steps) >= 2  # both sessions logged, nothing twice
+
+
+def test_the_step_line_splits_time_between_the_loader_and_the_computation(demo_store, tmp_path):
+    """pytorch/examples' `Data` and `Time`: every log interval (at least twice an epoch) the run's log
+    gets loss, top-1 error, lr, images/s and the seconds spent waiting for batches vs computing."""
+    import re
+
+    run = tmp_path / "run"
+    fit(tiny_config(epochs=1, log_every=20), demo_store, run, progress=False, echo=False)  # 1000 / 32: 31 steps
+    line = re.compile(r"epoch 1 step (\d+)  loss ([\d.]+)  top-1 err ([\d.]+)%  lr 0.01  (\d+) img/s  "
+                      r"data ([\d.]+) s  compute ([\d.]+) s$")
+    steps = [m for m in map(line.match, (run / "train.log").read_text().splitlines()) if m]
+    assert [int(m[1]) for m in steps] == [15, 30]  # every min(log_every 20, 31 // 2) = 15 steps
+    assert all(0 < float(m[2]) < 5 and float(m[6]) > 0 and float(m[5]) >= 0 for m in steps)

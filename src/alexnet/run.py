@@ -305,6 +305,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
                 with contextlib.suppress(OSError):
                     out.rmdir()  # a run that never started leaves no folder behind
             raise
+        trainer.step_log = log if procs.main else None
         c = trainer.config
         log(f"training {c.variant} ({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on "
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"

@@ -93,6 +93,7 @@ class Trainer:
         if t.compile:
             self.net = torch.compile(self.net)
         self.metrics = None  # the main process's alexnet.metrics_log.MetricsLog, set by the run
+        self.step_log: Callable[[str], None] | None = None  # where the step line goes (the run's log)
         self.position = Position()
         self.running = Running()
         self.history: list[dict] = []
@@ -229,32 +230,33 @@ class Trainer:
                    unit="batch", disable=not self.progress, dynamic_ncols=True, file=sys.stderr, leave=False)
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss, top-1 correct since the last fold
         stopped, seen, start = None, 0, time.perf_counter()
+        # a line every log_every steps, and at least twice an epoch (the demo's epochs have 20 steps)
+        every = max(1, min(c.train.log_every, len(plan) // 2))
+        waited, fetch = 0.0, time.perf_counter()  # seconds spent waiting for the loader since the last line
         try:
             for images, labels, _ in loader:
+                waited += time.perf_counter() - fetch
                 step_lr = lr * warmup_factor(self.position.global_step, len(plan), c.schedule.warmup_epochs)
                 self._step(images, labels, step_lr, gen, sums)
                 seen += len(labels)
                 bar.update(1)
                 if self.position.step == len(plan):
                     break
-                logging = self.position.step % c.train.log_every == 0
+                logging = self.position.step % every == 0
                 stopped = self.should_stop(stop.requested)
                 saving = c.train.checkpoint_every and self.position.global_step % c.train.checkpoint_every == 0
                 if logging or stopped or saving:
+                    window = (seen, time.perf_counter() - start)
                     self._fold(sums, seen, start)
                     seen, start = 0, time.perf_counter()
-                if logging:
-                    r = self.running
-                    scalars = {"loss": r.loss / r.count, "top1_err": 1 - r.correct1 / r.count, "lr": step_lr,
-                               "img_s": r.count * self.procs.world / max(r.seconds, 1e-9)}
-                    bar.set_postfix(loss=f"{scalars['loss']:.3f}", err=f"{scalars['top1_err']:.3f}",
-                                    lr=f"{step_lr:.2g}", img_s=f"{scalars['img_s']:.0f}")
-                    if self.metrics is not None:
-                        self.metrics.log_step(self.position.global_step, scalars)  # TensorBoard's step curves
+                    if logging:
+                        self._log_progress(bar, step_lr, window, waited)
+                        waited = 0.0
                 if stopped:
                     break
                 if saving and save is not None:
                     save()
+                fetch = time.perf_counter()
         finally:
             bar.close()
         self._fold(sums, seen, start)
@@ -293,6 +295,23 @@ class Trainer:
         count = max(count, 1.0)
         return {"loss": loss / count, "top1_err": 1 - correct1 / count,
                 "images_per_s": count / max(r.seconds, 1e-9), "stopped": stopped}
+
+    def _log_progress(self, bar, lr: float, window: tuple[int, float], waited: float) -> None:
+        """The step line (pytorch/examples' `Data` and `Time`): running loss and top-1 error of the
+        epoch, lr, images/s and how the last steps' time split between waiting for the loader and
+        computing (a starved device shows as a large data share); also TensorBoard's step curves."""
+        r, (images, seconds) = self.running, window
+        scalars = {"loss": r.loss / r.count, "top1_err": 1 - r.correct1 / r.count, "lr": lr,
+                   "img_s": images * self.procs.world / max(seconds, 1e-9),
+                   "data_s": waited, "compute_s": max(seconds - waited, 0.0)}
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", err=f"{scalars['top1_err']:.3f}", lr=f"{lr:.2g}",
+                        img_s=f"{scalars['img_s']:.0f}", data=f"{waited / max(seconds, 1e-9):.0%}")
+        if self.step_log is not None:
+            self.step_log(f"epoch {self.position.epoch + 1} step {self.position.step}  loss {scalars['loss']:.3f}  "
+                          f"top-1 err {scalars['top1_err']:.1%}  lr {lr:.2g}  {scalars['img_s']:.0f} img/s  "
+                          f"data {waited:.2f} s  compute {scalars['compute_s']:.2f} s")
+        if self.metrics is not None:
+            self.metrics.log_step(self.position.global_step, scalars)
 
     def _fold(self, sums: torch.Tensor, seen: int, start: float) -> None:
         """Add the device-side sums of the last steps to the epoch's running totals (one sync)."""
