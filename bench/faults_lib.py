@@ -100,6 +100,17 @@ def survivors(procs: dict[int, str], wait_s: float = 10.0) -> list[int]:
     return [p for p, s in procs.items() if alive(p, s)]
 
 
+def run_two(argvs: list[list[str]], stagger: float) -> list[tuple[str, str, int]]:
+    """Start two writers, the second `stagger` seconds after the first; (stdout, stderr, exit code) each."""
+    procs = []
+    for i, argv in enumerate(argvs):
+        procs.append(subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+        if i == 0:
+            time.sleep(stagger)
+    return [(*p.communicate(), p.returncode) for p in procs]
+
+
 def run_proc(argv: list[str], kill: tuple[str, float] | None = None, watch: Path | None = None,
              timeout: float = 300) -> Outcome:
     """Run `argv`; with `kill` = (signal name, seconds), send that signal after that delay (or, with

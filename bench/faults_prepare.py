@@ -13,8 +13,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from faults_lib import (PREPARE_SIZE, Fault, Outcome, Tally, child, child_env, cli, expected_codes, fill,
-                        one_line_error, run_proc, store_diff, survivors, tmpfs, tree_files)
+from faults_lib import (PREPARE_SIZE, Fault, Outcome, Tally, child, cli, expected_codes, fill,
+                        one_line_error, run_proc, run_two, store_diff, survivors, tmpfs, tree_files)
 
 MAX_ATTEMPTS = 12
 CHILD_CHUNK = 64  # small chunks in the child: many renames to hit
@@ -175,8 +175,6 @@ def two_preparers(ws, tally: Tally, rng: random.Random, name: str, stale: bool) 
     """Two prepares into one DST at once: one writes the store, the other exits 2 in one line. With
     `stale`, a lock a killed prepare left is there first and both take-over checks are slowed (0.3 s),
     so both see it stale at the same time."""
-    import time
-
     fmt = rng.choice(["raw", "jpeg"])
     dst = ws.fresh(name) / "store"
     if stale:
@@ -190,13 +188,7 @@ def two_preparers(ws, tally: Tally, rng: random.Random, name: str, stale: bool) 
         argvs, want = [argv] * 2, ws.ref_big[fmt]
         stagger = rng.uniform(0, 0.8)
         kind = f"two prepares into one DST, second {stagger:.2f} s later ({fmt})"
-    procs = []
-    for i, argv in enumerate(argvs):
-        procs.append(subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-        if i == 0:
-            time.sleep(stagger)
-    results = [(*p.communicate(), p.returncode) for p in procs]
+    results = run_two(argvs, stagger)
     fault = Fault("writers", kind)
     codes = sorted(r[2] for r in results)
     if codes != [0, 2]:

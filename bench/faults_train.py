@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from faults_lib import (TRAIN_FLAGS, Fault, Outcome, Tally, child, cli, expected_codes, fill, one_line_error,
-                        run_diff, run_proc, tmpfs, whole_files_in_run)
+                        run_diff, run_proc, run_two, tmpfs, whole_files_in_run)
 
 MAX_ATTEMPTS = 12
 
@@ -186,11 +186,6 @@ def exact_fault(ws, tally: Tally, point: dict, name: str, family: str = "train")
 def two_trainers(ws, tally: Tally, rng: random.Random, name: str, resume: bool) -> None:
     """Two `train` processes on one run folder at once (new runs into one --out, or two --resume of a
     run stopped at a random --max-steps): one finishes, the other exits 2 in one line."""
-    import subprocess
-    import time
-
-    from faults_lib import child_env
-
     out = ws.fresh(name) / "run"
     if resume:
         steps = rng.randint(1, 60)
@@ -203,13 +198,7 @@ def two_trainers(ws, tally: Tally, rng: random.Random, name: str, resume: bool) 
         kind = "two `train` into one --out at once"
     stagger = rng.uniform(0, 1.0)
     kind += f", second {stagger:.2f} s later"
-    procs = []
-    for i in range(2):
-        procs.append(subprocess.Popen(cli(*args), env=child_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-        if i == 0:
-            time.sleep(stagger)
-    results = [(*p.communicate(), p.returncode) for p in procs]
+    results = run_two([cli(*args)] * 2, stagger)
     fault = Fault("writers", kind)
     codes = sorted(r[2] for r in results)
     if codes != [0, 2]:
