@@ -308,3 +308,38 @@ def test_the_step_line_splits_time_between_the_loader_and_the_computation(demo_s
     steps = [m for m in map(line.match, (run / "train.log").read_text().splitlines()) if m]
     assert [int(m[1]) for m in steps] == [15, 30]  # every min(log_every 20, 31 // 2) = 15 steps
     assert all(0 < float(m[2]) < 5 and float(m[6]) > 0 and float(m[5]) >= 0 for m in steps)
+
+
+class FirstCallSlow(torch.nn.Module):
+    """Stands in for torch.compile's module, which compiles on its first call (a minute for a real
+    net on a CPU, too long for a test): the first forward takes `delay` seconds longer."""
+
+    def __init__(self, net, delay: float = 0.4):
+        super().__init__()
+        self.net, self.delay, self.calls = net, delay, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.delay)
+        return self.net(x)
+
+
+def test_validation_and_the_first_compiled_step_show_progress(demo_store, tmp_path, monkeypatch, capsys):
+    """#14: every step that takes more than a few seconds shows progress. The compile is said before
+    the first step and timed after it, in the run's log (and console); validation has its bar."""
+    import re
+
+    monkeypatch.setattr(torch, "compile", FirstCallSlow)
+    run = tmp_path / "compiled"
+    fit(tiny_config(epochs=2, max_steps=40, compile=True, log_every=10), demo_store, run, progress=True, echo=False)
+    lines = (run / "train.log").read_text().splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("compiling the net (torch.compile)")]
+    timed = [(i, m) for i, m in enumerate(map(re.compile(r"compiled: the first step took ([\d.]+) s$").match, lines)) if m]
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("epoch 1 step "))
+    assert len(said) == 1 and len(timed) == 1  # once a run, not every epoch (40 steps: into epoch 2)
+    assert said[0] < timed[0][0] < first_step and float(timed[0][1][1]) >= 0.4
+    err = capsys.readouterr().err
+    assert re.search(r"validation: +\d+%.*\| \d/4 ", err)  # 100 val images, 32 a batch
+    fit(tiny_config(max_steps=2), demo_store, tmp_path / "plain", progress=False, echo=False)
+    assert "compil" not in (tmp_path / "plain" / "train.log").read_text()

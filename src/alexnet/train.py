@@ -92,6 +92,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:
             self.net = torch.compile(self.net)
+        self.compile_pending = t.compile  # torch.compile compiles on the first call: announce and time it
         self.metrics = None  # the main process's alexnet.metrics_log.MetricsLog, set by the run
         self.step_log: Callable[[str], None] | None = None  # where the step line goes (the run's log)
         self.position = Position()
@@ -237,7 +238,7 @@ class Trainer:
             for images, labels, _ in loader:
                 waited += time.perf_counter() - fetch
                 step_lr = lr * warmup_factor(self.position.global_step, len(plan), c.schedule.warmup_epochs)
-                self._step(images, labels, step_lr, gen, sums)
+                self._run_step(bar, images, labels, step_lr, gen, sums)
                 seen += len(labels)
                 bar.update(1)
                 if self.position.step == len(plan):
@@ -261,6 +262,23 @@ class Trainer:
             bar.close()
         self._fold(sums, seen, start)
         return self.epoch_metrics(stopped)
+
+    def _run_step(self, bar, *step: object) -> None:
+        """`_step`; the first one of a compiled net said before and timed after, since torch.compile
+        compiles (forward and backward) inside it, which can take a minute with nothing to show."""
+        if not self.compile_pending:
+            self._step(*step)
+            return
+        say = self.step_log or (lambda msg: None)
+        say("compiling the net (torch.compile) in the first step: this can take a minute or more")
+        bar.set_postfix_str("compiling the net...")
+        start = time.perf_counter()
+        self._step(*step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_pending = False
+        bar.set_postfix_str("")
+        say(f"compiled: the first step took {time.perf_counter() - start:.1f} s")
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, lr: float, gen: torch.Generator,
               sums: torch.Tensor) -> None:

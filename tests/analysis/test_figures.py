@@ -35,7 +35,7 @@ def test_features_are_fc7_of_the_centre_patch_streamed_to_disk(tiny_run, demo_st
 
 def test_kernel_mosaic_separates_the_towers():
     w = torch.randn(96, 3, 11, 11)
-    m = kernel_mosaic(w, towers=2, columns=16, zoom=2, gap=2)
+    m = kernel_mosaic(w, towers=2, columns=16, zoom=2, gap=2, scale="each")
     assert m.min() >= 0 and m.max() <= 1
     tile = 22
     # 3 rows of 16 kernels per tower, a wider gap between the towers
@@ -45,6 +45,121 @@ def test_kernel_mosaic_separates_the_towers():
     np.testing.assert_allclose(first, (k0 - k0.min()) / (k0.max() - k0.min()), rtol=1e-5, atol=1e-6)
     gap_row = 3 * (tile + 2) + 2  # inside the gap between the towers' blocks
     assert (m[gap_row] == 1).all()
+
+
+def test_kernels_share_one_colour_scale_by_default():
+    """cuda-convnet's default: the layer's lowest weight at 0, its highest at 1, one linear map for all,
+    so a kernel with a tenth of the weights stays faint instead of being stretched."""
+    w = np.random.default_rng(0).normal(size=(8, 3, 5, 5))
+    w[3] *= 0.1
+    m = kernel_mosaic(w, towers=2, columns=4, zoom=3, gap=1)
+    w64 = w.astype(np.float64)
+    expected = ((w64 - w64.min()) / (w64.max() - w64.min())).transpose(0, 2, 3, 1)
+    tile = 15
+    for j in (0, 3):  # kernel j of tower 1 sits at column j of the first block
+        x = j * (tile + 1)
+        np.testing.assert_allclose(m[:tile, x : x + tile], expected[j].repeat(3, 0).repeat(3, 1), atol=1e-12)
+    np.testing.assert_allclose(m[-tile:, -tile:], expected[7].repeat(3, 0).repeat(3, 1), atol=1e-12)  # tower 2's last
+    faint = m[:tile, 3 * (tile + 1) : 3 * (tile + 1) + tile]
+    assert np.ptp(faint) < 0.25 * np.ptp(m[:tile, :tile])
+
+
+def _texts(fig) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def test_kernel_figure_labels_each_tower_and_draws_pixels_unresampled():
+    from alexnet.analysis.figures import kernel_blocks, kernel_figure
+
+    w = np.random.default_rng(1).normal(size=(96, 3, 11, 11))
+    fig = kernel_figure(w, towers=2, title="conv1")
+    texts = _texts(fig)
+    assert "tower 1 (GPU 1): 48 kernels" in texts and "tower 2 (GPU 2): 48 kernels" in texts and "conv1" in texts
+    label_y = {t.get_text()[:7]: t.get_position()[1] for t in fig.texts}
+    assert label_y["tower 1"] > label_y["tower 2"]  # the upper 48 are tower 1's (GPU 1), as in Fig. 3
+    images = fig.images  # figimage: drawn at the figure's own pixels, no interpolation
+    assert len(images) == 2 and images[0].oy > images[1].oy
+    for img, block in zip(images, kernel_blocks(w, 2, zoom=6)):
+        np.testing.assert_array_equal(np.asarray(img.get_array()), block)
+    tile = np.asarray(images[1].get_array())[:66, :66]  # kernel 48, each weight a 6x6 square
+    scaled = (w[48] - w.min()) / (w.max() - w.min())
+    np.testing.assert_allclose(tile, scaled.transpose(1, 2, 0).repeat(6, 0).repeat(6, 1), atol=1e-12)
+    single = _texts(kernel_figure(w[:24], towers=1))
+    assert "24 kernels (one tower)" in single and not any("GPU" in t for t in single)
+
+
+LONG = "American Staffordshire terrier, Staffordshire terrier, American pit bull terrier"
+
+
+def _shown(texts: list[str]) -> list[str]:
+    return [" ".join(t.split()) for t in texts]  # the lines of a wrapped name joined back
+
+
+def test_top5_figure_names_in_full_a_probability_axis_and_the_mistakes():
+    from alexnet.analysis.figures import top5_figure
+
+    names = [LONG, "mite", "container ship, containership, container vessel", "cherry", "$x^2$ a_b", "grille"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    probs = np.array([[0.6, 0.1, 0.1, 0.1, 0.05, 0.05],  # true class 0, guessed: right
+                      [0.5, 0.2, 0.1, 0.1, 0.05, 0.05],  # true class 2, guessed 0: a mistake
+                      [0.1, 0.1, 0.1, 0.1, 0.1, 0.5]])  # true class 1, guessed 5, its bar third of five
+    labels = np.array([0, 2, 1])
+    fig = top5_figure(images, probs, labels, names)
+    shown = _shown(_texts(fig))
+    assert shown.count(LONG) == 1 + 3  # under image 0, and among the five of every image
+    assert "container ship, containership, container vessel" in shown and "$x^2$ a_b" in shown
+    assert all(len(line) <= 44 for t in _texts(fig) if LONG.startswith(t.split("\n")[0]) for line in t.split("\n"))
+    bar_axes = [ax for ax in fig.axes if ax.get_xlabel() == "probability"]
+    assert len(bar_axes) == 3 and all(ax.get_xlim() == (0, 1) for ax in bar_axes)
+    assert fig._suptitle.get_text().startswith("Top-5 predictions") and "2 of 3 are top-1 mistakes" in fig._suptitle.get_text()
+    assert shown.count("top-1 guess wrong") == 2  # images 2 and 3
+    for ax, p, label in zip(bar_axes, probs, labels):
+        bars = sorted(ax.patches, key=lambda b: b.get_y())  # top to bottom: most probable first
+        np.testing.assert_allclose([b.get_width() for b in bars], np.sort(p)[::-1][:5])
+        red = [i for i, b in enumerate(bars) if b.get_facecolor()[0] > 0.8 and b.get_facecolor()[2] < 0.3]
+        assert red == [list(np.argsort(-p, kind="stable")[:5]).index(label)]
+
+
+def test_neighbours_figure_names_in_full_at_a_legible_size():
+    from alexnet.analysis.figures import neighbours_figure
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    fig = neighbours_figure(images[:1], [images[1:4]], query_titles=[LONG],
+                            neighbour_titles=[["Madagascar cat, ring-tailed lemur, Lemur catta", "mite", "cherry"]])
+    shown = _shown(_texts(fig))
+    assert LONG in shown and "Madagascar cat, ring-tailed lemur, Lemur catta" in shown
+    titles = [ax.title for ax in fig.axes]
+    assert all(t.get_fontsize() >= 8 for t in titles)
+
+
+def test_curves_are_titled_on_a_log_error_axis_with_the_lr_drops_marked(tmp_path):
+    from alexnet.analysis.figures import curves_figure
+    from alexnet.analysis.report import run_title
+
+    lrs = [0.01, 0.01, 0.01, 0.001, 0.001, 0.0001]
+    history = [{"epoch": e, "lr": lr, "train_loss": 2 / e, "train_top1_err": 0.9 / e, "val_loss": 2.1 / e,
+                "val_top1_err": 0.95 / e, "val_top5_err": 0.5 / e, "time": "2026-11-20T10:00:00"}
+               for e, lr in enumerate(lrs, start=1)]
+    title = run_title("small", "/data/my_store", history)
+    assert title == "small on my_store, 2026-11-20"
+    fig = curves_figure(history, title)
+    assert fig._suptitle.get_text() == title
+    ax_loss, ax_err, ax_lr = fig.axes[:3]
+    assert ax_err.get_yscale() == "log" and ax_lr.get_yscale() == "log" and ax_loss.get_yscale() == "linear"
+    for ax in (ax_loss, ax_err, ax_lr):  # a red dotted line between the epochs where the lr fell
+        assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_gid() == "lr-drop") == [3.5, 5.5]
+    assert [t.get_text() for t in ax_lr.texts] == ["÷10", "÷10"]
+    low, high = ax_err.get_ylim()
+    assert low < 0.95 / 6 and high <= 1.2  # the whole range of the errors, not 0..1 linear
+    history[-1]["val_top5_err"] = 0.0  # a zero error still shows: linear near 0, log above
+    fig = curves_figure(history, title)
+    assert fig.axes[1].get_yscale() == "symlog" and fig.axes[1].get_ylim()[0] == 0
+    top5 = [line for line in fig.axes[1].lines if line.get_label() == "validation top-5"][0]
+    assert list(top5.get_xdata()) == [1, 2, 3, 4, 5, 6] and top5.get_ydata()[-1] == 0
+    assert run_title("tiny", None, []) == "tiny on unknown data"
 
 
 def test_spread_sample_takes_classes_in_turn():
@@ -82,6 +197,38 @@ def test_figures_are_written_and_not_blank(tiny_run, demo_store, tmp_path, capsy
     # the same neighbours from a feature file as from the streamed features
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli" / "neighbours.png").convert("RGB")),
                                   np.asarray(Image.open(paths["neighbours"]).convert("RGB")))
+
+
+def test_figures_show_the_nets_mistakes_and_title_the_curves_by_the_run(tiny_run, demo_store, tmp_path, monkeypatch):
+    import alexnet.analysis.report as report
+    from alexnet.evaluate import predict_probabilities
+
+    seen = {}
+    real_top5, real_curves = report.save_top5_figure, report.plot_curves
+
+    def top5(images, probs, labels, names, path):
+        seen["top5"] = (images, probs, labels)
+        return real_top5(images, probs, labels, names, path)
+
+    def curves(history, path, title):
+        seen["title"] = title
+        return real_curves(history, path, title)
+
+    monkeypatch.setattr(report, "save_top5_figure", top5)
+    monkeypatch.setattr(report, "plot_curves", curves)
+    write_figures(tiny_run, demo_store, tmp_path / "figs", device="cpu", n_top5=8)
+    images, probs, labels = seen["top5"]
+    val = ImageStore(demo_store, "val")
+    every = predict_probabilities(model_from_checkpoint(load_checkpoint(tiny_run)), val, torch.device("cpu"))
+    mistakes = int((every.argmax(1) != val.labels).sum())
+    assert mistakes >= 4  # two epochs of the tiny net: enough mistakes to show half of the eight
+    assert len(labels) == 8 and int((probs.argmax(1) != labels).sum()) == 4
+    for image, p, label in zip(images, probs, labels):  # each the net's output for that very image
+        i = next(i for i in range(len(val)) if (val[i][0] == image).all())
+        assert val.labels[i] == label
+        np.testing.assert_allclose(p, every[i], rtol=1e-4, atol=1e-6)
+    last = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert seen["title"] == f"tiny on {demo_store.name}, {last['time'][:10]}"
 
 
 def test_streamed_neighbours_are_the_exact_ones(tiny_run, demo_store, tmp_path):

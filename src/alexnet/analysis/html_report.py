@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import tomllib
 from pathlib import Path
+
+from tqdm import tqdm
 
 from alexnet.analysis import report_sections as sections
 from alexnet.analysis.report_sections import RunData, esc
@@ -118,7 +121,7 @@ def _evaluate(d: RunData, progress: bool) -> None:
 def gather(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, device: str = "cpu",
            progress: bool = False) -> RunData:
     """Read everything the page shows from a run folder (and its store), noting what is missing."""
-    d = RunData(run_folder(run_dir), device=resolve_device(device))
+    d = RunData(run_folder(run_dir), device=resolve_device(device), progress=progress)
     _read_config(d)
     _read_history(d)
     _load_model(d)
@@ -190,7 +193,12 @@ def write_run_report(run_dir: str | os.PathLike, out_html: str | os.PathLike | N
     if out.is_dir():
         raise UserError(f"{out} is a folder; give the report's file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    parts = [(key, heading, builder(d, max_classes)) for key, heading, builder in sections.SECTIONS]
+    parts = []
+    with tqdm(sections.SECTIONS, desc="report", unit="section", disable=not progress, leave=False,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for key, heading, builder in bar:  # drawing the figures takes seconds each
+            bar.set_postfix_str(heading)
+            parts.append((key, heading, builder(d, max_classes)))
     where = d.run.resolve()
     write_text_atomic(out, render_page(f"Run report: {where.parent.name}/{where.name}", sections.run_title(d), parts))
     return out

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from alexnet.analysis.features import load_features
 from alexnet.analysis.figures import plot_curves, save_kernel_mosaic, save_neighbours_figure, save_top5_figure
@@ -43,6 +46,31 @@ def spread_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
             if members and len(picked) < n:
                 picked.append(members.pop())
     return np.asarray(picked)
+
+
+def example_indices(labels: np.ndarray, predictions: np.ndarray, n: int = 8, seed: int = 0) -> np.ndarray:
+    """Up to n images to show, half of them mistakes when there are enough (Fig. 4 shows some), the
+    classes taking turns within each half."""
+    wrong = np.flatnonzero(predictions != labels)
+    right = np.flatnonzero(predictions == labels)
+    n_wrong = min(len(wrong), max(n // 2, n - len(right)))
+    picked = []
+    for pool, k in ((wrong, n_wrong), (right, n - n_wrong)):
+        if k and len(pool):
+            picked.extend(pool[spread_sample(labels[pool], k, seed)].tolist())
+    return np.asarray(picked, dtype=np.int64)
+
+
+def run_title(variant: str, store: str | os.PathLike | None, history: list[dict], run: Path | None = None) -> str:
+    """"VARIANT on STORE, DATE" (the date of the last epoch, else of the run's newest file): what a
+    run's curves are titled by."""
+    store_name = Path(store).name if store else "unknown data"
+    stamp = str(history[-1].get("time", ""))[:10] if history else ""
+    for name in ("best.pt", "last.pt", "config.toml") if run is not None and not stamp else ():
+        if (run / name).is_file():
+            stamp = time.strftime("%Y-%m-%d", time.localtime((run / name).stat().st_mtime))
+            break
+    return f"{variant} on {store_name}, {stamp}" if stamp else f"{variant} on {store_name}"
 
 
 def write_figures(checkpoint: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike,
@@ -90,35 +118,51 @@ def _training_features(path: str | os.PathLike, train: ImageStore, config: Confi
     return database
 
 
+TOP5_POOL = 400  # validation images the top-5 examples are chosen from (mistakes among them): seconds on a CPU
+
+
 def _draw(payload: dict, config: Config, data, train: ImageStore, val: ImageStore, folder: Path,
           device: torch.device, views: int, n_top5: int, n_queries: int, k: int, database: np.ndarray | None,
           seed: int, progress: bool) -> dict[str, Path]:
     model = model_from_checkpoint(payload)
     paths = {}
+    run = Path(payload["path"]).parent
+    history = _read_history(run / "metrics.jsonl")
+    total = 4 if history else 3
+
+    def say(step: int, what: str) -> None:  # each figure takes seconds to draw: say which is under way
+        if progress:
+            tqdm.write(f"figure {step}/{total}: {what}", file=sys.stderr)
+
+    say(1, "kernels.png (Fig. 3, conv1's kernels)")
     towers = config.model.towers
     kernel = model.conv1.kernel_size
     paths["kernels"] = save_kernel_mosaic(model.conv1.weight.detach().cpu(), folder / "kernels.png", towers,
                                           title=f"conv1: {model.conv1.out_channels} kernels {kernel[0]}x{kernel[1]}x3"
-                                          + (", one block per tower (§6.1, Fig. 3)" if towers == 2 else ""))
+                                          " (§6.1, Fig. 3), one colour scale for all")
 
-    shown = spread_sample(val.labels, n_top5, seed)
-    probs = predict_probabilities(model, val, device, views, indices=shown, data_config=config.data)
-    paths["top5"] = save_top5_figure(val.get_batch(shown), probs, val.labels[shown], val.class_names,
+    pool = np.sort(spread_sample(val.labels, max(TOP5_POOL, n_top5), seed))
+    say(2, f"top5.png (Fig. 4 left), chosen among {len(pool)} validation images")
+    probs = predict_probabilities(model, val, device, views, indices=pool, data_config=config.data,
+                                  progress=progress)
+    chosen = example_indices(val.labels[pool], probs.argmax(1), n_top5, seed)
+    shown = pool[chosen]
+    paths["top5"] = save_top5_figure(val.get_batch(shown), probs[chosen], val.labels[shown], val.class_names,
                                      folder / "top5.png")
 
     queries = spread_sample(val.labels, n_queries, seed + 1)
+    say(3, f"neighbours.png (Fig. 4 right), searching the {len(train)} training images")
     query_features = store_outputs(model, val, device, output="features", indices=queries, data_config=config.data)
     nearest = _nearest_training_images(model, train, query_features, k, device, config, database, progress)
     names = train.class_names
     paths["neighbours"] = save_neighbours_figure(
         val.get_batch(queries), [train.get_batch(row) for row in nearest], folder / "neighbours.png",
-        query_titles=[names[val.labels[q]][:14] for q in queries],
-        neighbour_titles=[[names[train.labels[j]][:14] for j in row] for row in nearest])
+        query_titles=[names[val.labels[q]] for q in queries],
+        neighbour_titles=[[names[train.labels[j]] for j in row] for row in nearest])
 
-    metrics = Path(payload["path"]).parent / "metrics.jsonl"
-    history = _read_history(metrics)
     if history:
-        paths["curves"] = plot_curves(history, folder / "curves.png", title=f"{config.variant} on {Path(data).name}")
+        say(4, "curves.png (the training curves)")
+        paths["curves"] = plot_curves(history, folder / "curves.png", title=run_title(config.variant, data, history, run))
     return paths
 
 

@@ -2,7 +2,7 @@
 
 Every builder takes the gathered `RunData` and returns the section's body as HTML; a piece it cannot
 make is said in the section (`missing`). Strings from data only reach the page through `esc`, and
-matplotlib only through `plain_text`.
+matplotlib as plain text (`alexnet.analysis.figures.PLAIN`).
 """
 
 from __future__ import annotations
@@ -10,19 +10,17 @@ from __future__ import annotations
 import base64
 import html
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from alexnet.analysis.figures import save_kernel_mosaic, save_neighbours_figure, save_top5_figure
 from alexnet.analysis.neighbours import nearest_neighbours
-from alexnet.analysis.report import spread_sample
-from alexnet.analysis.report_figures import confusion_matrix, confusion_png, curves_png, lr_drops, plain_text
-from alexnet.data.augment import BatchTransforms
+from alexnet.analysis.report import example_indices, run_title as title_of_run, spread_sample
+from alexnet.analysis.report_figures import confusion_matrix, confusion_png, curves_png, lr_drops
+from alexnet.evaluate import store_outputs
 
 @dataclass
 class RunData:
@@ -42,6 +40,7 @@ class RunData:
     rates: dict | None = None
     device: Any = None
     notes: dict[str, str] = field(default_factory=dict)
+    progress: bool = False  # progress bars for the slow pieces (on stderr)
 
 
 
@@ -89,14 +88,7 @@ def saved_png(draw) -> bytes:
 def run_title(d: RunData) -> str:
     """"VARIANT on STORE, DATE": the curves' title and the page's subtitle."""
     variant = (d.config or {}).get("variant") or (d.payload or {}).get("config", {}).get("variant") or "?"
-    store = Path(d.data or (d.payload or {}).get("data") or "").name or "unknown data"
-    stamp = str(d.history[-1].get("time", ""))[:10] if d.history else ""
-    if not stamp:
-        for name in ("best.pt", "last.pt", "config.toml"):
-            if (d.run / name).is_file():
-                stamp = time.strftime("%Y-%m-%d", time.localtime((d.run / name).stat().st_mtime))
-                break
-    return f"{variant} on {store}, {stamp}" if stamp else f"{variant} on {store}"
+    return title_of_run(variant, d.data or (d.payload or {}).get("data"), d.history, d.run)
 
 
 def _summary(d: RunData, max_classes: int) -> str:
@@ -244,42 +236,16 @@ def _confusion(d: RunData, max_classes: int) -> str:
             f"small confusions show. {esc(said)}{esc(axes)}</p>" + top)
 
 
-def example_indices(labels: np.ndarray, predictions: np.ndarray, n: int = 8, seed: int = 0) -> np.ndarray:
-    """Up to n images to show, half of them mistakes when there are enough (Fig. 4 shows some), the
-    classes taking turns within each half."""
-    wrong = np.flatnonzero(predictions != labels)
-    right = np.flatnonzero(predictions == labels)
-    n_wrong = min(len(wrong), max(n // 2, n - len(right)))
-    picked = []
-    for pool, k in ((wrong, n_wrong), (right, n - n_wrong)):
-        if k and len(pool):
-            picked.extend(pool[spread_sample(labels[pool], k, seed)].tolist())
-    return np.asarray(picked, dtype=np.int64)
-
-
 def _top5(d: RunData, max_classes: int) -> str:
     if (no := _no_eval(d)) is not None:
         return no
     shown = example_indices(d.val.labels, d.probs.argmax(1))
-    names = [plain_text(n) for n in d.val.class_names]
     png = saved_png(lambda path: save_top5_figure(d.val.get_batch(shown), d.probs[shown], d.val.labels[shown],
-                                                  names, path))
+                                                  d.val.class_names, path))
     wrong = int((d.probs[shown].argmax(1) != d.val.labels[shown]).sum())
     return (image_tag(png, "top-5 predictions") + f'<p class="caption">Validation images with the five labels the '
             f"net finds most probable (§6.1, Fig. 4 left); the correct label is under each image and its bar is "
             f"red when it is among the five. {wrong} of these {len(shown)} are top-1 mistakes.</p>")
-
-
-def fc7_features(model, store, indices: np.ndarray, device, data_config, batch_size: int = 256) -> np.ndarray:
-    """The last hidden layer's vectors (§6.1) of some images of a store, centre patch."""
-    transforms = BatchTransforms.for_store(store, model.config.input_size, data_config, device)
-    model = model.to(device).eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            images = torch.from_numpy(store.get_batch(indices[start : start + batch_size])).to(device)
-            out.append(model.embed(transforms.test(images, 1).contiguous()).float().cpu().numpy())
-    return np.concatenate(out)
 
 
 NEIGHBOUR_DATABASE = 2000  # training images searched: a few seconds on a CPU; `alexnet figures` searches all
@@ -297,17 +263,20 @@ def _neighbours(d: RunData, max_classes: int) -> str:
     database = np.sort(spread_sample(d.train.labels, NEIGHBOUR_DATABASE, seed=0))
     queries = spread_sample(d.val.labels, 5, seed=1)
     data_config = d.model_config.data
-    _, nearest = nearest_neighbours(fc7_features(d.model, d.val, queries, d.device, data_config),
-                                    fc7_features(d.model, d.train, database, d.device, data_config), 6, d.device)
+    query_features = store_outputs(d.model, d.val, d.device, output="features", indices=queries,
+                                   data_config=data_config)
+    database_features = store_outputs(d.model, d.train, d.device, output="features", indices=database,
+                                      data_config=data_config, progress=d.progress, desc="fc7 of train images")
+    _, nearest = nearest_neighbours(query_features, database_features, 6, d.device)
     rows = database[nearest]
-    names = [plain_text(n if len(n) <= 20 else n[:19] + "…") for n in d.train.class_names]
+    names = d.train.class_names
     png = saved_png(lambda path: save_neighbours_figure(
         d.val.get_batch(queries), [d.train.get_batch(r) for r in rows], path,
         query_titles=[names[d.val.labels[q]] for q in queries],
         neighbour_titles=[[names[d.train.labels[j]] for j in r] for r in rows]))
-    return (image_tag(png, "nearest neighbours") + f'<p class="caption">First column (red frame): validation '
-            f"images; after each, the six training images whose last-hidden-layer (fc7) vectors are nearest in "
-            f"Euclidean distance (§6.1, Fig. 4 right), searched among "
+    return (image_tag(png, "nearest neighbours") + '<p class="caption">First column (red frame): validation '
+            "images; after each, the six training images whose last-hidden-layer (fc7) vectors are nearest in "
+            "Euclidean distance (§6.1, Fig. 4 right), searched among "
             + (f"all {len(d.train)} training images.</p>" if len(database) == len(d.train) else
                f"{len(database)} of the {len(d.train)} training images (“alexnet figures” searches them all).</p>"))
 
@@ -317,12 +286,12 @@ def _kernels(d: RunData, max_classes: int) -> str:
         return missing(f"No trained weights: {reason(d, 'model')}.")
     conv1 = d.model.conv1
     towers = d.model_config.model.towers
-    title = (f"conv1: {conv1.out_channels} kernels {conv1.kernel_size[0]}x{conv1.kernel_size[1]}x3"
-             + (", one block per tower" if towers == 2 else ""))
+    title = f"conv1: {conv1.out_channels} kernels {conv1.kernel_size[0]}x{conv1.kernel_size[1]}x3"
     png = saved_png(lambda path: save_kernel_mosaic(conv1.weight.detach().cpu(), path, towers, title=title))
-    return (image_tag(png, "conv1 kernels") + '<p class="caption">The first layer’s kernels, each stretched to '
-            "the full colour range on its own (§6.1, Fig. 3: with two towers, the first tower’s on top; the "
-            "paper’s learned mostly colour-agnostic, the second’s mostly colour-specific).</p>")
+    return (image_tag(png, "conv1 kernels") + '<p class="caption">The first layer’s kernels on one colour scale '
+            "(one linear map from weight to brightness for all of them, as cuda-convnet draws them), so a weak kernel looks "
+            "weak (§6.1, Fig. 3: with two towers, tower 1’s on top; the paper’s GPU 1 learned mostly "
+            "colour-agnostic kernels, GPU 2 mostly colour-specific ones).</p>")
 
 
 SECTIONS = (
