@@ -199,7 +199,8 @@ def test_figures_are_written_and_not_blank(tiny_run, demo_store, tmp_path, capsy
                                   np.asarray(Image.open(paths["neighbours"]).convert("RGB")))
 
 
-def test_figures_show_the_nets_mistakes_and_title_the_curves_by_the_run(tiny_run, demo_store, tmp_path, monkeypatch):
+def test_figures_show_the_nets_mistakes_and_title_the_curves_by_the_run(tiny_run, demo_store, tmp_path, monkeypatch,
+                                                                      capsys):
     import alexnet.analysis.report as report
     from alexnet.evaluate import predict_probabilities
 
@@ -216,7 +217,12 @@ def test_figures_show_the_nets_mistakes_and_title_the_curves_by_the_run(tiny_run
 
     monkeypatch.setattr(report, "save_top5_figure", top5)
     monkeypatch.setattr(report, "plot_curves", curves)
-    write_figures(tiny_run, demo_store, tmp_path / "figs", device="cpu", n_top5=8)
+    write_figures(tiny_run, demo_store, tmp_path / "figs", device="cpu", n_top5=8, progress=True)
+    err = capsys.readouterr().err  # each figure said as it starts (seconds each), the passes over images as bars
+    said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("figure ")]
+    assert [line[:24] for line in said] == ["figure 1/4: kernels.png ", "figure 2/4: top5.png (Fi",
+                                            "figure 3/4: neighbours.p", "figure 4/4: curves.png ("]
+    assert "train features:" in err and "eval:" in err
     images, probs, labels = seen["top5"]
     val = ImageStore(demo_store, "val")
     every = predict_probabilities(model_from_checkpoint(load_checkpoint(tiny_run)), val, torch.device("cpu"))
@@ -337,4 +343,6 @@ def test_onnx_export_matches_pytorch(tiny_run, tmp_path, capsys):
     meta = {p.key: p.value for p in onnx.load(tmp_path / "net.onnx").metadata_props}
     assert json.loads(meta["class_names"])[0] == "disc"
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "cli.onnx")]) == 0
-    assert "largest difference" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "largest difference" in captured.out
+    assert captured.err.startswith("exporting ") and "ONNX" in captured.err  # said before the silent half minute

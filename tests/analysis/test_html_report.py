@@ -101,6 +101,20 @@ def test_the_page_is_self_contained_and_has_every_section(report):
     assert not list(report.parent.glob("*.tmp"))
 
 
+def test_the_slow_pieces_show_progress(tiny_run, tmp_path, capsys):
+    """Evaluating the val split, the training images' fc7 vectors and each section (figures take
+    seconds each) show on stderr; nothing on stdout."""
+    write_run_report(tiny_run, tmp_path / "page.html", progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    for bar in ("eval:", "fc7 of train images:", "report:"):
+        assert bar in captured.err
+    for _, heading, _ in SECTIONS:
+        assert heading in captured.err
+    write_run_report(tiny_run, tmp_path / "quiet.html")
+    assert capsys.readouterr().err == ""
+
+
 def test_the_per_class_table_is_the_evaluation_sorted_by_error(report, tiny_run, demo_store):
     rows = parse(report.read_text()).tables["Per-class error"]
     header, rows = rows[0], rows[1:]
