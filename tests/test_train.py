@@ -335,7 +335,8 @@ def test_validation_and_the_first_compiled_step_show_progress(demo_store, tmp_pa
     fit(tiny_config(epochs=2, max_steps=40, compile=True, log_every=10), demo_store, run, progress=True, echo=False)
     lines = (run / "train.log").read_text().splitlines()
     said = [i for i, line in enumerate(lines) if line.startswith("compiling the net (torch.compile)")]
-    timed = [(i, m) for i, m in enumerate(map(re.compile(r"compiled: the first step took ([\d.]+) s$").match, lines)) if m]
+    timing = re.compile(r"compiled: the first step took ([\d.]+) s$")
+    timed = [(i, m) for i, m in enumerate(map(timing.match, lines)) if m]
     first_step = next(i for i, line in enumerate(lines) if line.startswith("epoch 1 step "))
     assert len(said) == 1 and len(timed) == 1  # once a run, not every epoch (40 steps: into epoch 2)
     assert said[0] < timed[0][0] < first_step and float(timed[0][1][1]) >= 0.4

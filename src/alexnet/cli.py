@@ -136,10 +136,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     if result["rank"] == 0:
         if args.plot and result["history"]:
-            from alexnet.analysis.figures import plot_curves
+            from alexnet.analysis.figures import plot_curves, run_title
 
             plot_curves(result["history"], Path(result["out"]) / "curves.png",
-                        title=f"{result['variant']} on {Path(result['data']).name}")
+                        title=run_title(result["variant"], result["data"], result["history"]))
         print(summary_line(result))
     return result["exit_code"]
 
@@ -170,7 +170,9 @@ def print_eval(result: dict) -> None:
 def _cmd_plot(args: argparse.Namespace) -> None:
     import json
 
-    from alexnet.analysis.figures import plot_curves
+    import tomllib
+
+    from alexnet.analysis.figures import plot_curves, run_title
 
     run = Path(args.run)
     metrics = run / "metrics.jsonl"
@@ -179,7 +181,11 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not history:
         raise UserError(f"{metrics} has no finished epoch yet")
-    out = plot_curves(history, args.out or run / "curves.png", title=run.name)
+    try:
+        variant = tomllib.loads((run / "config.toml").read_text()).get("variant", run.name)
+    except (OSError, ValueError):
+        variant = run.name
+    out = plot_curves(history, args.out or run / "curves.png", title=run_title(variant, None, history, run))
     print(f"wrote {out}")
 
 

@@ -114,7 +114,8 @@ def test_top5_figure_names_in_full_a_probability_axis_and_the_mistakes():
     assert all(len(line) <= 44 for t in _texts(fig) if LONG.startswith(t.split("\n")[0]) for line in t.split("\n"))
     bar_axes = [ax for ax in fig.axes if ax.get_xlabel() == "probability"]
     assert len(bar_axes) == 3 and all(ax.get_xlim() == (0, 1) for ax in bar_axes)
-    assert fig._suptitle.get_text().startswith("Top-5 predictions") and "2 of 3 are top-1 mistakes" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert title.startswith("Top-5 predictions") and "2 of 3 are top-1 mistakes" in title
     assert shown.count("top-1 guess wrong") == 2  # images 2 and 3
     for ax, p, label in zip(bar_axes, probs, labels):
         bars = sorted(ax.patches, key=lambda b: b.get_y())  # top to bottom: most probable first
@@ -136,8 +137,7 @@ def test_neighbours_figure_names_in_full_at_a_legible_size():
 
 
 def test_curves_are_titled_on_a_log_error_axis_with_the_lr_drops_marked(tmp_path):
-    from alexnet.analysis.figures import curves_figure
-    from alexnet.analysis.report import run_title
+    from alexnet.analysis.figures import curves_figure, run_title
 
     lrs = [0.01, 0.01, 0.01, 0.001, 0.001, 0.0001]
     history = [{"epoch": e, "lr": lr, "train_loss": 2 / e, "train_top1_err": 0.9 / e, "val_loss": 2.1 / e,
@@ -159,7 +159,7 @@ def test_curves_are_titled_on_a_log_error_axis_with_the_lr_drops_marked(tmp_path
     assert fig.axes[1].get_yscale() == "symlog" and fig.axes[1].get_ylim()[0] == 0
     top5 = [line for line in fig.axes[1].lines if line.get_label() == "validation top-5"][0]
     assert list(top5.get_xdata()) == [1, 2, 3, 4, 5, 6] and top5.get_ydata()[-1] == 0
-    assert run_title("tiny", None, []) == "tiny on unknown data"
+    assert run_title("tiny", None, []) == "tiny" and run_title("tiny", None, history) == "tiny, 2026-11-20"
 
 
 def test_spread_sample_takes_classes_in_turn():
@@ -235,6 +235,17 @@ def test_figures_show_the_nets_mistakes_and_title_the_curves_by_the_run(tiny_run
         np.testing.assert_allclose(p, every[i], rtol=1e-4, atol=1e-6)
     last = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert seen["title"] == f"tiny on {demo_store.name}, {last['time'][:10]}"
+
+
+def test_plot_titles_the_curves_by_the_runs_variant_and_date(tiny_run, tmp_path, monkeypatch, capsys):
+    import alexnet.analysis.figures as figures
+
+    titles = []
+    real = figures.plot_curves
+    monkeypatch.setattr(figures, "plot_curves", lambda h, path, title: titles.append(title) or real(h, path, title))
+    assert main(["plot", str(tiny_run), "--out", str(tmp_path / "c.png")]) == 0
+    last = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert titles == [f"tiny, {last['time'][:10]}"] and (tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_streamed_neighbours_are_the_exact_ones(tiny_run, demo_store, tmp_path):

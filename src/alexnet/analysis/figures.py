@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,10 +134,23 @@ def _error_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def run_title(variant: str, store: str | os.PathLike | None, history: list[dict], run: Path | None = None) -> str:
+    """"VARIANT on STORE, DATE" (the date of the last epoch, else of the run's newest file; the store
+    left out when unknown): what a run's curves are titled by."""
+    stamp = str(history[-1].get("time", ""))[:10] if history else ""
+    for name in ("best.pt", "last.pt", "config.toml") if run is not None and not stamp else ():
+        if (run / name).is_file():
+            stamp = time.strftime("%Y-%m-%d", time.localtime((run / name).stat().st_mtime))
+            break
+    what = f"{variant} on {Path(store).name}" if store else variant
+    return f"{what}, {stamp}" if stamp else what
+
+
 def curves_figure(history: list[dict], title: str = ""):
     """Loss, error rates and learning rate by epoch (a run's metrics.jsonl rows). Errors and the
-    learning rate on log axes, so the slow progress after the first epochs shows (`_error_axis`); each fall of the learning rate (§5: divided by 10 on a plateau) is a
-    red dotted line on every panel, its factor written on the learning-rate panel."""
+    learning rate on log axes, so the slow progress after the first epochs shows (`_error_axis`);
+    each fall of the learning rate (§5: divided by 10 on a plateau) is a red dotted line on every
+    panel, its factor written on the learning-rate panel."""
     fig, axes = new_figure(nrows=1, ncols=3, figsize=(13, 4.2))
     ax_loss, ax_err, ax_lr = axes
     style = {"marker": "o", "markersize": 3} if len(history) < 30 else {}

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from alexnet.analysis.features import load_features
-from alexnet.analysis.figures import plot_curves, save_kernel_mosaic, save_neighbours_figure, save_top5_figure
+from alexnet.analysis.figures import (plot_curves, run_title, save_kernel_mosaic, save_neighbours_figure,
+                                      save_top5_figure)
 from alexnet.analysis.neighbours import RunningNearest, nearest_neighbours
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from alexnet.config import Config
@@ -59,18 +59,6 @@ def example_indices(labels: np.ndarray, predictions: np.ndarray, n: int = 8, see
         if k and len(pool):
             picked.extend(pool[spread_sample(labels[pool], k, seed)].tolist())
     return np.asarray(picked, dtype=np.int64)
-
-
-def run_title(variant: str, store: str | os.PathLike | None, history: list[dict], run: Path | None = None) -> str:
-    """"VARIANT on STORE, DATE" (the date of the last epoch, else of the run's newest file): what a
-    run's curves are titled by."""
-    store_name = Path(store).name if store else "unknown data"
-    stamp = str(history[-1].get("time", ""))[:10] if history else ""
-    for name in ("best.pt", "last.pt", "config.toml") if run is not None and not stamp else ():
-        if (run / name).is_file():
-            stamp = time.strftime("%Y-%m-%d", time.localtime((run / name).stat().st_mtime))
-            break
-    return f"{variant} on {store_name}, {stamp}" if stamp else f"{variant} on {store_name}"
 
 
 def write_figures(checkpoint: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike,
@@ -162,7 +150,8 @@ def _draw(payload: dict, config: Config, data, train: ImageStore, val: ImageStor
 
     if history:
         say(4, "curves.png (the training curves)")
-        paths["curves"] = plot_curves(history, folder / "curves.png", title=run_title(config.variant, data, history, run))
+        paths["curves"] = plot_curves(history, folder / "curves.png",
+                                      title=run_title(config.variant, data, history, run))
     return paths
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from alexnet.analysis.figures import run_title as title_of_run
 from alexnet.analysis.figures import save_kernel_mosaic, save_neighbours_figure, save_top5_figure
 from alexnet.analysis.neighbours import nearest_neighbours
-from alexnet.analysis.report import example_indices, run_title as title_of_run, spread_sample
+from alexnet.analysis.report import example_indices, spread_sample
 from alexnet.analysis.report_figures import confusion_matrix, confusion_png, curves_png, lr_drops
 from alexnet.evaluate import store_outputs
 
