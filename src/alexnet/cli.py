@@ -272,9 +272,8 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from alexnet.export import export_onnx
 
-    print(f"exporting {args.checkpoint} to ONNX{'' if args.no_verify else ' and checking it with onnxruntime'} "
-          "(half a minute on a CPU)...", file=sys.stderr, flush=True)
-    r = export_onnx(args.checkpoint, args.onnx, verify=not args.no_verify)
+    r = export_onnx(args.checkpoint, args.onnx, verify=not args.no_verify,
+                    say=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"wrote {r['onnx']}: input 'image' (batch, 3, {r['input'][2]}, {r['input'][3]}) RGB 0..255, output 'logits'")
     if r["max_abs_diff"] is not None:
         print(f"onnxruntime vs PyTorch on 5 random images: largest difference {r['max_abs_diff']:.2e} "

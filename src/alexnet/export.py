@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,10 +62,14 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: bool = True) -> dict:
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: bool = True,
+                say: Callable[[str], None] = lambda msg: None) -> dict:
     """Write the ONNX file (atomically) and, when onnxruntime is installed, the largest difference
-    between its outputs and PyTorch's on random images."""
+    between its outputs and PyTorch's on random images. `say` hears, once the checkpoint is read, that
+    the export (silent, half a minute on a CPU) has begun."""
     wrapped, payload = deployable(checkpoint)
+    say(f"exporting {payload['path']} to ONNX{' and checking it with onnxruntime' if verify else ''} "
+        "(half a minute on a CPU)...")
     crop = wrapped.model.config.input_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
