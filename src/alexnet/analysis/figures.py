@@ -1,193 +1,26 @@
-"""Figures as PNG files (matplotlib's Agg canvas: no display, and no change to pyplot's backend).
+"""The paper's figures as PNG files: Fig. 3 (conv1's kernels, one block per tower) and Fig. 4 (top-5
+predictions; nearest training images in fc7 space).
 
-Each figure has a builder that returns the matplotlib `Figure` (`curves_figure`, `kernel_figure`,
-`top5_figure`, `neighbours_figure`: what tests and the run report look into) and a `save_*` function
-that writes it. Text that comes from data (class names, store and run names) is drawn as text:
-`PLAIN` turns off mathtext and LaTeX on its artists, so a synset name with `$` or `_` prints as
-written, and names are wrapped onto more lines, never cut."""
+Each figure has a builder that returns the matplotlib `Figure` (`kernel_figure`, `top5_figure`,
+`neighbours_figure`: what tests and the run report look into) and a `save_*` function that writes
+it. Class names are drawn as text (`PLAIN`) and wrapped, never cut. The training curves live in
+alexnet.analysis.curves and the canvas in alexnet.analysis.canvas; their public names are here too,
+where the callers have always found them."""
 
 from __future__ import annotations
 
-import io
 import os
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 
-from alexnet.files import atomic_write
+from alexnet.analysis.canvas import PLAIN, new_figure, png_bytes, pyplot, save_figure, wrap_name
+from alexnet.analysis.curves import curves_figure, lr_drops, percent_ticks, plot_curves, run_title
 
-# keyword arguments for every text artist whose string comes from data, not from this code
-PLAIN = {"parse_math": False, "usetex": False}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def new_figure(**subplots):
-    """(figure, axes) on matplotlib's Agg canvas, outside pyplot (nothing global is touched; the
-    figure is freed with its last reference). Without arguments, no axes (None)."""
-    from matplotlib.figure import Figure
-
-    figsize = subplots.pop("figsize", None)
-    fig = Figure(figsize=figsize)
-    return fig, (fig.subplots(**subplots) if subplots else None)
-
-
-def png_bytes(fig, dpi: int = 100) -> bytes:
-    """The figure as a 256-colour PNG (several times smaller than matplotlib's RGBA for photos)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
-    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: let pyplot forget it
-        _pyplot().close(fig)
-    buf.seek(0)
-    img = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    out = io.BytesIO()
-    img.save(out, format="PNG", optimize=True)
-    return out.getvalue()
-
-
-def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save a figure as `png_bytes` through a temporary file that is synced and renamed: never a
-    half-written PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = png_bytes(fig, dpi)
-    with atomic_write(path, tmp_suffix=".partial.png") as f:
-        f.write(data)
-    return path
-
-
-pyplot, save_figure = _pyplot, _save  # public: the experiment layer's figures (alexnet/fig1.py) use them too
-
-
-def wrap_name(name: str, width: int) -> str:
-    """A class name on lines of at most `width` characters where it has spaces (a longer word stays
-    whole): wrapped, never cut."""
-    return "\n".join(textwrap.wrap(str(name), width, break_long_words=False, break_on_hyphens=False)) or str(name)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training curves
-# ---------------------------------------------------------------------------------------------------
-
-
-def lr_drops(history: list[dict]) -> list[tuple[float, float]]:
-    """(x, factor) of each fall of the learning rate between epochs: x halfway between the two epochs."""
-    drops = []
-    for before, after in zip(history, history[1:]):
-        if after.get("lr") and before.get("lr") and after["lr"] < before["lr"]:
-            drops.append(((before["epoch"] + after["epoch"]) / 2, before["lr"] / after["lr"]))
-    return drops
-
-
-def _series(history: list[dict], key: str, zero: bool = False) -> tuple[list, list]:
-    """Epochs and values of `key` in the rows that have a positive value for it (log axes), or a
-    non-negative one with `zero`."""
-    pairs = [(h["epoch"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and
-             (h[key] > 0 or (zero and h[key] == 0))]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-PERCENT_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-                 0.8, 0.9, 1.0)
-ONE_TWO_FIVE = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def percent_ticks(low: float, high: float, most: int = 11) -> list[float]:
-    """Round percentages between low and high for a log axis: as many as fit in `most`, the 1-2-5
-    ones when there are too many (a wide range), so a narrow range still gets several."""
-    inside = [t for t in PERCENT_TICKS if low <= t <= high]
-    if len(inside) > most:
-        inside = [t for t in inside if t in ONE_TWO_FIVE]
-    return inside
-
-
-def _error_axis(ax) -> None:
-    """A log axis in round percentages for the error panel. When an error reached 0 (which a log axis
-    has no place for) the axis is linear below the smallest decade reached and log above (symlog),
-    so the zeros show at the bottom instead of leaving gaps in the lines."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
-    values = np.concatenate([np.asarray(line.get_ydata(), np.float64) for line in ax.lines])
-    positive = values[values > 0]
-    top = min(1.0, float(values.max()) * 1.15) if positive.size else 1.0
-    if (values == 0).any():
-        floor = 10.0 ** np.floor(np.log10(positive.min())) if positive.size else 0.01
-        ax.set_yscale("symlog", linthresh=floor, linscale=0.3)
-        ax.set_ylim(0, top)
-        ticks = [0.0] + percent_ticks(floor, top)
-    else:
-        ax.set_yscale("log")
-        ticks = percent_ticks(*ax.get_ylim())
-    ax.yaxis.set_major_locator(FixedLocator(ticks))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.0%}" if v >= 0.01 else f"{v:.1%}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def run_title(variant: str, store: str | os.PathLike | None, history: list[dict], run: Path | None = None) -> str:
-    """"VARIANT on STORE, DATE" (the date of the last epoch, else of the run's newest file; the store
-    left out when unknown): what a run's curves are titled by."""
-    stamp = str(history[-1].get("time", ""))[:10] if history else ""
-    for name in ("best.pt", "last.pt", "config.toml") if run is not None and not stamp else ():
-        if (run / name).is_file():
-            stamp = time.strftime("%Y-%m-%d", time.localtime((run / name).stat().st_mtime))
-            break
-    what = f"{variant} on {Path(store).name}" if store else variant
-    return f"{what}, {stamp}" if stamp else what
-
-
-def curves_figure(history: list[dict], title: str = ""):
-    """Loss, error rates and learning rate by epoch (a run's metrics.jsonl rows). Errors and the
-    learning rate on log axes, so the slow progress after the first epochs shows (`_error_axis`);
-    each fall of the learning rate (§5: divided by 10 on a plateau) is a red dotted line on every
-    panel, its factor written on the learning-rate panel."""
-    fig, axes = new_figure(nrows=1, ncols=3, figsize=(13, 4.2))
-    ax_loss, ax_err, ax_lr = axes
-    style = {"marker": "o", "markersize": 3} if len(history) < 30 else {}
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        ax_loss.plot(*_series(history, key), label=label, **style)
-    for key, label in (("train_top1_err", "train top-1"), ("val_top1_err", "validation top-1"),
-                       ("val_top5_err", "validation top-5")):
-        ax_err.plot(*_series(history, key, zero=True), label=label, **style)
-    ax_lr.plot(*_series(history, "lr"), color="tab:gray", **style)
-    ax_loss.set(title="loss", ylabel="cross-entropy")
-    ax_err.set(title="error rate", ylabel="error (log scale)")
-    ax_lr.set(title="learning rate (§5)", ylabel="learning rate (log scale)")
-    drops = lr_drops(history)
-    if any(len(line.get_xdata()) for line in ax_lr.lines):
-        ax_lr.set_yscale("log")
-    if any(len(line.get_xdata()) for line in ax_err.lines):
-        _error_axis(ax_err)
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3, which="both")
-        for x, _ in drops:
-            ax.axvline(x, color="tab:red", linestyle=":", linewidth=1, gid="lr-drop")
-    for x, factor in drops:
-        ax_lr.annotate(f"÷{factor:.3g}", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                       textcoords="offset points", color="tab:red", fontsize=8)
-    for ax in (ax_loss, ax_err):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, **PLAIN)
-    fig.tight_layout()
-    return fig
-
-
-def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """`curves_figure` as a PNG."""
-    return _save(curves_figure(history, title), path)
+__all__ = ["PLAIN", "new_figure", "png_bytes", "pyplot", "save_figure", "wrap_name", "curves_figure", "lr_drops",
+           "percent_ticks", "plot_curves", "run_title", "scale_kernels", "kernel_blocks", "kernel_mosaic",
+           "kernel_figure", "save_kernel_mosaic", "top5_figure", "save_top5_figure", "neighbours_figure",
+           "save_neighbours_figure"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,7 +104,7 @@ def kernel_figure(weight, towers: int = 2, title: str = "", scale: str = "shared
 def save_kernel_mosaic(weight, path: str | os.PathLike, towers: int = 2, title: str = "",
                        scale: str = "shared") -> Path:
     """`kernel_figure` as a PNG, at the size it was laid out for."""
-    return _save(kernel_figure(weight, towers, title, scale), path)
+    return save_figure(kernel_figure(weight, towers, title, scale), path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,7 +184,7 @@ def top5_figure(images, probs, labels, class_names: list[str], columns: int = 4,
 def save_top5_figure(images, probs, labels, class_names: list[str], path: str | os.PathLike,
                      columns: int = 4, title: str = "") -> Path:
     """`top5_figure` as a PNG."""
-    return _save(top5_figure(images, probs, labels, class_names, columns, title), path, dpi=90)
+    return save_figure(top5_figure(images, probs, labels, class_names, columns, title), path, dpi=90)
 
 
 def neighbours_figure(queries, neighbours, query_titles=None, neighbour_titles=None, title: str = ""):
@@ -384,4 +217,4 @@ def neighbours_figure(queries, neighbours, query_titles=None, neighbour_titles=N
 def save_neighbours_figure(queries, neighbours, path: str | os.PathLike, query_titles=None,
                            neighbour_titles=None, title: str = "") -> Path:
     """`neighbours_figure` as a PNG."""
-    return _save(neighbours_figure(queries, neighbours, query_titles, neighbour_titles, title), path, dpi=90)
+    return save_figure(neighbours_figure(queries, neighbours, query_titles, neighbour_titles, title), path, dpi=90)

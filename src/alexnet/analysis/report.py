@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from alexnet.analysis.features import load_features
-from alexnet.analysis.figures import (plot_curves, run_title, save_kernel_mosaic, save_neighbours_figure,
-                                      save_top5_figure)
+from alexnet.analysis.curves import plot_curves, run_title
+from alexnet.analysis.figures import save_kernel_mosaic, save_neighbours_figure, save_top5_figure
 from alexnet.analysis.neighbours import RunningNearest, nearest_neighbours
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from alexnet.config import Config

@@ -1,4 +1,5 @@
-"""The run report's own figures, as PNG bytes: training curves and the confusion matrix.
+"""The run report's own figures, as PNG bytes: training curves (alexnet.analysis.curves) and the
+confusion matrix.
 
 Text from data (class names) is drawn as text (`PLAIN`: no mathtext, which reads a pair of `$` as
 a formula).
@@ -10,7 +11,8 @@ import math
 
 import numpy as np
 
-from alexnet.analysis.figures import PLAIN, curves_figure, lr_drops, new_figure, percent_ticks, png_bytes
+from alexnet.analysis.canvas import PLAIN, new_figure, png_bytes
+from alexnet.analysis.curves import curves_figure, lr_drops, percent_ticks
 
 __all__ = ["confusion_matrix", "confusion_png", "curves_png", "lr_drops", "percent_ticks"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet.analysis.figures import run_title as title_of_run
+from alexnet.analysis.curves import run_title as title_of_run
 from alexnet.analysis.figures import save_kernel_mosaic, save_neighbours_figure, save_top5_figure
 from alexnet.analysis.neighbours import nearest_neighbours
 from alexnet.analysis.report import example_indices, spread_sample
