@@ -195,7 +195,7 @@ def neighbours_figure(queries, neighbours, query_titles=None, neighbour_titles=N
               + [neighbour_titles[i][j] if neighbour_titles else "" for j in range(k)] for i in range(q)]
     titles = [[wrap_name(t, 19) for t in row] for row in titles]
     lines = max(t.count("\n") + 1 for row in titles for t in row)
-    row_h = 1.55 + 0.16 * lines
+    row_h = 1.7 + 0.16 * lines
     fig, axes = new_figure(nrows=q, ncols=k + 1, figsize=(1.6 * (k + 1), row_h * q + 0.5), squeeze=False)
     for i in range(q):
         for j in range(k + 1):
@@ -210,7 +210,7 @@ def neighbours_figure(queries, neighbours, query_titles=None, neighbour_titles=N
                     side.set_linewidth(2.5)
     fig.suptitle(title or "Nearest training images in fc7 space (§6.1, Fig. 4 right); first column: the query",
                  fontsize=10, **PLAIN)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (row_h * q + 0.5)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (row_h * q + 0.5)), h_pad=1.6)
     return fig
 
 
