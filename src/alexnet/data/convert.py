@@ -45,24 +45,41 @@ class Settings:
     draft: bool
 
 
-class _Sums:
-    """A chunk's training-set statistics as exact integer sums: uint8 pixels make every sum fit int64
-    even for all of ImageNet."""
+PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # the distinct entries of the RGB outer product
+
+
+def rgb_second_moments(pixels: np.ndarray) -> np.ndarray:
+    """(3, 3) int64: the sum over the image's pixels of p p^T, exact. Each product of two uint8 values
+    fits a uint16 and a 256x256 image's sum of them a uint32 (65,536 x 65,025 < 2^32); larger images
+    are summed in blocks of 2^16 pixels. 0.5 ms at 256x256 against 1.0 ms for float64 BLAS (exact too,
+    but it converts every pixel to 8 bytes first)."""
+    planes = pixels.reshape(-1, 3).T.astype(np.uint16)
+    out = np.zeros((3, 3), np.int64)
+    for first in range(0, planes.shape[1], 1 << 16):
+        block = planes[:, first : first + (1 << 16)]
+        for i, j in PAIRS:
+            out[i, j] += int(np.multiply(block[i], block[j]).sum(dtype=np.uint32))
+    out[1, 0], out[2, 0], out[2, 1] = out[0, 1], out[0, 2], out[1, 2]
+    return out
+
+
+class ChunkSums:
+    """A chunk's training-set statistics as exact integer sums, kept in the worker and merged by the
+    parent (integer sums: the order of merging cannot change the result). The image sum is uint32:
+    16.8 M images of 255 fit, and a chunk holds at most CHUNK_SIZE."""
 
     def __init__(self, size: int):
         self.count = 0
-        self.sum_image = np.zeros((size, size, 3), np.int64)
-        self.rgb_sum = np.zeros(3, np.int64)
+        self.sum_image = np.zeros((size, size, 3), np.uint32)
         self.rgb_outer = np.zeros((3, 3), np.int64)
 
     def add(self, pixels: np.ndarray) -> None:
         self.count += 1
-        self.sum_image += pixels
-        # float64 BLAS is exact here (every partial sum is an integer below 2^53) and 2.5x faster than
-        # numpy's int64 matmul; the running totals are kept as int64.
-        flat = pixels.reshape(-1, 3).astype(np.float64)
-        self.rgb_sum += flat.sum(0).astype(np.int64)
-        self.rgb_outer += (flat.T @ flat).astype(np.int64)
+        np.add(self.sum_image, pixels, out=self.sum_image)
+        self.rgb_outer += rgb_second_moments(pixels)
+
+    def rgb_sum(self) -> np.ndarray:
+        return self.sum_image.sum((0, 1), dtype=np.int64)
 
 
 def npy_header_bytes(path: Path) -> int:
@@ -86,7 +103,7 @@ def process_chunk(chunk: Chunk, s: Settings) -> dict:
     out = Path(s.work) / chunk.split
     stats = chunk.split == "train"
     valid, skipped, converted, blobs = [], [], [], []
-    sums = _Sums(s.size)
+    sums = ChunkSums(s.size)
     fd = os.open(out / "images.npy", os.O_WRONLY) if s.fmt == "raw" else None
     try:
         offset = npy_header_bytes(out / "images.npy") if fd is not None else 0
@@ -116,7 +133,7 @@ def process_chunk(chunk: Chunk, s: Settings) -> dict:
         _write_shard(out / "shards" / f"{chunk.index:06d}.bin", blobs)
     return {"split": chunk.split, "index": chunk.index, "valid": valid, "skipped": skipped,
             "converted": converted, "lengths": [len(b) for b in blobs], "count": sums.count,
-            "sum_image": sums.sum_image, "rgb_sum": sums.rgb_sum, "rgb_outer": sums.rgb_outer}
+            "sum_image": sums.sum_image, "rgb_sum": sums.rgb_sum(), "rgb_outer": sums.rgb_outer}
 
 
 def _watch_parent(parent: int) -> None:

@@ -41,7 +41,10 @@ from alexnet.errors import UserError
 from alexnet.files import (fsync_dir, fsync_file, save_npy_atomic, save_npz_atomic, store_lock, write_bytes_atomic,
                            write_json_atomic)
 
-CHUNK_SIZE = 256  # images a worker converts between progress records (~50 MB of raw pixels at 256)
+CHUNK_SIZE = 256  # most images a worker converts between progress records (~50 MB of raw pixels at 256)
+MIN_CHUNK_SIZE = 16
+CHUNKS_WANTED = 64  # so that the workers finish together: 1,280 images in 5 chunks of 256 left one of
+                    # two workers idle for the last sixth of the run
 CHECKPOINT_SECONDS = 10.0  # at most this much converting is redone after a kill
 
 
@@ -105,11 +108,19 @@ def _recover_overwrite(dst: Path, log) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def chunk_size(source: Source) -> int:
+    """Images per chunk: about CHUNKS_WANTED chunks, MIN_CHUNK_SIZE..CHUNK_SIZE images each. It
+    depends on the files alone, not on --workers, so a resumed run may use another worker count."""
+    total = sum(len(split.files) for split in source.splits.values())
+    return min(CHUNK_SIZE, max(MIN_CHUNK_SIZE, -(-total // CHUNKS_WANTED)))
+
+
 def plan_key(source: Source, settings: Settings) -> str:
     """A hash of what the store will hold: the format, the settings, every file and label."""
     h = hashlib.sha256()
     s = settings
-    h.update(json.dumps([FORMAT_VERSION, s.size, s.fmt, s.quality, s.draft, CHUNK_SIZE, source.classes]).encode())
+    h.update(json.dumps([FORMAT_VERSION, s.size, s.fmt, s.quality, s.draft, chunk_size(source),
+                         source.classes]).encode())
     for name, split in sorted(source.splits.items()):
         h.update(json.dumps([name, split.files]).encode())  # JSON escapes newlines and odd bytes alike
         h.update(np.asarray(split.labels, np.int64).tobytes())
@@ -161,11 +172,11 @@ def _resume_or_start(work: Path, source: Source, settings: Settings, key: str, s
 
 
 def _chunks_to_do(source: Source, state: Progress, src: Path) -> list[Chunk]:
-    chunks = []
+    chunks, n = [], chunk_size(source)
     for name, split in source.splits.items():
-        for k, first in enumerate(range(0, len(split.files), CHUNK_SIZE)):
+        for k, first in enumerate(range(0, len(split.files), n)):
             if (name, k) not in state.done:
-                paths = [str(src / p) for p in split.files[first : first + CHUNK_SIZE]]
+                paths = [str(src / p) for p in split.files[first : first + n]]
                 chunks.append(Chunk(name, k, first, paths))
     return chunks
 

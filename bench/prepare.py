@@ -1,0 +1,116 @@
+"""`alexnet prepare` against the minimal Pillow loop a user would write, with the same worker count.
+
+    python bench/prepare.py [--quick] [--images 1280] [--rounds 3] [--out FILE.jsonl]
+
+Makes N ImageNet-like JPEGs (q90, ~500x375, mixed aspect ratios: bench/loader.py's generator) and,
+for the raw and jpeg stores with 1 and 2 worker processes, times end to end as subprocesses, start-up
+included, interleaved A B A B:
+  A  the loop: a multiprocessing.Pool that opens each file with Pillow, resizes the shorter side to
+     256 (Lanczos, as prepare), crops the centre and writes the uint8 pixels into one .npy memory map;
+  B  `alexnet prepare SRC DST --workers W --format F --quiet` (statistics, progress records and
+     fsyncs included).
+Each row gives the median images/s of A and B and the median of the pair ratios B/A (above 1: prepare
+is faster). The loop writes raw pixels in both rows; the jpeg row's prepare also encodes each image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import report  # noqa: E402
+from loader import make_folder  # noqa: E402
+
+SRC_DIR = HERE.parent / "src"
+
+LOOP = r'''
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZE = 256
+
+
+def open_output(path):
+    global OUT
+    OUT = np.load(path, mmap_mode="r+")
+
+
+def convert(job):
+    i, path = job
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    s = SIZE / min(w, h)
+    w, h = max(SIZE, round(w * s)), max(SIZE, round(h * s))
+    img = img.resize((w, h), Image.Resampling.LANCZOS)
+    left, top = (w - SIZE) // 2, (h - SIZE) // 2
+    OUT[i] = np.asarray(img.crop((left, top, left + SIZE, top + SIZE)))
+
+
+if __name__ == "__main__":
+    files = sorted(str(p) for p in Path(sys.argv[1]).rglob("*.JPEG"))
+    np.lib.format.open_memmap(sys.argv[2], mode="w+", dtype=np.uint8, shape=(len(files), SIZE, SIZE, 3)).flush()
+    with Pool(int(sys.argv[3]), initializer=open_output, initargs=(sys.argv[2],)) as pool:
+        for _ in pool.imap_unordered(convert, enumerate(files), chunksize=16):
+            pass
+'''
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=1280)
+    p.add_argument("--rounds", type=int, default=3, help="A B pairs per row")
+    p.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    if args.quick:
+        args.images, args.rounds = 256, 2
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC_DIR), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src, loop_py, loop_out, dst = tmp / "src", tmp / "loop.py", tmp / "loop.npy", tmp / "store"
+        make_folder(src, args.images)
+        loop_py.write_text(LOOP)
+        for fmt in ("raw", "jpeg"):
+            for workers in (int(w) for w in args.workers.split(",")):
+                loop_cmd = [sys.executable, str(loop_py), str(src), str(loop_out), str(workers)]
+                ours_cmd = [sys.executable, "-m", "alexnet.cli", "prepare", str(src), str(dst), "--workers",
+                            str(workers), "--format", fmt, "--quiet"]
+                loops, ours = [], []
+                for _ in range(args.rounds):
+                    loops.append(timed(loop_cmd, env))
+                    loop_out.unlink()
+                    ours.append(timed(ours_cmd, env))
+                    shutil.rmtree(dst)
+                ratios = [a / b for a, b in zip(loops, ours)]
+                rows.append({"store": fmt, "workers": workers, "images": args.images,
+                             "loop img/s": args.images / statistics.median(loops),
+                             "prepare img/s": args.images / statistics.median(ours),
+                             "prepare / loop": statistics.median(ratios), "pairs": args.rounds})
+    report("prepare", f"alexnet prepare vs a minimal Pillow loop, {args.images} JPEGs ~500x375 q90, "
+           f"end to end with start-up, median of {args.rounds} interleaved pairs", rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
