@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from alexnet.data.convert import Chunk, Settings, run_chunks
+from alexnet.data.convert import Chunk, Settings, run_chunks, sync_chunks, worker_pool
 from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (old import path)
 from alexnet.data.progress import PROGRESS_FILE, Progress
 from alexnet.data.source import Source, name_to_json, printable, scan_source
@@ -181,34 +181,42 @@ def _chunks_to_do(source: Source, state: Progress, src: Path) -> list[Chunk]:
     return chunks
 
 
-def convert(chunks: list[Chunk], state: Progress, settings: Settings, workers: int, bar) -> None:
-    """Run the chunks, recording each and saving the progress every CHECKPOINT_SECONDS and on the way
-    out, whatever ends the run (Ctrl-C, SIGTERM through the CLI, a full disk)."""
+def convert(chunks: list[Chunk], state: Progress, settings: Settings, pool, workers: int, bar) -> None:
+    """Run the chunks on `pool` (None: in this process), recording each and saving the progress every
+    CHECKPOINT_SECONDS and on the way out, whatever ends the run (Ctrl-C, SIGTERM through the CLI, a
+    full disk). A save first puts the pixels of the chunks it records on disk (sync_chunks)."""
     work = Path(settings.work)
-    last_save = time.time()
+    last_save, unsynced = time.time(), []
     try:
-        for c, result in run_chunks(chunks, settings, workers):
+        for c, result in run_chunks(chunks, settings, pool, workers):
             state.record(result)
+            unsynced.append(c)
             bar.update(len(c.paths))
             if time.time() - last_save >= CHECKPOINT_SECONDS:
-                state.save(work)
+                _save(state, settings, unsynced)
                 last_save = time.time()
     except KeyboardInterrupt:
-        _save_quietly(state, work)
+        _save_quietly(state, settings, unsynced)
         raise KeyboardInterrupt(f"prepare interrupted; run the same command again to continue ({work})") from None
     except BrokenProcessPool:
-        _save_quietly(state, work)
+        _save_quietly(state, settings, unsynced)
         raise UserError(f"a worker process died (out of memory?); run the same command again to continue, "
                         f"with fewer --workers ({work})") from None
     except BaseException:
-        _save_quietly(state, work)
+        _save_quietly(state, settings, unsynced)
         raise
-    state.save(work)
+    _save(state, settings, unsynced)
 
 
-def _save_quietly(state: Progress, work: Path) -> None:
+def _save(state: Progress, settings: Settings, unsynced: list[Chunk]) -> None:
+    sync_chunks(settings, unsynced)
+    unsynced.clear()
+    state.save(Path(settings.work))
+
+
+def _save_quietly(state: Progress, settings: Settings, unsynced: list[Chunk]) -> None:
     try:
-        state.save(work)
+        _save(state, settings, unsynced)
     except OSError:  # e.g. the disk is still full: the previous save stands
         pass
 
@@ -366,9 +374,9 @@ def _prepare_locked(src: Path, dst: Path, settings: Settings, workers: int | Non
     if resumed:
         log(f"resuming an interrupted prepare: {resumed} chunk(s), {already} image(s) already done")
     workers = max(1, min(workers if workers and workers > 0 else os.cpu_count() or 1, len(chunks)))
-    with tqdm(total=total, initial=already, unit="img", desc="prepare", disable=not progress,
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        convert(chunks, state, settings, workers, bar)
+    with worker_pool(workers) as pool, tqdm(total=total, initial=already, unit="img", desc="prepare",
+                                            disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
+        convert(chunks, state, settings, pool, workers, bar)
     counts = finalise(work, source, state, settings, key)
     skipped, converted = _outcomes(source, state)
     install(work, dst)
