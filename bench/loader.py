@@ -1,10 +1,11 @@
 """Training-batch throughput: the store + batch loader vs a plain per-image Pillow pipeline.
 
-    python bench/loader.py [--images 512] [--batch 128] [--device auto]
+    python bench/loader.py [--images 512] [--batch 128] [--device auto] [--rounds 3] [--quick] [--out FILE.jsonl]
 
 Makes an ImageNet-like folder (JPEG q90, ~500x375, mixed aspect ratios) in a temporary directory,
-prepares it into a raw and a jpeg store at 256, then times in one run:
-Each row is the median of three runs.
+prepares it into a raw store and jpeg stores at quality 90 (prepare's default) and 85 at 256, then
+times each row interleaved with the naive pipeline (A B A B, --rounds pairs): a row's "vs naive per
+core" is the median of its pair ratios, the naive row the median of all baseline runs.
   naive   per image: Pillow decode, shorter side to 256, random 224 crop, random flip, float CHW
           tensor minus the mean (what a plain Dataset + transforms does), one process, one core;
   loader  this package's BatchLoader: uint8 (B, 256, 256, 3) batches gathered by background threads;
@@ -65,10 +66,9 @@ def naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator
     return len(files) / (time.perf_counter() - start)
 
 
-def loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None,
-                repeats: int = 3) -> float:
-    """Median images/s of `repeats` runs of `epochs` passes (the page cache holds the store)."""
-    return float(np.median([_loader_rate(store, batch, workers, device, epochs, transforms) for _ in range(repeats)]))
+def loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None) -> float:
+    """Images/s of `epochs` passes (the page cache holds the store after the first)."""
+    return _loader_rate(store, batch, workers, device, epochs, transforms)
 
 
 def _loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None) -> float:
@@ -93,8 +93,14 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0, help="loader threads (default: all cores)")
     p.add_argument("--epochs", type=int, default=4, help="passes over the store for the loader rows")
+    p.add_argument("--rounds", type=int, default=3, help="A B pairs (naive pipeline, row) per row")
+    p.add_argument("--quality", type=int, default=90, help="the jpeg store's quality (prepare's default)")
+    p.add_argument("--low-quality", type=int, default=85, help="a second jpeg store, the trade-off row")
+    p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    if args.quick:
+        args.images, args.rounds = min(args.images, 256), 2
     keep_freed_memory()
     device = resolve_device(args.device)
     cores = os.cpu_count() or 1
@@ -106,28 +112,41 @@ def main() -> None:
         t = time.perf_counter()
         prepare(src, Path(tmp) / "raw", size=256, progress=False, log=lambda *a: None)
         prep_raw = args.images / (time.perf_counter() - t)
-        prepare(src, Path(tmp) / "jpeg", size=256, fmt="jpeg", progress=False, log=lambda *a: None)
-        raw, jpg = ImageStore(Path(tmp) / "raw"), ImageStore(Path(tmp) / "jpeg")
+        for q in (args.quality, args.low_quality):
+            prepare(src, Path(tmp) / f"jpeg{q}", size=256, fmt="jpeg", quality=q, progress=False, log=lambda *a: None)
+        raw, jpg, low = (ImageStore(Path(tmp) / name) for name in ("raw", f"jpeg{args.quality}", f"jpeg{args.low_quality}"))
         files = sorted((src / "train").rglob("*.JPEG"))
-        naive = float(np.median([naive_pipeline(files, raw.mean[16:240, 16:240], np.random.default_rng(r))
-                                 for r in range(3)]))
-        rows.append({"pipeline": "naive Pillow per image (decode, resize, crop, flip, tensor)", "cores": 1,
-                     "images/s": naive, "images/s/core": naive, "vs naive per core": "1.0x"})
+        mean = raw.mean[16:240, 16:240]
+        naive_rates: list[float] = []
+        rows.append({})  # the naive row, filled in below from every baseline run
 
-        def add(name, rate, used):
+        def add(name, rate_fn, used):
+            """A B A B: the naive pipeline and the row in turn, the median of the per-core ratios."""
+            pairs = []
+            for r in range(args.rounds):
+                naive = naive_pipeline(files, mean, np.random.default_rng(r))
+                pairs.append((naive, rate_fn()))
+            naive_rates.extend(a for a, _ in pairs)
+            rate = float(np.median([b for _, b in pairs]))
+            ratio = float(np.median([b / used / a for a, b in pairs]))
             rows.append({"pipeline": name, "cores": used, "images/s": rate, "images/s/core": rate / used,
-                         "vs naive per core": f"{rate / used / naive:.1f}x"})
+                         "vs naive per core": f"{ratio:.1f}x"})
 
-        add("loader, raw store (uint8 batches)", loader_rate(raw, args.batch, 1, device, args.epochs), 1)
-        add(f"loader, raw store, {workers} threads", loader_rate(raw, args.batch, workers, device, args.epochs), cores)
-        add("loader, jpeg store (decode 256px)", loader_rate(jpg, args.batch, 1, device, 1), 1)
-        add(f"loader, jpeg store, {workers} threads", loader_rate(jpg, args.batch, workers, device, 1), cores)
+        add("loader, raw store (uint8 batches)", lambda: loader_rate(raw, args.batch, 1, device, args.epochs), 1)
+        add(f"loader, raw store, {workers} threads",
+            lambda: loader_rate(raw, args.batch, workers, device, args.epochs), cores)
+        for name, store in ((f"jpeg store q{args.quality}", jpg), (f"jpeg store q{args.low_quality}", low)):
+            add(f"loader, {name} (decode 256px)", lambda: loader_rate(store, args.batch, 1, device, 1), 1)
+            add(f"loader, {name}, {workers} threads", lambda: loader_rate(store, args.batch, workers, device, 1), cores)
         tr = BatchTransforms.for_store(raw, 224, device=device)
         used = 1 if device.type == "cuda" else cores
         add(f"loader + batch augmentation on {device.type}, raw store",
-            loader_rate(raw, args.batch, workers, device, args.epochs, tr), used if device.type == "cpu" else cores)
+            lambda: loader_rate(raw, args.batch, workers, device, args.epochs, tr), used if device.type == "cpu" else cores)
+        naive = float(np.median(naive_rates))
+        rows[0] = {"pipeline": "naive Pillow per image (decode, resize, crop, flip, tensor)", "cores": 1,
+                   "images/s": naive, "images/s/core": naive, "vs naive per core": "1.0x"}
     report("loader", f"{args.images} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
-           f"prepare {prep_raw:.0f} images/s", rows, args.out)
+           f"prepare {prep_raw:.0f} images/s; each ratio the median of {args.rounds} interleaved pairs", rows, args.out)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+SRC_DIR = HERE.parent / "src"
+sys.path[:0] = [str(HERE), str(SRC_DIR)]
 from common import report  # noqa: E402
 from loader import make_folder  # noqa: E402
-
-SRC_DIR = HERE.parent / "src"
 
 LOOP = r'''
 import sys
@@ -80,12 +79,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="A B pairs per row")
     p.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
     p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
+    p.add_argument("--compare-src", default="", help="also time the prepare of another checkout's src/ "
+                   "(e.g. an older commit's, from `git archive`) in each round: A B C A B C")
     p.add_argument("--out", default="")
     args = p.parse_args()
     if args.quick:
         args.images, args.rounds = 256, 2
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC_DIR), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "PYTHONPATH": str(SRC_DIR), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    other_env = {**env, "PYTHONPATH": str(Path(args.compare_src).resolve())} if args.compare_src else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -97,17 +98,22 @@ def main() -> None:
                 loop_cmd = [sys.executable, str(loop_py), str(src), str(loop_out), str(workers)]
                 ours_cmd = [sys.executable, "-m", "alexnet.cli", "prepare", str(src), str(dst), "--workers",
                             str(workers), "--format", fmt, "--quiet"]
-                loops, ours = [], []
+                loops, ours, others = [], [], []
                 for _ in range(args.rounds):
                     loops.append(timed(loop_cmd, env))
                     loop_out.unlink()
                     ours.append(timed(ours_cmd, env))
                     shutil.rmtree(dst)
-                ratios = [a / b for a, b in zip(loops, ours)]
-                rows.append({"store": fmt, "workers": workers, "images": args.images,
-                             "loop img/s": args.images / statistics.median(loops),
-                             "prepare img/s": args.images / statistics.median(ours),
-                             "prepare / loop": statistics.median(ratios), "pairs": args.rounds})
+                    if other_env:
+                        others.append(timed(ours_cmd, other_env))
+                        shutil.rmtree(dst)
+                row = {"store": fmt, "workers": workers, "images": args.images,
+                       "loop img/s": args.images / statistics.median(loops),
+                       "prepare img/s": args.images / statistics.median(ours),
+                       "prepare / loop": statistics.median(a / b for a, b in zip(loops, ours)), "pairs": args.rounds}
+                if other_env:
+                    row["compared prepare / loop"] = statistics.median(a / c for a, c in zip(loops, others))
+                rows.append(row)
     report("prepare", f"alexnet prepare vs a minimal Pillow loop, {args.images} JPEGs ~500x375 q90, "
            f"end to end with start-up, median of {args.rounds} interleaved pairs", rows, args.out)
 

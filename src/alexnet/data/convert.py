@@ -67,21 +67,37 @@ def rgb_second_moments(pixels: np.ndarray) -> np.ndarray:
 
 class ChunkSums:
     """A chunk's training-set statistics as exact integer sums, kept in the worker and merged by the
-    parent (integer sums: the order of merging cannot change the result). The image sum is uint32:
-    16.8 M images of 255 fit, and a chunk holds at most CHUNK_SIZE."""
+    parent (integer sums: the order of merging cannot change the result). Images are added into a
+    uint16 sum (257 images of 255 fit; half the memory traffic of uint32), folded into the int64 total
+    every FOLD images."""
+
+    FOLD = 257
 
     def __init__(self, size: int):
         self.count = 0
-        self.sum_image = np.zeros((size, size, 3), np.uint32)
+        self._recent = np.zeros((size, size, 3), np.uint16)
+        self._total = np.zeros((size, size, 3), np.int64)
         self.rgb_outer = np.zeros((3, 3), np.int64)
 
     def add(self, pixels: np.ndarray) -> None:
+        np.add(self._recent, pixels, out=self._recent)
         self.count += 1
-        np.add(self.sum_image, pixels, out=self.sum_image)
+        if self.count % self.FOLD == 0:
+            self._fold()
         self.rgb_outer += rgb_second_moments(pixels)
 
+    def _fold(self) -> None:
+        self._total += self._recent
+        self._recent[...] = 0
+
+    @property
+    def sum_image(self) -> np.ndarray:
+        """(S, S, 3) int64: the sum of the images added."""
+        self._fold()
+        return self._total
+
     def rgb_sum(self) -> np.ndarray:
-        return self.sum_image.sum((0, 1), dtype=np.int64)
+        return self.sum_image.sum((0, 1))
 
 
 def npy_header_bytes(path: Path) -> int:
@@ -158,7 +174,8 @@ def process_chunk(chunk: Chunk, s: Settings) -> dict:
         _write_shard(shard_path(s.work, chunk.split, chunk.index), blobs)
     return {"split": chunk.split, "index": chunk.index, "valid": valid, "skipped": skipped,
             "converted": converted, "lengths": [len(b) for b in blobs], "count": sums.count,
-            "sum_image": sums.sum_image, "rgb_sum": sums.rgb_sum(), "rgb_outer": sums.rgb_outer}
+            "sum_image": sums.sum_image.astype(np.uint32),  # half the bytes through the pipe; a chunk fits
+            "rgb_sum": sums.rgb_sum(), "rgb_outer": sums.rgb_outer}
 
 
 def _watch_parent(parent: int) -> None:

@@ -46,11 +46,20 @@ def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def resize_and_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """§2: shorter side to `size`, then the central `size` x `size` patch."""
-    w, h = resized_shape(*img.size, size)
+    """§2: shorter side to `size`, then the central `size` x `size` patch. Pillow resizes in two passes,
+    horizontal then vertical, each column of the second pass on its own; so a wide image is resized
+    across, cropped to its central columns, and only those resized down: the same pixels (tests) with
+    a quarter less of the vertical pass at 500x375."""
+    width, height = img.size
+    w, h = resized_shape(width, height, size)
+    left, top = (w - size) // 2, (h - size) // 2
+    if w > size:
+        if w != width:
+            img = img.resize((w, height), RESAMPLE)
+        img = img.crop((left, 0, left + size, height))
+        return img.resize((size, h), RESAMPLE) if h != height else img
     if (w, h) != img.size:
         img = img.resize((w, h), RESAMPLE)
-    left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
