@@ -6,11 +6,13 @@ Makes N ImageNet-like JPEGs (q90, ~500x375, mixed aspect ratios: bench/loader.py
 for the raw and jpeg stores with 1 and 2 worker processes, times end to end as subprocesses, start-up
 included, interleaved A B A B:
   A  the loop: a multiprocessing.Pool that opens each file with Pillow, resizes the shorter side to
-     256 (Lanczos, as prepare), crops the centre and writes the uint8 pixels into one .npy memory map;
+     256 (Lanczos, as prepare), crops the centre and writes the uint8 pixels into one .npy memory map
+     (raw rows), or saves each image as its own JPEG at quality 90 (jpeg rows: prepare's default);
   B  `alexnet prepare SRC DST --workers W --format F --quiet` (statistics, progress records and
      fsyncs included).
 Each row gives the median images/s of A and B and the median of the pair ratios B/A (above 1: prepare
-is faster). The loop writes raw pixels in both rows; the jpeg row's prepare also encodes each image.
+is faster). prepare also computes the training statistics (of the decoded JPEGs in a jpeg store, so
+it decodes each image it encodes), records its progress and fsyncs what it wrote; the loop does none.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ SIZE = 256
 
 def open_output(path):
     global OUT
-    OUT = np.load(path, mmap_mode="r+")
+    OUT = np.load(path, mmap_mode="r+") if path.endswith(".npy") else Path(path)
 
 
 def convert(job):
@@ -55,12 +57,19 @@ def convert(job):
     w, h = max(SIZE, round(w * s)), max(SIZE, round(h * s))
     img = img.resize((w, h), Image.Resampling.LANCZOS)
     left, top = (w - SIZE) // 2, (h - SIZE) // 2
-    OUT[i] = np.asarray(img.crop((left, top, left + SIZE, top + SIZE)))
+    img = img.crop((left, top, left + SIZE, top + SIZE))
+    if isinstance(OUT, Path):
+        img.save(OUT / f"{i:07d}.jpg", quality=90)
+    else:
+        OUT[i] = np.asarray(img)
 
 
 if __name__ == "__main__":
     files = sorted(str(p) for p in Path(sys.argv[1]).rglob("*.JPEG"))
-    np.lib.format.open_memmap(sys.argv[2], mode="w+", dtype=np.uint8, shape=(len(files), SIZE, SIZE, 3)).flush()
+    if sys.argv[2].endswith(".npy"):
+        np.lib.format.open_memmap(sys.argv[2], mode="w+", dtype=np.uint8, shape=(len(files), SIZE, SIZE, 3)).flush()
+    else:
+        Path(sys.argv[2]).mkdir()
     with Pool(int(sys.argv[3]), initializer=open_output, initargs=(sys.argv[2],)) as pool:
         for _ in pool.imap_unordered(convert, enumerate(files), chunksize=16):
             pass
@@ -90,18 +99,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src, loop_py, loop_out, dst = tmp / "src", tmp / "loop.py", tmp / "loop.npy", tmp / "store"
+        src, loop_py, dst = tmp / "src", tmp / "loop.py", tmp / "store"
         make_folder(src, args.images)
         loop_py.write_text(LOOP)
         for fmt in ("raw", "jpeg"):
             for workers in (int(w) for w in args.workers.split(",")):
+                loop_out = tmp / ("loop.npy" if fmt == "raw" else "loop_jpeg")
                 loop_cmd = [sys.executable, str(loop_py), str(src), str(loop_out), str(workers)]
                 ours_cmd = [sys.executable, "-m", "alexnet.cli", "prepare", str(src), str(dst), "--workers",
                             str(workers), "--format", fmt, "--quiet"]
                 loops, ours, others = [], [], []
                 for _ in range(args.rounds):
                     loops.append(timed(loop_cmd, env))
-                    loop_out.unlink()
+                    shutil.rmtree(loop_out) if loop_out.is_dir() else loop_out.unlink()
                     ours.append(timed(ours_cmd, env))
                     shutil.rmtree(dst)
                     if other_env:
