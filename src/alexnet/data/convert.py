@@ -53,14 +53,14 @@ PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # the distinct entries
 def rgb_second_moments(pixels: np.ndarray) -> np.ndarray:
     """(3, 3) int64: the sum over the image's pixels of p p^T, exact. Each product of two uint8 values
     fits a uint16 and a 256x256 image's sum of them a uint32 (65,536 x 65,025 < 2^32); larger images
-    are summed in blocks of 2^16 pixels. 0.5 ms at 256x256 against 1.0 ms for float64 BLAS (exact too,
-    but it converts every pixel to 8 bytes first)."""
-    planes = pixels.reshape(-1, 3).T.astype(np.uint16)
+    are summed in blocks of 2^16 pixels. From contiguous uint8 planes: 3x faster than float64 BLAS
+    (exact too, but it widens every value to 8 bytes first), 1.5x faster than from uint16 planes."""
+    planes = np.ascontiguousarray(pixels.reshape(-1, 3).T)
     out = np.zeros((3, 3), np.int64)
     for first in range(0, planes.shape[1], 1 << 16):
         block = planes[:, first : first + (1 << 16)]
         for i, j in PAIRS:
-            out[i, j] += int(np.multiply(block[i], block[j]).sum(dtype=np.uint32))
+            out[i, j] += int(np.multiply(block[i], block[j], dtype=np.uint16).sum(dtype=np.uint32))
     out[1, 0], out[2, 0], out[2, 1] = out[0, 1], out[0, 2], out[1, 2]
     return out
 
@@ -93,7 +93,8 @@ class ChunkSums:
     @property
     def sum_image(self) -> np.ndarray:
         """(S, S, 3) int64: the sum of the images added."""
-        self._fold()
+        if self.count % self.FOLD:
+            self._fold()
         return self._total
 
     def rgb_sum(self) -> np.ndarray:
