@@ -1,10 +1,13 @@
 """Training-batch throughput: the store + batch loader vs a plain per-image Pillow pipeline.
 
-    python bench/loader.py [--images 512] [--batch 128] [--device auto]
+    python bench/loader.py [--images 512] [--batch 128] [--device auto] [--rounds 3] [--quick] [--out FILE.jsonl]
 
 Makes an ImageNet-like folder (JPEG q90, ~500x375, mixed aspect ratios) in a temporary directory,
-prepares it into a raw and a jpeg store at 256, then times in one run:
-Each row is the median of three runs.
+prepares it into a raw store and jpeg stores at quality 90 (prepare's default) and 85 at 256, then
+times each row interleaved with the naive pipeline (A B A B, --rounds pairs): a row's "vs naive per
+core" is the median of its pair ratios of wall-clock images/s per core, "vs naive per CPU-s" the same
+of images per CPU second of the process (all its threads: steadier than the wall clock when other
+processes share the cores); the naive row gives the median of all baseline runs.
   naive   per image: Pillow decode, shorter side to 256, random 224 crop, random flip, float CHW
           tensor minus the mean (what a plain Dataset + transforms does), one process, one core;
   loader  this package's BatchLoader: uint8 (B, 256, 256, 3) batches gathered by background threads;
@@ -49,8 +52,15 @@ def make_folder(root: Path, n: int, classes: int = 8) -> None:
         Image.fromarray(pixels).save(folder / f"img_{i:05d}.JPEG", quality=90)
 
 
-def naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator) -> float:
-    start = time.perf_counter()
+def rates(n: int, start: tuple[float, float]) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process, all its threads) since `start`,
+    a (perf_counter, process_time) pair. CPU seconds are what "per core" means, and other processes
+    on a busy machine change them far less than the wall clock."""
+    return n / (time.perf_counter() - start[0]), n / (time.process_time() - start[1])
+
+
+def naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    start = time.perf_counter(), time.process_time()
     for f in files:
         img = Image.open(f).convert("RGB")
         w, h = img.size
@@ -62,19 +72,20 @@ def naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) - mean).permute(2, 0, 1).contiguous()
         del x
-    return len(files) / (time.perf_counter() - start)
+    return rates(len(files), start)
 
 
-def loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None,
-                repeats: int = 3) -> float:
-    """Median images/s of `repeats` runs of `epochs` passes (the page cache holds the store)."""
-    return float(np.median([_loader_rate(store, batch, workers, device, epochs, transforms) for _ in range(repeats)]))
+def loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int,
+                transforms=None) -> tuple[float, float]:
+    """Images/s of `epochs` passes (the page cache holds the store after the first)."""
+    return _loader_rate(store, batch, workers, device, epochs, transforms)
 
 
-def _loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int, transforms=None) -> float:
+def _loader_rate(store, batch: int, workers: int, device: torch.device, epochs: int,
+                 transforms=None) -> tuple[float, float]:
     n = 0
     gen = torch.Generator(device).manual_seed(0)
-    start = time.perf_counter()
+    start = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         for images, labels, _ in BatchLoader(store, train_plan(len(store), batch, epoch, 0), device, workers):
             if transforms is not None:
@@ -83,7 +94,37 @@ def _loader_rate(store, batch: int, workers: int, device: torch.device, epochs: 
                     x = x.contiguous()
             n += len(labels)
     sync(device)
-    return n / (time.perf_counter() - start)
+    return rates(n, start)
+
+
+def codec_rows(pixels: list[np.ndarray], rounds: int) -> list[dict]:
+    """Store encodings and decoder flags at 256x256: decode time against the store's own (q90 4:2:0,
+    accurate DCT, fancy upsampling) timed in turn, and the mean absolute error to the raw pixels."""
+    import simplejpeg
+
+    out = np.empty_like(pixels[0])
+
+    def encode(q, sub):
+        return [simplejpeg.encode_jpeg(p, q, colorspace="RGB", colorsubsampling=sub) for p in pixels]
+
+    def seconds(blobs, fast_dct, fast_up):
+        start = time.perf_counter()
+        for b in blobs:
+            simplejpeg.decode_jpeg(b, colorspace="RGB", fastdct=fast_dct, fastupsample=fast_up, buffer=out)
+        return time.perf_counter() - start
+
+    store = encode(90, "420")
+    rows = []
+    for q, sub in ((90, "420"), (90, "444"), (85, "420"), (75, "420")):
+        blobs = encode(q, sub)
+        for fast_dct, fast_up in ((False, False), (True, False), (False, True), (True, True)):
+            speed = np.median([seconds(store, False, False) / seconds(blobs, fast_dct, fast_up) for _ in range(rounds)])
+            err = np.mean([np.abs(simplejpeg.decode_jpeg(b, colorspace="RGB", fastdct=fast_dct, fastupsample=fast_up)
+                                  .astype(int) - p).mean() for b, p in zip(blobs, pixels)])
+            rows.append({"encoding": f"q{q} {sub}", "fastdct": fast_dct, "fastupsample": fast_up,
+                         "KB": np.mean([len(b) for b in blobs]) / 1024, "decode speed vs q90 420": float(speed),
+                         "mean abs error": float(err)})
+    return rows
 
 
 def main() -> None:
@@ -93,8 +134,15 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0, help="loader threads (default: all cores)")
     p.add_argument("--epochs", type=int, default=4, help="passes over the store for the loader rows")
+    p.add_argument("--rounds", type=int, default=3, help="A B pairs (naive pipeline, row) per row")
+    p.add_argument("--quality", type=int, default=90, help="the jpeg store's quality (prepare's default)")
+    p.add_argument("--low-quality", type=int, default=85, help="a second jpeg store, the trade-off row")
+    p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
+    p.add_argument("--codecs", action="store_true", help="only the table of store encodings and decoder flags")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    if args.quick:
+        args.images, args.rounds = min(args.images, 256), 2
     keep_freed_memory()
     device = resolve_device(args.device)
     cores = os.cpu_count() or 1
@@ -106,28 +154,49 @@ def main() -> None:
         t = time.perf_counter()
         prepare(src, Path(tmp) / "raw", size=256, progress=False, log=lambda *a: None)
         prep_raw = args.images / (time.perf_counter() - t)
-        prepare(src, Path(tmp) / "jpeg", size=256, fmt="jpeg", progress=False, log=lambda *a: None)
-        raw, jpg = ImageStore(Path(tmp) / "raw"), ImageStore(Path(tmp) / "jpeg")
+        for q in (args.quality, args.low_quality):
+            prepare(src, Path(tmp) / f"jpeg{q}", size=256, fmt="jpeg", quality=q, progress=False, log=lambda *a: None)
+        raw, jpg, low = (ImageStore(Path(tmp) / name) for name in ("raw", f"jpeg{args.quality}", f"jpeg{args.low_quality}"))
+        if args.codecs:
+            pixels = [raw.image(i) for i in range(min(len(raw), 128))]
+            report("loader-codecs", f"store JPEG encodings at 256, {len(pixels)} images, median of {args.rounds}",
+                   codec_rows(pixels, args.rounds), args.out)
+            return
         files = sorted((src / "train").rglob("*.JPEG"))
-        naive = float(np.median([naive_pipeline(files, raw.mean[16:240, 16:240], np.random.default_rng(r))
-                                 for r in range(3)]))
-        rows.append({"pipeline": "naive Pillow per image (decode, resize, crop, flip, tensor)", "cores": 1,
-                     "images/s": naive, "images/s/core": naive, "vs naive per core": "1.0x"})
+        mean = raw.mean[16:240, 16:240]
+        naive_rates: list[float] = []
+        rows.append({})  # the naive row, filled in below from every baseline run
 
-        def add(name, rate, used):
+        def add(name, rate_fn, used):
+            """A B A B: the naive pipeline and the row in turn, the median of the per-core ratios."""
+            pairs = []
+            for r in range(args.rounds):
+                naive = naive_pipeline(files, mean, np.random.default_rng(r))
+                pairs.append((naive, rate_fn()))
+            naive_rates.extend(a for a, _ in pairs)
+            rate = float(np.median([b[0] for _, b in pairs]))
+            ratio = float(np.median([b[0] / used / a[0] for a, b in pairs]))
+            cpu_ratio = float(np.median([b[1] / a[1] for a, b in pairs]))
             rows.append({"pipeline": name, "cores": used, "images/s": rate, "images/s/core": rate / used,
-                         "vs naive per core": f"{rate / used / naive:.1f}x"})
+                         "vs naive per core": f"{ratio:.1f}x", "images/CPU-s": float(np.median([b[1] for _, b in pairs])),
+                         "vs naive per CPU-s": f"{cpu_ratio:.1f}x"})
 
-        add("loader, raw store (uint8 batches)", loader_rate(raw, args.batch, 1, device, args.epochs), 1)
-        add(f"loader, raw store, {workers} threads", loader_rate(raw, args.batch, workers, device, args.epochs), cores)
-        add("loader, jpeg store (decode 256px)", loader_rate(jpg, args.batch, 1, device, 1), 1)
-        add(f"loader, jpeg store, {workers} threads", loader_rate(jpg, args.batch, workers, device, 1), cores)
+        add("loader, raw store (uint8 batches)", lambda: loader_rate(raw, args.batch, 1, device, args.epochs), 1)
+        add(f"loader, raw store, {workers} threads",
+            lambda: loader_rate(raw, args.batch, workers, device, args.epochs), cores)
+        for name, store in ((f"jpeg store q{args.quality}", jpg), (f"jpeg store q{args.low_quality}", low)):
+            add(f"loader, {name} (decode 256px)", lambda: loader_rate(store, args.batch, 1, device, 1), 1)
+            add(f"loader, {name}, {workers} threads", lambda: loader_rate(store, args.batch, workers, device, 1), cores)
         tr = BatchTransforms.for_store(raw, 224, device=device)
         used = 1 if device.type == "cuda" else cores
         add(f"loader + batch augmentation on {device.type}, raw store",
-            loader_rate(raw, args.batch, workers, device, args.epochs, tr), used if device.type == "cpu" else cores)
+            lambda: loader_rate(raw, args.batch, workers, device, args.epochs, tr), used if device.type == "cpu" else cores)
+        naive, naive_cpu = (float(np.median([r[k] for r in naive_rates])) for k in (0, 1))
+        rows[0] = {"pipeline": "naive Pillow per image (decode, resize, crop, flip, tensor)", "cores": 1,
+                   "images/s": naive, "images/s/core": naive, "vs naive per core": "1.0x", "images/CPU-s": naive_cpu,
+                   "vs naive per CPU-s": "1.0x"}
     report("loader", f"{args.images} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
-           f"prepare {prep_raw:.0f} images/s", rows, args.out)
+           f"prepare {prep_raw:.0f} images/s; each ratio the median of {args.rounds} interleaved pairs", rows, args.out)
 
 
 if __name__ == "__main__":

@@ -356,9 +356,16 @@ def _bigger(tree):
 
 
 def _workers(pid: int) -> dict[int, str]:
-    """The pool's worker processes among `pid`'s children (not multiprocessing's resource tracker)."""
-    return {c: start for c, start in _children(pid).items()
-            if b"multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_bytes()}
+    """The pool's worker processes among `pid`'s children: forked (the parent's command line) or
+    spawned, not multiprocessing's resource tracker."""
+    out = {}
+    for c, start in _children(pid).items():
+        try:
+            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes():
+                out[c] = start
+        except OSError:
+            pass
+    return out
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -410,8 +417,7 @@ def test_kill_9_leaves_no_orphaned_workers(tree, tmp_path):
     deadline = time.time() + 60
     workers = {}
     while time.time() < deadline and proc.poll() is None:
-        workers = {pid: start for pid, start in _children(proc.pid).items()
-                   if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
+        workers = _workers(proc.pid)
         if len(workers) == 2:
             break
         time.sleep(0.01)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from alexnet.data.convert import Chunk, Settings, run_chunks
+from alexnet.data.convert import Chunk, Settings, run_chunks, sync_chunks, worker_pool
 from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (old import path)
 from alexnet.data.progress import PROGRESS_FILE, Progress
 from alexnet.data.source import Source, name_to_json, printable, scan_source
@@ -41,7 +41,10 @@ from alexnet.errors import UserError
 from alexnet.files import (fsync_dir, fsync_file, save_npy_atomic, save_npz_atomic, store_lock, write_bytes_atomic,
                            write_json_atomic)
 
-CHUNK_SIZE = 256  # images a worker converts between progress records (~50 MB of raw pixels at 256)
+CHUNK_SIZE = 256  # most images a worker converts between progress records (~50 MB of raw pixels at 256)
+MIN_CHUNK_SIZE = 16
+CHUNKS_WANTED = 64  # so that the workers finish together: 1,280 images in 5 chunks of 256 left one of
+                    # two workers idle for the last sixth of the run
 CHECKPOINT_SECONDS = 10.0  # at most this much converting is redone after a kill
 
 
@@ -105,11 +108,19 @@ def _recover_overwrite(dst: Path, log) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def chunk_size(source: Source) -> int:
+    """Images per chunk: about CHUNKS_WANTED chunks, MIN_CHUNK_SIZE..CHUNK_SIZE images each. It
+    depends on the files alone, not on --workers, so a resumed run may use another worker count."""
+    total = sum(len(split.files) for split in source.splits.values())
+    return min(CHUNK_SIZE, max(MIN_CHUNK_SIZE, -(-total // CHUNKS_WANTED)))
+
+
 def plan_key(source: Source, settings: Settings) -> str:
     """A hash of what the store will hold: the format, the settings, every file and label."""
     h = hashlib.sha256()
     s = settings
-    h.update(json.dumps([FORMAT_VERSION, s.size, s.fmt, s.quality, s.draft, CHUNK_SIZE, source.classes]).encode())
+    h.update(json.dumps([FORMAT_VERSION, s.size, s.fmt, s.quality, s.draft, chunk_size(source),
+                         source.classes]).encode())
     for name, split in sorted(source.splits.items()):
         h.update(json.dumps([name, split.files]).encode())  # JSON escapes newlines and odd bytes alike
         h.update(np.asarray(split.labels, np.int64).tobytes())
@@ -161,43 +172,51 @@ def _resume_or_start(work: Path, source: Source, settings: Settings, key: str, s
 
 
 def _chunks_to_do(source: Source, state: Progress, src: Path) -> list[Chunk]:
-    chunks = []
+    chunks, n = [], chunk_size(source)
     for name, split in source.splits.items():
-        for k, first in enumerate(range(0, len(split.files), CHUNK_SIZE)):
+        for k, first in enumerate(range(0, len(split.files), n)):
             if (name, k) not in state.done:
-                paths = [str(src / p) for p in split.files[first : first + CHUNK_SIZE]]
+                paths = [str(src / p) for p in split.files[first : first + n]]
                 chunks.append(Chunk(name, k, first, paths))
     return chunks
 
 
-def convert(chunks: list[Chunk], state: Progress, settings: Settings, workers: int, bar) -> None:
-    """Run the chunks, recording each and saving the progress every CHECKPOINT_SECONDS and on the way
-    out, whatever ends the run (Ctrl-C, SIGTERM through the CLI, a full disk)."""
+def convert(chunks: list[Chunk], state: Progress, settings: Settings, pool, workers: int, bar) -> None:
+    """Run the chunks on `pool` (None: in this process), recording each and saving the progress every
+    CHECKPOINT_SECONDS and on the way out, whatever ends the run (Ctrl-C, SIGTERM through the CLI, a
+    full disk). A save first puts the pixels of the chunks it records on disk (sync_chunks)."""
     work = Path(settings.work)
-    last_save = time.time()
+    last_save, unsynced = time.time(), []
     try:
-        for c, result in run_chunks(chunks, settings, workers):
+        for c, result in run_chunks(chunks, settings, pool, workers):
             state.record(result)
+            unsynced.append(c)
             bar.update(len(c.paths))
             if time.time() - last_save >= CHECKPOINT_SECONDS:
-                state.save(work)
+                _save(state, settings, unsynced)
                 last_save = time.time()
     except KeyboardInterrupt:
-        _save_quietly(state, work)
+        _save_quietly(state, settings, unsynced)
         raise KeyboardInterrupt(f"prepare interrupted; run the same command again to continue ({work})") from None
     except BrokenProcessPool:
-        _save_quietly(state, work)
+        _save_quietly(state, settings, unsynced)
         raise UserError(f"a worker process died (out of memory?); run the same command again to continue, "
                         f"with fewer --workers ({work})") from None
     except BaseException:
-        _save_quietly(state, work)
+        _save_quietly(state, settings, unsynced)
         raise
-    state.save(work)
+    _save(state, settings, unsynced)
 
 
-def _save_quietly(state: Progress, work: Path) -> None:
+def _save(state: Progress, settings: Settings, unsynced: list[Chunk]) -> None:
+    sync_chunks(settings, unsynced)
+    unsynced.clear()
+    state.save(Path(settings.work))
+
+
+def _save_quietly(state: Progress, settings: Settings, unsynced: list[Chunk]) -> None:
     try:
-        state.save(work)
+        _save(state, settings, unsynced)
     except OSError:  # e.g. the disk is still full: the previous save stands
         pass
 
@@ -355,9 +374,9 @@ def _prepare_locked(src: Path, dst: Path, settings: Settings, workers: int | Non
     if resumed:
         log(f"resuming an interrupted prepare: {resumed} chunk(s), {already} image(s) already done")
     workers = max(1, min(workers if workers and workers > 0 else os.cpu_count() or 1, len(chunks)))
-    with tqdm(total=total, initial=already, unit="img", desc="prepare", disable=not progress,
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        convert(chunks, state, settings, workers, bar)
+    with worker_pool(workers) as pool, tqdm(total=total, initial=already, unit="img", desc="prepare",
+                                            disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
+        convert(chunks, state, settings, pool, workers, bar)
     counts = finalise(work, source, state, settings, key)
     skipped, converted = _outcomes(source, state)
     install(work, dst)

@@ -15,11 +15,13 @@ Layout of a store folder (format version 2)::
                        string, or {"hex": ...} for a name that is not UTF-8 (alexnet/data/source.py)
     raw format:  <split>/images.npy (slots, S, S, 3) uint8, a plain .npy read by memory map;
                  <split>/slots.npy (n,) int64, the row of each image (rows of skipped files stay unused)
-    jpeg format: <split>/shards/NNNNNN.bin concatenated JPEGs (quality in meta.json);
+    jpeg format: <split>/shards/NNNNNN.bin concatenated baseline RGB JPEGs, 4:2:0 (quality in
+                 meta.json; any JPEG the decoder reads is read, whoever encoded it);
                  <split>/index.npy (n, 3) int64: shard, byte offset, byte length
 
 Raw is the fast one (a batch is one gather from the page cache, ~196 KB an image at 256: ImageNet's
-1.28 M training images take ~250 GB); jpeg is ~10x smaller and costs a decode (~0.6 ms an image a core).
+1.28 M training images take ~250 GB); jpeg is ~10x smaller and costs a decode
+(~0.3 ms an image a core at q90, ~25% less at q85: bench/README.md).
 """
 
 from __future__ import annotations
