@@ -62,6 +62,14 @@ def _scale(x: Tensor, size: int, alpha: float, k: float, groups: int) -> Tensor:
     return channel_window_sum(_float_square(x), size, groups, alpha).add_(k)
 
 
+def _power(scale: Tensor, exponent: float, in_place: bool = False) -> Tensor:
+    """scale ** exponent. On the CPU as exp(exponent * log(scale)): three vectorised passes take about
+    half the time of torch.pow with a fractional exponent (bench/lrn.py), and agree to 1e-7."""
+    if scale.device.type != "cpu":
+        return scale.pow_(exponent) if in_place else scale.pow(exponent)
+    return (scale.log_() if in_place else scale.log()).mul_(exponent).exp_()
+
+
 def _to_dtype_of(x: Tensor, like: Tensor) -> Tensor:
     return x if x.dtype == like.dtype else x.to(like.dtype)
 
@@ -78,7 +86,7 @@ class _LocalResponseNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
         scale = _scale(x, size, alpha, k, groups)
-        inv = scale.pow(-beta)
+        inv = _power(scale, -beta)
         ctx.save_for_backward(x, scale, inv)
         ctx.constants = (size, alpha, beta, groups)
         return _to_dtype_of(x * inv, x)
@@ -101,7 +109,7 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
         raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
     if x.requires_grad and torch.is_grad_enabled():
         return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
-    return _to_dtype_of(x * _scale(x, size, alpha, k, groups).pow_(-beta), x)
+    return _to_dtype_of(x * _power(_scale(x, size, alpha, k, groups), -beta, in_place=True), x)
 
 
 class LocalResponseNorm(nn.Module):
