@@ -52,14 +52,10 @@ def channel_window_sum(t: Tensor, size: int, groups: int = 1, weight: float = 1.
         return torch.matmul(band, maps).view(b, c, h, w)
 
 
-def _float_square(x: Tensor) -> Tensor:
-    """x^2 in at least float32: in bf16, k + alpha*sum ~ 2.07 would be rounded to steps of 1/64,
-    about the size of the whole normalisation effect."""
-    return x * x if x.dtype in (torch.float32, torch.float64) else x.float().square_()
-
-
-def _scale(x: Tensor, size: int, alpha: float, k: float, groups: int) -> Tensor:
-    return channel_window_sum(_float_square(x), size, groups, alpha).add_(k)
+def _at_least_float32(x: Tensor) -> Tensor:
+    """In bf16, k + alpha*sum ~ 2.07 would be rounded to steps of 1/64, about the size of the whole
+    normalisation effect: LRN computes in float32 (float64 stays)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _power(scale: Tensor, exponent: float, in_place: bool = False) -> Tensor:
@@ -85,17 +81,18 @@ class _LocalResponseNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
-        scale = _scale(x, size, alpha, k, groups)
+        xf = _at_least_float32(x)
+        scale = channel_window_sum(xf * xf, size, groups, alpha).add_(k)
         inv = _power(scale, -beta)
-        ctx.save_for_backward(x, scale, inv)
+        ctx.save_for_backward(xf, scale, inv)
         ctx.constants = (size, alpha, beta, groups)
-        return _to_dtype_of(x * inv, x)
+        return _to_dtype_of(xf * inv, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, scale, inv = ctx.saved_tensors
         size, alpha, beta, groups = ctx.constants
-        g_inv = grad * inv
+        g_inv = _at_least_float32(grad) * inv  # bf16 * float32 in one op is slower than two ops
         t = channel_window_sum((g_inv * x).div_(scale), size, groups, -2.0 * alpha * beta)
         return _to_dtype_of(torch.addcmul(g_inv, x, t), grad), None, None, None, None, None
 
@@ -109,7 +106,9 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
         raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
     if x.requires_grad and torch.is_grad_enabled():
         return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
-    return _to_dtype_of(x * _power(_scale(x, size, alpha, k, groups), -beta, in_place=True), x)
+    xf = _at_least_float32(x)
+    scale = channel_window_sum(xf * xf, size, groups, alpha).add_(k)
+    return _to_dtype_of(xf * _power(scale, -beta, in_place=True), x)
 
 
 class LocalResponseNorm(nn.Module):
