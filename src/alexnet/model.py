@@ -21,6 +21,11 @@ from torch import Tensor
 from alexnet.config import VARIANTS, ModelConfig, conv_channels, map_sizes, variant_config  # noqa: F401 (re-exported)
 from alexnet.lrn import LocalResponseNorm, local_response_norm  # noqa: F401 (§3.3; re-exported)
 
+__all__ = ["VARIANTS", "AlexNet", "ConvSpec", "LocalResponseNorm", "PaperDropout", "conv_layer", "count_parameters",
+           "conv_channels", "create_model", "init_paper_", "layer_spec", "local_response_norm", "map_sizes",
+           "multiply_adds", "variant_config"]
+
+
 class PaperDropout(nn.Module):
     """§4.2: while training, zero each output with probability p; at test time use every neuron but
     multiply its output by 1-p. (nn.Dropout instead scales by 1/(1-p) while training; the two nets

@@ -10,6 +10,8 @@ import torch
 from alexnet.errors import UserError
 from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
 
+__all__ = ["cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device", "use_bf16_autocast"]
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" is the first CUDA device when there is one, else the CPU."""
