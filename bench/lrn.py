@@ -1,67 +1,89 @@
 """LRN (§3.3) forward+backward: torch.nn.LocalResponseNorm vs this package's, at the paper's shapes.
 
-    python bench/lrn.py [--batch 128] [--device cpu|cuda] [--repeats 5]
+    python bench/lrn.py [--batch 64] [--layout cl|nchw] [--dtypes float32,bfloat16] [--rounds 7]
 
-torch's module is given alpha*n (it divides alpha by n) so both compute the paper's formula. The
-"autograd" row is the same formula differentiated by autograd, to show what the hand-written
-backward buys. Run it twice, with ALEXNET_KEEP_FREED_MEMORY=0 and without, to see the allocator's share.
+torch's module is given alpha*n (it divides alpha by n) so all compute the paper's formula, within
+towers for ours (groups=2, as the paper net's norm1 and norm2). "autograd formula" is the formula
+with shifted adds over the channels and torch.pow, differentiated by autograd: what the hand-written
+backward, the band-matrix window sum and exp(-beta log s) replace. The implementations run in turn,
+`--rounds` times (A B C C B A ...); each row gives the median time and the median of the per-round
+speed-ups over the autograd formula, so load from other processes hits all alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import report, time_it  # noqa: E402
+from common import report, sync  # noqa: E402
 
-from alexnet.model import _lrn_scale, local_response_norm  # noqa: E402
+from alexnet.lrn import _shifted_window_sum, local_response_norm  # noqa: E402
 from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
 def autograd_formula(x):
-    return x * _lrn_scale(x, 5, 1e-4, 2.0).pow(-0.75)
+    return x * _shifted_window_sum(x * x, 5, 2).mul_(1e-4).add_(2.0).pow(-0.75)
+
+
+def interleaved(steps: dict, device: torch.device, rounds: int) -> dict[str, list[float]]:
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(rounds):
+        for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+            sync(device)
+            start = time.perf_counter()
+            steps[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--layout", choices=("cl", "nchw"), default="cl", help="channels_last (as the net on CPU) or NCHW")
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--out", default="", help="append results to this JSON-lines file")
     args = p.parse_args()
     kept = keep_freed_memory()
     device = resolve_device(args.device)
+    fmt = torch.channels_last if args.layout == "cl" else torch.contiguous_format
     torch_lrn = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
     impls = {"torch.nn.LocalResponseNorm": torch_lrn, "autograd formula": autograd_formula,
-             "alexnet local_response_norm": local_response_norm}
+             "alexnet local_response_norm": lambda x: local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)}
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
         for layer, shape in (("norm1", (args.batch, 96, 55, 55)), ("norm2", (args.batch, 256, 27, 27))):
-            x0 = (torch.randn(shape, device=device) * 20).relu().to(dtype)
-            g = torch.randn(shape, device=device).to(dtype)
-            base = None
-            for name, fn in impls.items():
-                x = x0.clone().requires_grad_()
+            x0 = (torch.randn(shape, device=device) * 20).relu().to(dtype).contiguous(memory_format=fmt)
+            g = torch.randn(shape, device=device).to(dtype).contiguous(memory_format=fmt)
 
-                def step(x=x, fn=fn, g=g):
-                    x.grad = None
-                    fn(x).backward(g)
+            def step(fn, x0=x0, g=g):
+                x = x0.clone().requires_grad_()
+                fn(x).backward(g)
+            runnable = {}
+            for name, fn in impls.items():
                 try:
-                    seconds = time_it(step, device, warmup=1, repeats=args.repeats)
-                except RuntimeError as e:  # e.g. no bf16 kernel for avg_pool3d on CPU
-                    rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "impl": name, "ms": float("nan"),
-                                 "speedup": f"fails: {str(e).splitlines()[0][:60]}"})
-                    continue
-                base = base or seconds
-                rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "impl": name, "ms": seconds * 1000,
-                             "speedup": f"{base / seconds:.2f}x"})
+                    step(fn)
+                    runnable[name] = lambda fn=fn: step(fn)
+                except (RuntimeError, NotImplementedError) as e:  # torch's has no bf16 avg_pool3d on CPU
+                    print(f"{name} {dtype_name}: fails: {str(e).splitlines()[0][:70]}")
+            times = interleaved(runnable, device, args.rounds)
+            base = times["autograd formula"]
+            for name, t in times.items():
+                rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "layout": args.layout,
+                             "impl": name, "ms": statistics.median(t) * 1000,
+                             "speed-up over autograd formula": f"{statistics.median(b / s for b, s in zip(base, t)):.2f}x"})
     report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
 
 

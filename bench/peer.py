@@ -12,6 +12,10 @@ and the ratio (ours / torchvision, > 1: ours is faster) is the median of the pai
 from other processes hits both sides alike. The allocator setting the project uses in training
 (`alexnet.runtime.keep_freed_memory`, ALEXNET_KEEP_FREED_MEMORY=0 turns it off) applies to both.
 After the table, the training rows are set against the matmul ceiling of bench/ceiling.py.
+
+On the CPU the paper net computes in channels_last whatever its input's layout (alexnet.model: max
+pooling 3-6x faster there), so the default NCHW rows compare it with torchvision's net as that net
+runs when handed NCHW batches; `--channels-last on` puts torchvision's in channels_last too.
 """
 
 from __future__ import annotations

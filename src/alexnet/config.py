@@ -128,8 +128,8 @@ class TrainConfig:
     batch_size: int = 128  # §5: global batch, split across processes under torchrun
     seed: int = 0  # seeds the init, the data order and the augmentation (a run repeats exactly)
     device: str = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1"
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on CUDA and AMX CPUs (runtime.use_bf16_autocast)
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA; on CPU the net computes in it anyway
     compile: bool = False  # torch.compile the model
     model_parallel: int = 1  # §3.2: 2 puts one tower on each of two devices, as the paper's two GPUs
     devices: str = ""  # for model_parallel 2: "cuda:0,cuda:1" (default: the first two GPUs)

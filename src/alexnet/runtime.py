@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 import torch
 
 from alexnet.errors import UserError
 from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
+
+__all__ = ["cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device", "use_bf16_autocast"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -19,3 +24,37 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for but this machine has no CUDA GPU visible to torch")
     return device
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo; empty where there is no such file (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_fast_bf16(flags: Iterable[str]) -> bool:
+    """Whether bf16 matrix products beat float32 ones on this CPU: with AMX tiles (amx_bf16) they run
+    several times faster. AVX512-BF16 alone does not pay: on a Xeon with avx512_bf16 and no AMX the
+    best bf16 matmul ran at 172 GFLOP/s against 329 in float32 (bench/ceiling.py), and a bf16 training
+    step of the paper net was slower than a float32 one (bench/peer.py)."""
+    return "amx_bf16" in set(flags)
+
+
+def use_bf16_autocast(amp: str, device: torch.device, flags: Iterable[str] | None = None) -> bool:
+    """train.amp resolved for `device`: "bf16" and "off" as said; "auto" is bf16 autocast on CUDA and
+    on CPUs with fast bf16 matmuls (`cpu_has_fast_bf16` of `flags`, this machine's by default),
+    float32 elsewhere. tests/test_runtime.py shows bf16 training reaching float32's error on the demo."""
+    if amp != "auto":
+        return amp == "bf16"
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return cpu_has_fast_bf16(cpu_flags() if flags is None else flags)
+    return False

@@ -36,6 +36,7 @@ from alexnet.evaluate import validate
 from alexnet.model import AlexNet
 from alexnet.optim import learning_rate, make_optimizer, warmup_factor
 from alexnet.parallel import TwoTowerAlexNet
+from alexnet.runtime import use_bf16_autocast
 
 
 class TrainingDiverged(UserError):
@@ -79,7 +80,7 @@ class Trainer:
         self.progress = progress and procs.main
         self._open_stores(data)
         t = config.train
-        self.amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+        self.amp = use_bf16_autocast(t.amp, device)
         self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
         torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = self._place(AlexNet(config.model))
