@@ -76,7 +76,9 @@ def peer_tensors(store: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(np.asarray(s.labels, dtype=np.int64))
 
 
-def run_peer(store: Path, epochs: int, seed: int) -> dict:
+def run_peer(store: Path, epochs: int, seed: int, flip: bool = False) -> dict:
+    """The example's training and test loop; with `flip`, §4.1's reflections as `small` sees them: a
+    random half of each batch mirrored, and the test output averaged over each image and its mirror."""
     torch.manual_seed(seed)
     (x, y), (xv, yv) = peer_tensors(store, "train"), peer_tensors(store, "val")
     mean, std = x.mean(), x.std()  # the example's Normalize((0.1307,), (0.3081,)): MNIST's own
@@ -88,14 +90,19 @@ def run_peer(store: Path, epochs: int, seed: int) -> dict:
     for _ in range(epochs):
         net.train()
         for idx in torch.randperm(len(x)).split(64):
+            batch = x[idx]
+            if flip:
+                batch = torch.where(torch.rand(len(idx), 1, 1, 1) < 0.5, batch.flip(3), batch)
             opt.zero_grad()
-            F.nll_loss(net(x[idx]), y[idx]).backward()
+            F.nll_loss(net(batch), y[idx]).backward()
             opt.step()
         sched.step()
         net.eval()
         with torch.no_grad():
-            err = (torch.cat([net(b).argmax(1) for b in xv.split(1000)]) != yv).float().mean().item()
-    return {"peer err": err, "peer s": time.perf_counter() - start}
+            out = [net(b).exp() + (net(b.flip(3)).exp() if flip else 0) for b in xv.split(1000)]
+            err = (torch.cat(out).argmax(1) != yv).float().mean().item()
+    name = "peer+flips" if flip else "peer"
+    return {f"{name} err": err, f"{name} s": time.perf_counter() - start}
 
 
 def run_ours(store: Path, epochs: int, seed: int, overrides: dict, out: Path) -> dict:
@@ -112,14 +119,17 @@ def run_ours(store: Path, epochs: int, seed: int, overrides: dict, out: Path) ->
         raise SystemExit(f"training stopped: {result['status']}")
     errs = {v: evaluate([out / "last.pt"], store, "val", v, device="cpu", progress=False)["top1_err"]
             for v in (1, 10)}
-    return {"ours err 1 patch": errs[1], "ours err 10 patches": errs[10], "ours s": seconds}
+    # how long it sits at chance: the first epoch whose centre-patch val error is under 50%
+    under_half = next((h["epoch"] for h in result["history"] if h["val_top1_err"] < 0.5), "never")
+    return {"ours err 1 patch": errs[1], "ours err 10 patches": errs[10], "ours s": seconds,
+            "epoch < 50%": under_half}
 
 
 def parse_arm(text: str) -> tuple[str, dict]:
     from alexnet.config import parse_overrides
 
     label, _, sets = text.partition(":")
-    return label, parse_overrides([s for s in sets.split(",") if s])
+    return label, parse_overrides([s for s in sets.split(";") if s])
 
 
 def main() -> None:
@@ -127,8 +137,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (the split is always seed 0's)")
     p.add_argument("--arm", action="append", default=[],
-                   help="LABEL:section.key=value,... overrides on small's defaults (repeatable; default: none)")
+                   help="LABEL:section.key=value;... overrides on small's defaults (repeatable; default: none)")
     p.add_argument("--no-peer", action="store_true", help="skip the tutorial CNN")
+    p.add_argument("--peer-flip", action="store_true", help="also train the tutorial CNN with §4.1's reflections")
     p.add_argument("--work", default="", help="folder for the tree, the store and the runs (default: a temporary one)")
     p.add_argument("--out", default="", help="append the rows to this JSON-lines file")
     args = p.parse_args()
@@ -142,6 +153,8 @@ def main() -> None:
                 sides = [lambda: run_ours(store, args.epochs, seed, overrides, work / f"run-{k}-{seed}-{time.time_ns()}")]
                 if not args.no_peer and k == 0:
                     sides.insert(seed % 2, lambda: run_peer(store, args.epochs, seed))
+                if args.peer_flip and k == 0:
+                    sides.append(lambda: run_peer(store, args.epochs, seed, flip=True))
                 row = {"arm": label, "seed": seed, "epochs": args.epochs}
                 for side in sides:
                     row.update(side())
