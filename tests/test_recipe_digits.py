@@ -17,7 +17,7 @@ from alexnet.evaluate import evaluate  # noqa: E402
 from alexnet.run import fit  # noqa: E402
 
 EPOCHS = 6
-BOUND = 0.25  # ten-patch top-1 error on the 359 val digits (chance: 90%)
+BOUND = 0.22  # ten-patch and centre-patch top-1 error on the 359 val digits (chance: 90%)
 
 pytestmark = pytest.mark.slow
 
