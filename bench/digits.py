@@ -174,8 +174,8 @@ def summary(rows: list[dict], arms: list[tuple[str, dict]]) -> list[dict]:
         mine = [r for r in rows if r["arm"] == label]
         row = {"arm": label, "seed": "mean ± sd", "epochs": mine[0]["epochs"]}
         for key in mine[0]:
-            if key not in row and all(key in r for r in mine):
-                vals = [r[key] for r in mine]
+            vals = [r.get(key) for r in mine]
+            if key not in row and all(isinstance(v, (int, float)) for v in vals):  # "never" has no mean
                 row[key] = f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
         out.append(row)
     return out
