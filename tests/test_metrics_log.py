@@ -2,7 +2,6 @@
 and kills."""
 
 import csv
-import json
 import os
 import signal
 import subprocess

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from alexnet.cli import main
-from alexnet.errors import UserError
 from alexnet.pretrained.caffe import import_caffe
 from tests import pretrained_reference as ref
 
@@ -48,7 +47,7 @@ def photos(tmp_path):
 def test_caffe_net_computes_what_caffe_computes_on_photographs(caffe_files, imported, tmp_path):
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data.augment import BatchTransforms
-    from alexnet.data.prepare import load_image
+    from alexnet.data.image import load_image
 
     weights, mean_bgr, _, _ = caffe_files
     payload = load_checkpoint(imported[1])

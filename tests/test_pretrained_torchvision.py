@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from alexnet.cli import main
-from alexnet.pretrained.torchvision import import_torchvision
 from tests import pretrained_reference as ref
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -31,7 +30,7 @@ def tv_file(tmp_path_factory):
 def test_torchvision_net_computes_what_torchvision_computes_on_a_photograph(tv_file, tmp_path, capsys):
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data.augment import BatchTransforms
-    from alexnet.data.prepare import load_image
+    from alexnet.data.image import load_image
 
     state, path = tv_file
     out = tmp_path / "tv.pt"

@@ -33,7 +33,6 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.data.convert import Chunk, Settings, run_chunks, sync_chunks, worker_pool
-from alexnet.data.image import BadImage, load_image, resize_and_center_crop, resized_shape  # noqa: F401 (old import path)
 from alexnet.data.progress import PROGRESS_FILE, Progress
 from alexnet.data.source import Source, name_to_json, printable, scan_source
 from alexnet.data.store import FORMAT_VERSION, read_meta
