@@ -101,13 +101,13 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
 
     if args.cifar:
         root = make_demo_cifar(args.dir, train_per_class=args.train_per_class, test_per_class=args.val_per_class,
-                               seed=args.seed)
+                               seed=args.seed, classes=args.classes, hard=args.hard, progress=not args.quiet)
         print(f"wrote the demo classes at 32x32 in CIFAR-10's python format ({args.train_per_class} train + "
               f"{args.val_per_class} test per class) to {root}")
         return
 
     root = make_demo_data(args.dir, classes=args.classes, train_per_class=args.train_per_class,
-                          val_per_class=args.val_per_class, seed=args.seed)
+                          val_per_class=args.val_per_class, seed=args.seed, hard=args.hard, progress=not args.quiet)
     print(f"wrote {args.classes} classes x ({args.train_per_class} train + {args.val_per_class} val) images to {root}")
 
 
@@ -276,7 +276,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
-    from alexnet.experiments import EXPERIMENTS, FIG1, run_experiment
+    from alexnet.experiments import EXPERIMENTS, FIG1, run_arm
 
     if args.list or not args.names:
         for name, e in EXPERIMENTS.items():
@@ -301,8 +301,8 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         if not args.data:
             raise UserError(f"experiment {name} trains on a store: give it with --data")
         overrides = train_overrides(args)
-        run_experiment(name, args.data, args.base, args.results, (overrides,), args.device or "auto",
-                       progress=not args.quiet)
+        run_arm(name, args.data, args.base, args.results, (overrides,), args.device or "auto",
+                progress=not args.quiet, seeds=args.seeds)
 
 
 def _cmd_import(args: argparse.Namespace) -> None:

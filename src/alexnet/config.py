@@ -392,3 +392,8 @@ def resolve(*layers: dict[str, Any]) -> Config:
     for layer in layers:
         config = _apply(config, {k: v for k, v in layer.items() if k != "variant"})
     return validate(config)
+
+
+# `alexnet experiment`: runs per ablation arm, with seeds S, S+1, ... Three is the fewest for which a
+# spread over seeds, and Welch's test of a difference against it, can be computed with a df above 1.
+EXPERIMENT_SEEDS = 3
