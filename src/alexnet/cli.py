@@ -99,6 +99,13 @@ def print_prepare_report(report) -> None:
 def _cmd_demo_data(args: argparse.Namespace) -> None:
     from alexnet.data.demo import make_demo_cifar, make_demo_data
 
+    if args.digits:
+        from alexnet.data.digits import make_digits_cifar, make_digits_tree
+
+        root = (make_digits_cifar if args.cifar else make_digits_tree)(args.dir, seed=args.seed)
+        form = "at 32x32 in CIFAR-10's python format" if args.cifar else "as JPEGs"
+        print(f"wrote the 1,797 UCI digits (80% train, 20% val, split by seed {args.seed}) {form} to {root}")
+        return
     if args.cifar:
         root = make_demo_cifar(args.dir, train_per_class=args.train_per_class, test_per_class=args.val_per_class,
                                seed=args.seed, classes=args.classes, hard=args.hard, progress=not args.quiet)
