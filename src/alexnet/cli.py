@@ -294,16 +294,16 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     for name in names:
         if name == FIG1:
             from alexnet.fig1 import relu_vs_tanh
+            from alexnet.fig1_plot import ratio_text
 
             if not args.cifar:
                 raise UserError(f"{FIG1} trains on CIFAR-10: give its python-batches folder with --cifar")
             out = Path(args.results) / FIG1
             r = relu_vs_tanh(args.cifar, out, lrs=tuple(args.lrs), trial_epochs=args.trial_epochs,
-                             max_epochs=args.max_epochs, device=args.device or "auto")
-            it = {k: v["iterations_to_target"] for k, v in r["runs"].items()}
-            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a (a net did not reach the target)"
-            print(f"iterations to {r['target']:.0%} training error: ReLU {it['relu']}, tanh {it['tanh']}; "
-                  f"tanh/ReLU {ratio}; wrote {out / 'fig1.png'} and {out / 'fig1.json'}")
+                             max_epochs=args.max_epochs, device=args.device or "auto", seed=args.seed or 0,
+                             seeds=args.seeds, progress=not args.quiet)
+            print(f"epochs to {r['target']:.0%} training error, tanh / ReLU: {ratio_text(r['ratio'])}; "
+                  f"wrote {out / 'fig1.png'} and {out / 'fig1.json'}")
             continue
         if not args.data:
             raise UserError(f"experiment {name} trains on a store: give it with --data")

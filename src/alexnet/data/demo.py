@@ -9,7 +9,7 @@ DIR/LOC_synset_mapping.txt.
 
 `hard=True` (`--hard`) adds what a real photograph has and the label does not depend on, so that the
 small net errs often enough (10-30%) for the ablations to differ: a cluttered background (a colour
-gradient and distractor lines and blobs), the object at any scale (12-38% of the short side), position
+gradient and distractor lines and blobs), the object at any scale (16-38% of the short side), position
 and rotation, a texture only on a patch of the image, rectangles occluding part of the object, lower
 contrast, blur and stronger noise.
 """
@@ -122,7 +122,7 @@ def _clutter(img: Image.Image, rng: np.random.Generator, short: int) -> Image.Im
     base = np.asarray(img).astype(np.float32)
     img = Image.fromarray((base * (1 - 0.5 * t) + other * 0.5 * t).astype(np.uint8))
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(2, 7))):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         if rng.random() < 0.5:
@@ -140,7 +140,7 @@ def _occlude(img: Image.Image, cx: float, cy: float, r: float, rng: np.random.Ge
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(1, 3))):
         x, y = cx + rng.uniform(-1, 1) * r, cy + rng.uniform(-1, 1) * r
-        sw, sh = rng.uniform(0.2, 0.6) * r, rng.uniform(0.2, 0.6) * r
+        sw, sh = rng.uniform(0.15, 0.5) * r, rng.uniform(0.15, 0.5) * r
         d.rectangle([x - sw / 2, y - sh / 2, x + sw / 2, y + sh / 2], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
 
 
@@ -149,11 +149,11 @@ def draw_example(k: int, rng: np.random.Generator, hard: bool = False) -> Image.
     short = int(rng.integers(64, 200))
     aspect = float(rng.uniform(0.6, 1.7))
     w, h = (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
-    fg, bg = _colour_pair(rng, 120 if hard else 200)
+    fg, bg = _colour_pair(rng, 150 if hard else 200)
     img = Image.new("RGB", (w, h), bg)
     if hard:
         img = _clutter(img, rng, short)
-        r = rng.uniform(0.12, 0.38) * short
+        r = rng.uniform(0.16, 0.38) * short
         # anywhere inside the centre square, which the store's centre crop keeps (§2)
         cx, cy = w / 2 + rng.uniform(-1, 1) * (short / 2 - r), h / 2 + rng.uniform(-1, 1) * (short / 2 - r)
         angle = rng.uniform(0, 2 * math.pi)
@@ -175,7 +175,7 @@ def draw_example(k: int, rng: np.random.Generator, hard: bool = False) -> Image.
     if hard:
         _occlude(img, cx, cy, r, rng)
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
-    pixels = np.asarray(img).astype(np.float32) + rng.normal(0, 20 if hard else 12, (h, w, 3))
+    pixels = np.asarray(img).astype(np.float32) + rng.normal(0, 16 if hard else 12, (h, w, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
