@@ -37,7 +37,8 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
     epochs = epochs or DEMO_EPOCHS
     echo(f"== 1/6 demo images -> {src}")
     if not (src / "LOC_synset_mapping.txt").exists():
-        make_demo_data(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class)
+        make_demo_data(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                       progress=progress)
         echo(f"wrote {classes} classes x ({train_per_class} train + {val_per_class} val) JPEGs of mixed sizes")
     else:
         echo("already there")
