@@ -193,7 +193,8 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alexnet.demo import run_demo
 
-    return run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet)["exit_code"]
+    return run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet,
+                    hard=args.hard)["exit_code"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
-    from alexnet.experiments import EXPERIMENTS, FIG1, run_arm
+    from alexnet.experiments import EXPERIMENTS, FIG1, run_arms
 
     if args.list or not args.names:
         for name, e in EXPERIMENTS.items():
@@ -291,6 +292,12 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         print(f"{FIG1:<14} §3.1    Fig. 1: ReLU vs tanh, four-layer net on CIFAR-10 (needs --cifar)")
         return
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
+    ablations = [name for name in names if name != FIG1]
+    if ablations:
+        if not args.data:
+            raise UserError(f"experiment {ablations[0]} trains on a store: give it with --data")
+        run_arms(ablations, args.data, args.base, args.results, (train_overrides(args),), args.device or "auto",
+                 progress=not args.quiet, seeds=args.seeds)
     for name in names:
         if name == FIG1:
             from alexnet.fig1 import relu_vs_tanh
@@ -304,12 +311,6 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                              seeds=args.seeds, progress=not args.quiet)
             print(f"epochs to {r['target']:.0%} training error, tanh / ReLU: {ratio_text(r['ratio'])}; "
                   f"wrote {out / 'fig1.png'} and {out / 'fig1.json'}")
-            continue
-        if not args.data:
-            raise UserError(f"experiment {name} trains on a store: give it with --data")
-        overrides = train_overrides(args)
-        run_arm(name, args.data, args.base, args.results, (overrides,), args.device or "auto",
-                progress=not args.quiet, seeds=args.seeds)
 
 
 def _cmd_import(args: argparse.Namespace) -> None:

@@ -121,6 +121,7 @@ def _demo_parser(sub) -> None:
                        "on this machine, evaluate it with 1 and 10 patches, and say where everything went.")
     p.add_argument("--dir", default="alexnet-demo", help="folder for everything the demo writes (default: alexnet-demo)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.add_argument("--hard", action="store_true", help="the harder images of `demo-data --hard` (a new --dir)")
     _device_flag(p)
     _quiet_flag(p, "no progress bars")
 

@@ -158,13 +158,23 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
     return row
 
 
+def run_arms(names: list[str], data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
+             layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print,
+             seeds: int = EXPERIMENT_SEEDS) -> list[dict]:
+    """`run_arm` for each of `names`, seed by seed: every arm's first seed, then every arm's second,
+    so that a table cut short (or read while it grows) has every arm in it."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    for name in names:
+        experiment_config(name, base, *layers)  # an unknown name or a bad setting fails before any training
+    first = resolve({"variant": base}, *layers).train.seed
+    return [run_experiment(name, data, base, results, (*layers, {"train": {"seed": first + i}}), device, progress, log)
+            for i in range(seeds) for name in names]
+
+
 def run_arm(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
             layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print,
             seeds: int = EXPERIMENT_SEEDS) -> list[dict]:
     """The ablation `name` trained `seeds` times, with train.seed = S, S+1, ... (S: the seed `layers`
     give, 0 by default); each seed is its own run, resumed or skipped on its own."""
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    first = resolve({"variant": base}, *layers).train.seed
-    return [run_experiment(name, data, base, results, (*layers, {"train": {"seed": first + i}}), device, progress, log)
-            for i in range(seeds)]
+    return run_arms([name], data, base, results, layers, device, progress, log, seeds)
