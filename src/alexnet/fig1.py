@@ -158,7 +158,10 @@ def pick_lr(images: torch.Tensor, labels: torch.Tensor, nonlinearity: str, lrs: 
     fine = [t for t in trials if not t["diverged"]]
     if not fine:
         raise UserError(f"every learning rate diverged for {nonlinearity}: {list(lrs)}")
-    return min(fine, key=lambda t: t["error"])["lr"], trials
+    best = min(fine, key=lambda t: t["error"])["lr"]
+    if best in (min(lrs), max(lrs)) and len(lrs) > 1:
+        log(f"{nonlinearity}: the best lr {best:g} is at the edge of the grid; a wider --lrs may train faster")
+    return best, trials
 
 
 def ratio_summary(ratios: list[float | None]) -> dict:
