@@ -251,3 +251,13 @@ def test_table_says_which_differences_exceed_the_seeds_spread(tmp_path):
     assert "| no-lrn |" in no_lrn and "+10.00 pts" in no_lrn and "| yes (p = " in no_lrn
     assert "| no-dropout |" in no_dropout and "| 0,1,2 |" in no_dropout
     assert f"{(np.mean([0.15, 0.25, 0.35]) - 0.21) * 100:+.2f} pts" in no_dropout and "| no (p = " in no_dropout
+
+
+def test_each_fig1_trial_shows_progress(small_cifar, capsys):
+    data = load_cifar10(small_cifar)
+    x, y = prepare_inputs(data["train"][0][:64]), torch.from_numpy(data["train"][1][:64])
+    train_curve(x, y, "tanh", 0.01, epochs=1, batch_size=16, progress=True, desc="tanh lr 0.01 trial")
+    err = capsys.readouterr().err
+    assert "tanh lr 0.01 trial" in err and "4/4" in err  # a bar over the trial's steps
+    train_curve(x, y, "tanh", 0.01, epochs=1, batch_size=16)
+    assert capsys.readouterr().err == ""
