@@ -66,3 +66,8 @@ def test_hard_demo_data_is_deterministic_and_shows_progress(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "c"), "--hard", "--classes", "2", "--train-per-class", "1",
                  "--val-per-class", "0", "--quiet"]) == 0
     assert len(list((tmp_path / "c").rglob("*.JPEG"))) == 2
+
+
+def test_demo_cifar_refuses_more_classes_than_cifar_holds(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "c"), "--cifar", "--classes", "11", "--quiet"]) == 2
+    assert "at most 10" in capsys.readouterr().err and not (tmp_path / "c").exists()

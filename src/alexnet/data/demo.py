@@ -236,6 +236,9 @@ def make_demo_cifar(root: str | os.PathLike, train_per_class: int = 500, test_pe
     """The demo classes at 32x32 in CIFAR-10's python-pickle format (data_batch_1..5, test_batch,
     batches.meta), for the Fig. 1 experiment where no CIFAR-10 copy is at hand."""
     _check_counts(Path(root), classes=classes, train_per_class=train_per_class, val_per_class=test_per_class)
+    if classes > 10:
+        raise UserError(f"--cifar writes CIFAR-10's format, whose labels are 0..9: --classes must be at most 10, "
+                        f"got {classes}")
     rng = np.random.default_rng(seed)
     bar = tqdm(total=classes * (train_per_class + test_per_class), unit="img", desc="demo images",
                disable=not progress, leave=False)
