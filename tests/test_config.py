@@ -206,3 +206,50 @@ def test_config_that_is_a_folder_or_unreadable(tmp_path):
     binary.write_bytes(b"\xff\xfe lr = 1")
     with pytest.raises(C.ConfigError, match="not valid TOML"):
         C.load_toml(binary)
+
+
+def test_paper_variants_keep_the_papers_recipe():
+    """Only the net changes between paper, one-tower and six-conv: every other section is §5's."""
+    for name in ("paper", "one-tower", "six-conv"):
+        c = C.resolve({"variant": name})
+        assert c == C.Config(variant=name, model=C.VARIANTS[name])
+        assert name not in C.RECIPES
+
+
+def test_variant_recipe_comes_before_the_users_settings():
+    assert C.RECIPES["small"], "small changes §5's recipe for small data (README: training small)"
+    c = C.resolve({"variant": "small"})
+    for section, values in C.RECIPES["small"].items():
+        for key, value in values.items():
+            assert getattr(getattr(c, section), key) == value
+            assert getattr(getattr(C.Config(), section), key) != value, f"{section}.{key} repeats the paper's"
+    section, values = next(iter(C.RECIPES["small"].items()))
+    key = next(iter(values))
+    mine = 7 if isinstance(values[key], int) and not isinstance(values[key], bool) else values[key]
+    if isinstance(mine, float):
+        mine = mine * 3
+    # the user's file or flag wins over the recipe, whatever the order the layers name the variant in
+    assert getattr(getattr(C.resolve({"variant": "small"}, {section: {key: mine}}), section), key) == mine
+    assert getattr(getattr(C.resolve({section: {key: mine}}, {"variant": "small"}), section), key) == mine
+    # a config saved by a run reads back to itself (the recipe is not applied twice or dropped)
+    assert C.from_dict(C.to_dict(c)) == c and C.resolve(C.to_dict(c)) == c
+
+
+def test_variant_help_shows_each_recipe():
+    text = C.variant_help()
+    for name in C.VARIANTS:
+        assert name in text
+    for section, values in C.RECIPES["small"].items():
+        for key, value in values.items():
+            assert f"{section}.{key}={C.show(value)}" in text
+
+
+@pytest.mark.parametrize("recipes, message", [
+    ({"vgg": {}}, "RECIPES\\['vgg'\\]"),
+    ({"small": {"model": {"dropout": 0.0}}}, "leaves its model to VARIANTS"),
+    ({"small": {"optim": {"lr": -1.0}}}, "optim.lr=-1.0"),
+    ({"small": {"optim": {"learning_rate": 0.1}}}, "unknown key 'optim.learning_rate'"),
+])
+def test_bad_recipes_are_refused(recipes, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.check_recipes(recipes)

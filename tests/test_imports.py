@@ -104,4 +104,5 @@ def test_help_path_imports_no_torch():
         imported = {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(m == "torch" or m.startswith("torch.") for m in imported), name
-        assert graph[name] <= {"alexnet", "alexnet.config", "alexnet.config_text", "alexnet.errors", "alexnet.flags"}, name
+        assert graph[name] <= {"alexnet", "alexnet.config", "alexnet.config_text", "alexnet.errors", "alexnet.flags",
+                               "alexnet.geometry"}, name

@@ -22,6 +22,8 @@ from typing import Any, Literal
 from alexnet.config_text import (ConfigError, Rule, above, at_least, field_types, load_toml, one_of,  # noqa: F401
                                  parse_overrides, probability, show,
                                  toml_text, type_problem, update_section)
+# The geometry is part of this module's interface too (model.py imports it from here).
+from alexnet.geometry import conv_channels, map_sizes, smallest_input_size  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,25 @@ VARIANTS: dict[str, ModelConfig] = {
 }
 
 
+# A variant's recipe: the settings of the other sections (data, optim, schedule, train) it changes
+# from the paper's, where §5's recipe, made for 10,000 steps an epoch, does not fit the net or the data
+# it is for. `resolve` applies them after the variant's model and before the user's file and flags
+# (which win); they are checked when this module loads (`check_recipes`). paper, one-tower and
+# six-conv have none: theirs is the paper's.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "small": {
+        # §5's 128 gives 11 steps an epoch on 1,438 images (the UCI digits): the net sat at chance for
+        # 3-5 epochs and ended 10 at 11-24% error. 32 gives 45 steps an epoch, left chance after 2 and
+        # ended at 7-8% (bench/README.md "small on real data"; 64: 7-9%).
+        "train": {"batch_size": 32},
+        # §5 drops the rate when the validation error "stopped improving", judged by eye over epochs of
+        # 10,000 steps. One epoch of a small data set is a few dozen steps: waiting 4 of them (the
+        # default) left the rate at 0.01 for all of a 10-epoch run; after 1 it anneals as §5 does.
+        "schedule": {"patience": 1},
+    },
+}
+
+
 def variant_config(name: str) -> ModelConfig:
     try:
         return VARIANTS[name]
@@ -189,52 +210,12 @@ def variant_config(name: str) -> ModelConfig:
         raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})") from None
 
 
-# ---------------------------------------------------------------------------------------------------
-# Geometry (here, not in model.py, so that a setting the geometry cannot build is refused up front)
-# ---------------------------------------------------------------------------------------------------
-
-
-def conv_channels(config: ModelConfig) -> list[int]:
-    """Kernels per conv layer after the width multiplier, each rounded to a multiple of the tower
-    count (so each tower gets the same number; never fewer than one per tower)."""
-    if len(config.channels) != 5:
-        raise ConfigError(f"model.channels needs five kernel counts (conv1..conv5), got {config.channels}")
-    t = config.towers
-    return [max(t, int(round(c * config.width / t)) * t) for c in config.channels]
-
-
-def map_sizes(config: ModelConfig) -> dict[str, int]:
-    """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6). conv1
-    is 11x11, stride 4, padding model.conv1_padding (model.layer_spec); conv2..conv6 keep the size of
-    their input."""
-    z, s = config.pool_size, config.pool_stride
-
-    def pooled(n: int) -> int:
-        if not config.pool_ceil:
-            return (n - z) // s + 1
-        out = -(-(n - z) // s) + 1  # Caffe's ceil; torch's ceil_mode drops a window starting past the end
-        return out - 1 if (out - 1) * s >= n else out
-
-    sizes = {"input": config.input_size}
-    sizes["conv1"] = (config.input_size + 2 * config.conv1_padding - 11) // 4 + 1
-    sizes["pool1"] = pooled(sizes["conv1"])
-    sizes["conv2"] = sizes["pool1"]
-    sizes["pool2"] = pooled(sizes["conv2"])
-    sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
-    sizes["pool5"] = pooled(sizes["conv5"])
-    if config.adaptive_pool:
-        sizes["avgpool"] = config.adaptive_pool
-    if config.extra_conv:
-        sizes["conv6"] = sizes.get("avgpool", sizes["pool5"])
-    return sizes
-
-
-def smallest_input_size(config: ModelConfig) -> int:
-    """The smallest input whose maps are all non-empty with this pooling (63 for the paper's)."""
-    size = 1
-    while min(map_sizes(dataclasses.replace(config, input_size=size)).values()) < 1:
-        size += 1
-    return size
+def variant_help() -> str:
+    """Each variant and the recipe settings it changes, for `--variant`'s help."""
+    def recipe(name: str) -> str:
+        items = [f"{s}.{k}={show(v)}" for s, values in RECIPES.get(name, {}).items() for k, v in values.items()]
+        return f" ({', '.join(items)})" if items else ""
+    return "; ".join(name + recipe(name) for name in VARIANTS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,16 +363,28 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 
 def resolve(*layers: dict[str, Any]) -> Config:
-    """The config for a run: the variant's model (the last layer naming one wins, default "paper"),
-    then each layer's settings in order (e.g. a TOML file, then command-line overrides); validated
+    """The config for a run: the variant's model and recipe (the last layer naming one wins, default
+    "paper"), then each layer's settings in order (e.g. a TOML file, then command-line overrides); validated
     once all are applied."""
     variant = "paper"
     for layer in layers:
         variant = str(layer.get("variant", variant))
-    config = Config(variant=variant, model=variant_config(variant))
+    config = _apply(Config(variant=variant, model=variant_config(variant)), RECIPES.get(variant, {}))
     for layer in layers:
         config = _apply(config, {k: v for k, v in layer.items() if k != "variant"})
     return validate(config)
+
+
+def check_recipes(recipes: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """ConfigError unless every recipe names a variant, leaves the model to VARIANTS and gives values
+    its settings admit (run on RECIPES when this module loads)."""
+    for name, recipe in recipes.items():
+        if name not in VARIANTS or "model" in recipe:
+            raise ConfigError(f"RECIPES['{name}']: a recipe belongs to a variant and leaves its model to VARIANTS")
+        validate(_apply(Config(variant=name, model=VARIANTS[name]), recipe))
+
+
+check_recipes(RECIPES)
 
 
 # `alexnet experiment`: runs per ablation arm, with seeds S, S+1, ... Three is the fewest for which a

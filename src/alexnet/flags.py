@@ -69,7 +69,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, variant: bool = True) -> 
     dests = {}
     if variant:
         parser.add_argument("--variant", metavar="{" + ",".join(C.VARIANTS) + "}",
-                            help="the net's named settings (alexnet/config.py VARIANTS; default: paper)")
+                            help="the net and, where it differs from §5's, the recipe (alexnet/config.py "
+                            f"VARIANTS, RECIPES): {C.variant_help()}; default: paper".replace("%", "%%"))
         dests["variant"] = "variant"
     defaults = C.Config()
     for section, cls in C.SECTIONS.items():

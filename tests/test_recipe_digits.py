@@ -1,0 +1,33 @@
+"""`small` with its defaults learns real data in a few epochs (issue 12): the 1,797 UCI handwritten
+digits, prepared from an ImageNet-style tree of JPEGs as `alexnet prepare --size 72` would.
+
+With the paper's recipe (batch 128: 11 steps an epoch here) the net sat at chance for three to five
+epochs and ended 10 epochs at 11-24% error (bench/README.md, "small on real data"); the bound below
+is one those defaults miss after the same epochs (the test was run against them: see the bench).
+"""
+
+import pytest
+
+pytest.importorskip("sklearn")
+
+from alexnet.config import resolve  # noqa: E402
+from alexnet.data.digits import make_digits_tree  # noqa: E402
+from alexnet.data.prepare import prepare  # noqa: E402
+from alexnet.evaluate import evaluate  # noqa: E402
+from alexnet.run import fit  # noqa: E402
+
+EPOCHS = 6
+BOUND = 0.25  # ten-patch top-1 error on the 359 val digits (chance: 90%)
+
+pytestmark = pytest.mark.slow
+
+
+def test_small_learns_the_uci_digits_in_a_few_epochs(tmp_path):
+    src = make_digits_tree(tmp_path / "src", seed=0)
+    prepare(src, tmp_path / "store", size=72, workers=1, progress=False, log=lambda *a: None)
+    config = resolve({"variant": "small", "train": {"epochs": EPOCHS, "device": "cpu", "seed": 0}})
+    result = fit(config, tmp_path / "store", tmp_path / "run", progress=False, echo=False)
+    assert result["status"] == "finished"
+    errors = {views: evaluate([tmp_path / "run" / "last.pt"], tmp_path / "store", "val", views, device="cpu",
+                              progress=False)["top1_err"] for views in (1, 10)}
+    assert errors[10] < BOUND and errors[1] < BOUND, errors
