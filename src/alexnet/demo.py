@@ -54,9 +54,10 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
              f"in {report.seconds:.1f} s")
     else:
         echo("already there")
-    echo(f"== 3/6 train the small variant (§5 recipe: SGD momentum 0.9, weight decay 5e-4, batch 128, "
-         f"lr 0.01 /10 on plateau) -> {run}")
     config = resolve({"variant": "small", "train": {"epochs": epochs, "device": device}}, overrides or {})
+    o, t = config.optim, config.train
+    echo(f"== 3/6 train the small variant (§5 recipe: SGD momentum {o.momentum:g}, weight decay {o.weight_decay:g}, "
+         f"lr {o.lr:g} /10 on plateau; small's batch {t.batch_size}, patience {config.schedule.patience}) -> {run}")
     last = run / "last.pt"
     if last.exists() and load_checkpoint(last)["epoch"] >= epochs:
         echo("already trained")
