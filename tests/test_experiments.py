@@ -261,3 +261,21 @@ def test_each_fig1_trial_shows_progress(small_cifar, capsys):
     assert "tanh lr 0.01 trial" in err and "4/4" in err  # a bar over the trial's steps
     train_curve(x, y, "tanh", 0.01, epochs=1, batch_size=16)
     assert capsys.readouterr().err == ""
+
+
+def test_an_interrupted_experiment_exits_with_the_signals_code(demo_store, tmp_path, monkeypatch, capsys):
+    import alexnet.experiments as experiments
+
+    calls = []
+
+    def interrupted_fit(config, data, out, resume=False, progress=True):
+        calls.append(config.train.seed)
+        return {"status": "interrupted", "signal": "SIGTERM", "exit_code": 143, "history": []}
+
+    monkeypatch.setattr(experiments, "fit", interrupted_fit)
+    assert main(["experiment", "baseline", "no-lrn", "--data", str(demo_store), "--base", "tiny",
+                 "--results", str(tmp_path / "res"), "--quiet", "--device", "cpu"]) == 143
+    assert calls == [0]  # stopped at the first run: no other arm or seed started
+    err = capsys.readouterr().err
+    assert "interrupted (SIGTERM)" in err and "no row was written" in err
+    assert not (tmp_path / "res" / "results.jsonl").exists()

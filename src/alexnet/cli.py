@@ -283,8 +283,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
         print("onnxruntime is not installed: not checked (pip install onnxruntime)")
 
 
-def _cmd_experiment(args: argparse.Namespace) -> None:
-    from alexnet.experiments import EXPERIMENTS, FIG1, run_arms
+def _cmd_experiment(args: argparse.Namespace) -> int | None:
+    from alexnet.experiments import EXPERIMENTS, FIG1, ExperimentInterrupted, run_arms
 
     if args.list or not args.names:
         for name, e in EXPERIMENTS.items():
@@ -296,8 +296,12 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     if ablations:
         if not args.data:
             raise UserError(f"experiment {ablations[0]} trains on a store: give it with --data")
-        run_arms(ablations, args.data, args.base, args.results, (train_overrides(args),), args.device or "auto",
-                 progress=not args.quiet, seeds=args.seeds)
+        try:
+            run_arms(ablations, args.data, args.base, args.results, (train_overrides(args),), args.device or "auto",
+                     progress=not args.quiet, seeds=args.seeds)
+        except ExperimentInterrupted as e:
+            print(f"alexnet experiment: {e}", file=sys.stderr)
+            return e.exit_code
     for name in names:
         if name == FIG1:
             from alexnet.fig1 import relu_vs_tanh

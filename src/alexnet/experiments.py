@@ -56,6 +56,15 @@ def _no_lighting(c: Config) -> Config:
     return dataclasses.replace(c, data=dataclasses.replace(c.data, lighting_std=0.0))
 
 
+class ExperimentInterrupted(Exception):
+    """A signal stopped a run (its checkpoint saved): the CLI says so and exits with `exit_code`
+    (130 after Ctrl-C, 143 after SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass(frozen=True)
 class Experiment:
     section: str
@@ -137,6 +146,9 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
     r = fit(config, data, run, resume=resume, progress=progress)
     if r["history"]:
         plot_curves(r["history"], run / "curves.png", title=f"{config.variant} on {Path(data).name}")
+    if r["status"] == "interrupted":
+        raise ExperimentInterrupted(f"experiment {name} interrupted ({r['signal'] or 'Ctrl-C'}); its checkpoint is "
+                                    f"saved and no row was written: the same command continues {run}", r["exit_code"])
     if r["status"] != "finished":
         raise UserError(f"experiment {name} {r['status']} before its last epoch, so no row was written; run the "
                         f"same command again (without --max-steps) to continue {run}")
