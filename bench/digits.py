@@ -162,6 +162,8 @@ def main() -> None:
                 print(row, flush=True)
         if len(rows) > len(arms):
             rows += summary(rows, arms)
+        columns = list(dict.fromkeys(key for row in rows for key in row))  # the peer's only in the first arm's
+        rows = [{key: row.get(key, "") for key in columns} for row in rows]
         report("digits", f"small vs the tutorial CNN on the UCI digits ({len(rows)} rows)", rows, args.out)
 
 
