@@ -33,8 +33,7 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
              progress: bool = True, classes: int = DEMO_CLASSES, train_per_class: int = DEMO_TRAIN_PER_CLASS,
              val_per_class: int = DEMO_VAL_PER_CLASS, overrides: dict | None = None, echo=print,
              hard: bool = False) -> dict:
-    """Every stage of the demo into `root`; `hard`: the harder images (clutter, occlusion, jitter) of
-    `demo-data --hard`, on which the small net's error is well above zero."""
+    """Every stage of the demo into `root`; `hard`: the images of `demo-data --hard` (clutter, occlusion)."""
     root = Path(root)
     src, store, run = root / "images", root / "store", root / "run"
     epochs = epochs or DEMO_EPOCHS
