@@ -108,13 +108,13 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
         return
     if args.cifar:
         root = make_demo_cifar(args.dir, train_per_class=args.train_per_class, test_per_class=args.val_per_class,
-                               seed=args.seed)
+                               seed=args.seed, classes=args.classes, hard=args.hard, progress=not args.quiet)
         print(f"wrote the demo classes at 32x32 in CIFAR-10's python format ({args.train_per_class} train + "
               f"{args.val_per_class} test per class) to {root}")
         return
 
     root = make_demo_data(args.dir, classes=args.classes, train_per_class=args.train_per_class,
-                          val_per_class=args.val_per_class, seed=args.seed)
+                          val_per_class=args.val_per_class, seed=args.seed, hard=args.hard, progress=not args.quiet)
     print(f"wrote {args.classes} classes x ({args.train_per_class} train + {args.val_per_class} val) images to {root}")
 
 
@@ -199,7 +199,8 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alexnet.demo import run_demo
 
-    return run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet)["exit_code"]
+    return run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet,
+                    hard=args.hard)["exit_code"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,8 +290,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
         print("onnxruntime is not installed: not checked (pip install onnxruntime)")
 
 
-def _cmd_experiment(args: argparse.Namespace) -> None:
-    from alexnet.experiments import EXPERIMENTS, FIG1, run_experiment
+def _cmd_experiment(args: argparse.Namespace) -> int | None:
+    from alexnet.experiments import EXPERIMENTS, FIG1, ExperimentInterrupted, run_arms
 
     if args.list or not args.names:
         for name, e in EXPERIMENTS.items():
@@ -298,25 +299,29 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         print(f"{FIG1:<14} §3.1    Fig. 1: ReLU vs tanh, four-layer net on CIFAR-10 (needs --cifar)")
         return
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
+    ablations = [name for name in names if name != FIG1]
+    if ablations:
+        if not args.data:
+            raise UserError(f"experiment {ablations[0]} trains on a store: give it with --data")
+        try:
+            run_arms(ablations, args.data, args.base, args.results, (train_overrides(args),), args.device or "auto",
+                     progress=not args.quiet, seeds=args.seeds)
+        except ExperimentInterrupted as e:
+            print(f"alexnet experiment: {e}", file=sys.stderr)
+            return e.exit_code
     for name in names:
         if name == FIG1:
             from alexnet.fig1 import relu_vs_tanh
+            from alexnet.fig1_plot import ratio_text
 
             if not args.cifar:
                 raise UserError(f"{FIG1} trains on CIFAR-10: give its python-batches folder with --cifar")
             out = Path(args.results) / FIG1
             r = relu_vs_tanh(args.cifar, out, lrs=tuple(args.lrs), trial_epochs=args.trial_epochs,
-                             max_epochs=args.max_epochs, device=args.device or "auto")
-            it = {k: v["iterations_to_target"] for k, v in r["runs"].items()}
-            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a (a net did not reach the target)"
-            print(f"iterations to {r['target']:.0%} training error: ReLU {it['relu']}, tanh {it['tanh']}; "
-                  f"tanh/ReLU {ratio}; wrote {out / 'fig1.png'} and {out / 'fig1.json'}")
-            continue
-        if not args.data:
-            raise UserError(f"experiment {name} trains on a store: give it with --data")
-        overrides = train_overrides(args)
-        run_experiment(name, args.data, args.base, args.results, (overrides,), args.device or "auto",
-                       progress=not args.quiet)
+                             max_epochs=args.max_epochs, device=args.device or "auto", seed=args.seed or 0,
+                             seeds=args.seeds, progress=not args.quiet)
+            print(f"epochs to {r['target']:.0%} training error, tanh / ReLU: {ratio_text(r['ratio'])}; "
+                  f"wrote {out / 'fig1.png'} and {out / 'fig1.json'}")
 
 
 def _cmd_import(args: argparse.Namespace) -> None:

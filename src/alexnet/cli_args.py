@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from alexnet import __version__
-from alexnet.config import VARIANTS
+from alexnet.config import EXPERIMENT_SEEDS, VARIANTS
 from alexnet.flags import add_setting_flags
 
 
@@ -58,10 +58,14 @@ def _demo_data_parser(sub) -> None:
                        description="Write DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG: shapes and textures "
                        "in random colours, sizes and aspect ratios, that a small net learns in minutes.")
     p.add_argument("dir", help="folder to write")
-    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--classes", type=int, default=10, help="number of classes: 16 distinct shapes and textures "
+                   "(more repeat them under new names) (default: 10)")
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--val-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard", action="store_true", help="clutter, occlusion, scale, position and rotation jitter, "
+                   "lower contrast: a set the small net errs on (10-30%%), so that ablations differ")
+    _quiet_flag(p, "no progress bar")
     p.add_argument("--cifar", action="store_true", help="write 32x32 images in CIFAR-10's python-pickle batches "
                    "instead (for `alexnet experiment relu-vs-tanh` without CIFAR-10)")
     p.add_argument("--digits", action="store_true", help="write real data instead: the 1,797 UCI handwritten "
@@ -117,6 +121,7 @@ def _demo_parser(sub) -> None:
                        "on this machine, evaluate it with 1 and 10 patches, and say where everything went.")
     p.add_argument("--dir", default="alexnet-demo", help="folder for everything the demo writes (default: alexnet-demo)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.add_argument("--hard", action="store_true", help="the harder images of `demo-data --hard` (a new --dir)")
     _device_flag(p)
     _quiet_flag(p, "no progress bars")
 
@@ -218,6 +223,8 @@ def _experiment_parser(sub) -> None:
     p.add_argument("--base", default="paper", metavar="{" + ",".join(VARIANTS) + "}",
                    help="variant the ablation changes (default: paper)")
     p.add_argument("--results", default="experiments", help="folder for runs and the results table (default: experiments)")
+    p.add_argument("--seeds", type=int, default=EXPERIMENT_SEEDS,
+                   help=f"runs of each experiment, seeds S..S+N-1 with S = --seed (default: {EXPERIMENT_SEEDS})")
     p.add_argument("--cifar", help="CIFAR-10 python-batches folder, for relu-vs-tanh")
     p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1],
                    help="relu-vs-tanh: learning rates tried for each nonlinearity")

@@ -383,3 +383,8 @@ def check_recipes(recipes: dict[str, dict[str, dict[str, Any]]]) -> None:
 
 
 check_recipes(RECIPES)
+
+
+# `alexnet experiment`: runs per ablation arm, with seeds S, S+1, ... Three is the fewest for which a
+# spread over seeds, and Welch's test of a difference against it, can be computed with a df above 1.
+EXPERIMENT_SEEDS = 3

@@ -31,13 +31,16 @@ DEMO_VAL_PER_CLASS = 50
 
 def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None, device: str = "auto",
              progress: bool = True, classes: int = DEMO_CLASSES, train_per_class: int = DEMO_TRAIN_PER_CLASS,
-             val_per_class: int = DEMO_VAL_PER_CLASS, overrides: dict | None = None, echo=print) -> dict:
+             val_per_class: int = DEMO_VAL_PER_CLASS, overrides: dict | None = None, echo=print,
+             hard: bool = False) -> dict:
+    """Every stage of the demo into `root`; `hard`: the images of `demo-data --hard` (clutter, occlusion)."""
     root = Path(root)
     src, store, run = root / "images", root / "store", root / "run"
     epochs = epochs or DEMO_EPOCHS
     echo(f"== 1/6 demo images -> {src}")
     if not (src / "LOC_synset_mapping.txt").exists():
-        make_demo_data(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class)
+        make_demo_data(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                       progress=progress, hard=hard)
         echo(f"wrote {classes} classes x ({train_per_class} train + {val_per_class} val) JPEGs of mixed sizes")
     else:
         echo("already there")

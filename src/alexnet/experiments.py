@@ -2,12 +2,15 @@
 
 Every ablation is a named change to a base config (the paper's net by default, `--base small` on a
 CPU), trained with the same code and recipe and evaluated on the centre patch and the ten patches.
-A run's folder, RESULTS/runs/DATA-BASE-NAME-HASH, is named by all of its settings: HASH is a short
-hash of the resolved config and the store's path, leaving out what does not change what is trained
-(device, when to stop or checkpoint, loader threads). The same command resumes its own run; other
-settings train a new one. Only a finished run appends its row to RESULTS/results.jsonl and rewrites
-RESULTS/results.md, one table with a column for the difference to the baseline trained on the same
-data, base and settings, so rows from different runs and machines stay comparable. `relu-vs-tanh` is
+Each arm is trained with several seeds (`--seeds`, config.EXPERIMENT_SEEDS). A run's folder,
+RESULTS/runs/DATA-BASE-NAME-HASH, is named by all of its settings: HASH is a short hash of the
+resolved config (its seed included) and the store's path, leaving out what does not change what is
+trained (device, when to stop or checkpoint, loader threads). The same command resumes its own runs
+and skips the finished ones; other settings train new ones. Only a finished run appends its row to
+RESULTS/results.jsonl and rewrites RESULTS/results.md (alexnet/experiment_table.py): per arm the
+mean ± std over its seeds and the difference to the baseline trained on the same data, base and
+settings, with Welch's test of whether it exceeds the seeds' spread, so rows from different runs and
+machines stay comparable. `relu-vs-tanh` is
 Fig. 1, on CIFAR-10 (alexnet/fig1.py).
 """
 
@@ -24,10 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 from alexnet.checkpoint import checkpoint_config, load_checkpoint
-from alexnet.config import Config, resolve, to_dict
+from alexnet.config import EXPERIMENT_SEEDS, Config, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
-from alexnet.files import write_json_atomic, write_text_atomic
+from alexnet.experiment_table import write_table
+from alexnet.files import write_json_atomic
 from alexnet.model import AlexNet, count_parameters
 from alexnet.analysis.figures import plot_curves
 from alexnet.run import fit
@@ -50,6 +54,15 @@ def _one_tower(c: Config) -> Config:
 
 def _no_lighting(c: Config) -> Config:
     return dataclasses.replace(c, data=dataclasses.replace(c.data, lighting_std=0.0))
+
+
+class ExperimentInterrupted(Exception):
+    """A signal stopped a run (its checkpoint saved): the CLI says so and exits with `exit_code`
+    (130 after Ctrl-C, 143 after SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -99,66 +112,81 @@ def settings_hash(config: Config, data: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
-                   layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print) -> dict:
-    """Train (or resume) the named ablation, evaluate it with 1 and 10 patches, record a table row."""
-    config = experiment_config(name, base, *layers, {"train": {"device": device}})
-    results = Path(results)
-    run = results / "runs" / f"{Path(data).name}-{base}-{name}-{settings_hash(config, data)}"
-    resume = (run / "last.pt").exists()
-    log(f"experiment {name} ({EXPERIMENTS[name].section}: {EXPERIMENTS[name].what}) on {data}, base {base} -> {run}")
-    start = time.time()
-    r = fit(config, data, run, resume=resume, progress=progress)
-    if r["history"]:
-        plot_curves(r["history"], run / "curves.png", title=f"{config.variant} on {Path(data).name}")
-    if r["status"] != "finished":
-        raise UserError(f"experiment {name} {r['status']} before its last epoch, so no row was written; run the "
-                        f"same command again (without --max-steps) to continue {run}")
-    one = evaluate([run / "best.pt"], data, "val", 1, device=device, progress=False)
-    ten = evaluate([run / "best.pt"], data, "val", 10, device=device, progress=False)
-    trained = checkpoint_config(load_checkpoint(run / "best.pt"))
-    history = load_checkpoint(run / "last.pt")["history"]
-    recipe = settings_hash(resolve({"variant": base}, *layers), data)  # shared by the ablations of one recipe
-    row = {"experiment": name, "section": EXPERIMENTS[name].section, "change": EXPERIMENTS[name].what,
-           "base": base, "data": str(Path(data).resolve()), "settings": recipe, "run": run.name,
-           "parameters": count_parameters(AlexNet(trained.model)), "epochs": len(history), "seed": config.train.seed,
-           "top1_err": one["top1_err"], "top5_err": one["top5_err"],
-           "top1_err_10crop": ten["top1_err"], "top5_err_10crop": ten["top5_err"],
-           "train_err": history[-1]["train_top1_err"],
-           "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-           "seconds": round(time.time() - start, 1), "date": time.strftime("%Y-%m-%d"), "commit": _commit()}
+def _arm_settings(base: str, layers: tuple[dict, ...], data: str | os.PathLike) -> str:
+    """The hash shared by every ablation and every seed of one recipe on one store."""
+    return settings_hash(resolve({"variant": base}, *layers, {"train": {"seed": 0}}), data)
+
+
+def _append_row(results: Path, row: dict) -> None:
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    write_table(results)
-    write_json_atomic(results / f"{run.name}.json", row)
-    log(f"{name}: top-1 error {row['top1_err']:.2%} (10 patches {row['top1_err_10crop']:.2%}), "
+    write_table(results, list(EXPERIMENTS))
+    write_json_atomic(results / f"{row['run']}.json", row)
+
+
+def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
+                   layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print) -> dict:
+    """Train (or resume) the named ablation with the seed `layers` give, evaluate it with 1 and 10
+    patches, record a table row. A run whose row is already recorded is skipped (its row returned)."""
+    config = experiment_config(name, base, *layers, {"train": {"device": device}})
+    results = Path(results)
+    run = results / "runs" / f"{Path(data).name}-{base}-{name}-{settings_hash(config, data)}"
+    done = results / f"{run.name}.json"
+    if done.is_file() and (run / "best.pt").is_file():
+        row = json.loads(done.read_text())
+        log(f"experiment {name}, seed {config.train.seed}: already done ({run}), top-1 error {row['top1_err']:.2%}")
+        return row
+    resume = (run / "last.pt").exists()
+    log(f"experiment {name} ({EXPERIMENTS[name].section}: {EXPERIMENTS[name].what}), seed {config.train.seed}, "
+        f"on {data}, base {base} -> {run}")
+    start = time.time()
+    r = fit(config, data, run, resume=resume, progress=progress)
+    if r["history"]:
+        plot_curves(r["history"], run / "curves.png", title=f"{config.variant} on {Path(data).name}")
+    if r["status"] == "interrupted":
+        raise ExperimentInterrupted(f"experiment {name} interrupted ({r['signal'] or 'Ctrl-C'}); its checkpoint is "
+                                    f"saved and no row was written: the same command continues {run}", r["exit_code"])
+    if r["status"] != "finished":
+        raise UserError(f"experiment {name} {r['status']} before its last epoch, so no row was written; run the "
+                        f"same command again (without --max-steps) to continue {run}")
+    one = evaluate([run / "best.pt"], data, "val", 1, device=device, progress=progress)
+    ten = evaluate([run / "best.pt"], data, "val", 10, device=device, progress=progress)
+    trained = checkpoint_config(load_checkpoint(run / "best.pt"))
+    history = load_checkpoint(run / "last.pt")["history"]
+    row = {"experiment": name, "section": EXPERIMENTS[name].section, "change": EXPERIMENTS[name].what,
+           "base": base, "data": str(Path(data).resolve()), "settings": _arm_settings(base, layers, data),
+           "run": run.name, "parameters": count_parameters(AlexNet(trained.model)), "epochs": len(history),
+           "seed": config.train.seed, "top1_err": one["top1_err"], "top5_err": one["top5_err"],
+           "top1_err_10crop": ten["top1_err"], "top5_err_10crop": ten["top5_err"],
+           "train_err": history[-1]["train_top1_err"],
+           "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+           "seconds": round(time.time() - start, 1), "date": time.strftime("%Y-%m-%d"), "commit": _commit()}
+    _append_row(results, row)
+    log(f"{name}, seed {row['seed']}: top-1 error {row['top1_err']:.2%} (10 patches {row['top1_err_10crop']:.2%}), "
         f"top-5 {row['top5_err']:.2%}; table: {results / 'results.md'}")
     return row
 
 
-def write_table(results: str | os.PathLike) -> Path:
-    """results.md from every row of results.jsonl: the latest row of each data/base/settings/experiment,
-    with the difference to the baseline of the same data, base and settings."""
-    results = Path(results)
-    rows = {}
-    for line in (results / "results.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            rows[(r["data"], r["base"], r.get("settings", ""), r["experiment"])] = r
-    order = list(EXPERIMENTS)
-    lines = ["| data | base | settings | experiment | paper | change | params | epochs | top-1 err | vs baseline | "
-             "top-5 err | top-1, 10 patches | top-5, 10 patches | train err | img/s | date | commit |",
-             "|" + "---|" * 17]
-    for (data, base, settings, name), r in sorted(rows.items(), key=lambda kv: (*kv[0][:3], order.index(kv[0][3]))):
-        b = rows.get((data, base, settings, "baseline"))
-        delta = f"{(r['top1_err'] - b['top1_err']) * 100:+.2f} pts" if b and name != "baseline" else ""
-        lines.append(f"| {Path(data).name} | {base} | {settings} | {name} | {r['section']} | {r['change']} | "
-                     f"{r['parameters']:,} | {r['epochs']} | {r['top1_err']:.2%} | {delta} | {r['top5_err']:.2%} | "
-                     f"{r['top1_err_10crop']:.2%} | {r['top5_err_10crop']:.2%} | {r['train_err']:.2%} | "
-                     f"{r['images_per_s']:.0f} | {r['date']} | {r['commit']} |")
-    path = results / "results.md"
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    return path
+def run_arms(names: list[str], data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
+             layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print,
+             seeds: int = EXPERIMENT_SEEDS) -> list[dict]:
+    """`run_arm` for each of `names`, seed by seed: every arm's first seed, then every arm's second,
+    so that a table cut short (or read while it grows) has every arm in it."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    for name in names:
+        experiment_config(name, base, *layers)  # an unknown name or a bad setting fails before any training
+    first = resolve({"variant": base}, *layers).train.seed
+    return [run_experiment(name, data, base, results, (*layers, {"train": {"seed": first + i}}), device, progress, log)
+            for i in range(seeds) for name in names]
+
+
+def run_arm(name: str, data: str | os.PathLike, base: str = "paper", results: str | os.PathLike = "experiments",
+            layers: tuple[dict, ...] = (), device: str = "auto", progress: bool = True, log=print,
+            seeds: int = EXPERIMENT_SEEDS) -> list[dict]:
+    """The ablation `name` trained `seeds` times, with train.seed = S, S+1, ... (S: the seed `layers`
+    give, 0 by default); each seed is its own run, resumed or skipped on its own."""
+    return run_arms([name], data, base, results, layers, device, progress, log, seeds)
