@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from alexnet.analysis.figures import plot_curves
+from alexnet.analysis.figures import plot_curves, run_title
 from alexnet.analysis.html_report import write_run_report
 from alexnet.analysis.report import write_figures
 from alexnet.checkpoint import load_checkpoint
@@ -63,7 +63,7 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
     else:
         result = fit(config, store, run, resume=last.exists(), progress=progress)
         if result["history"]:
-            plot_curves(result["history"], run / "curves.png", title=f"{config.variant} on {store.name}")
+            plot_curves(result["history"], run / "curves.png", title=run_title(config.variant, store.name, result["history"]))
         if result["status"] != "finished":
             echo(f"training {result['status']}; run `alexnet demo` again to continue")
             return {"status": result["status"], "exit_code": result["exit_code"]}

@@ -33,7 +33,7 @@ from alexnet.evaluate import evaluate
 from alexnet.experiment_table import write_table
 from alexnet.files import write_json_atomic
 from alexnet.model import AlexNet, count_parameters
-from alexnet.analysis.figures import plot_curves
+from alexnet.analysis.figures import plot_curves, run_title
 from alexnet.run import fit
 
 # settings that change how a run is carried out, not what it trains
@@ -145,7 +145,7 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
     start = time.time()
     r = fit(config, data, run, resume=resume, progress=progress)
     if r["history"]:
-        plot_curves(r["history"], run / "curves.png", title=f"{config.variant} on {Path(data).name}")
+        plot_curves(r["history"], run / "curves.png", title=run_title(config.variant, Path(data).name, r["history"]))
     if r["status"] == "interrupted":
         raise ExperimentInterrupted(f"experiment {name} interrupted ({r['signal'] or 'Ctrl-C'}); its checkpoint is "
                                     f"saved and no row was written: the same command continues {run}", r["exit_code"])
