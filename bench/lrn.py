@@ -4,20 +4,23 @@
 
 torch's module is given alpha*n (it divides alpha by n) so both compute the paper's formula. The
 "autograd" row is the same formula differentiated by autograd, to show what the hand-written
-backward buys. Run it twice, with ALEXNET_KEEP_FREED_MEMORY=0 and without, to see the allocator's share.
+backward buys. The implementations run alternately, a round at a time, and each speed-up is the
+median of the per-round ratios to torch's module (bench/common.py `interleave`). Run it twice, with ALEXNET_KEEP_FREED_MEMORY=0 and without, to see the allocator's share.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import report, time_it  # noqa: E402
+from common import interleave, pair_ratio, ratio_text, report, sync  # noqa: E402
 
 from alexnet.model import _lrn_scale, local_response_norm  # noqa: E402
 from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
@@ -25,6 +28,38 @@ from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 def autograd_formula(x):
     return x * _lrn_scale(x, 5, 1e-4, 2.0).pow(-0.75)
+
+
+def compare(impls: dict, layer: str, shape: tuple, dtype: torch.dtype, device: torch.device, repeats: int) -> list[dict]:
+    """The implementations alternately (A B C, C B A, ...), `repeats` rounds after a warm-up call each;
+    ms: each one's median, speedup: the median of its per-round ratios to the first that runs (torch's)."""
+    x0 = (torch.randn(shape, device=device) * 20).relu().to(dtype)
+    g = torch.randn(shape, device=device).to(dtype)
+    steps, rows = {}, []
+    for name, fn in impls.items():
+        x = x0.clone().requires_grad_()
+
+        def step(x=x, fn=fn):
+            x.grad = None
+            sync(device)
+            start = time.perf_counter()
+            fn(x).backward(g)
+            sync(device)
+            return time.perf_counter() - start
+        try:
+            step()  # warm-up
+        except RuntimeError as e:  # e.g. no bf16 kernel for avg_pool3d on CPU
+            rows.append({"dtype": str(dtype).split(".")[1], "layer": layer, "batch": shape[0], "impl": name,
+                         "ms": float("nan"), "speedup": f"fails: {str(e).splitlines()[0][:60]}"})
+            continue
+        steps[name] = step
+    times = interleave(steps, repeats)
+    base = next(iter(times))
+    for name, t in times.items():
+        rows.append({"dtype": str(dtype).split(".")[1], "layer": layer, "batch": shape[0], "impl": name,
+                     "ms": statistics.median(t) * 1000,
+                     "speedup": ratio_text(pair_ratio(t, times[base], higher_is_better=False))})
+    return rows
 
 
 def main() -> None:
@@ -44,24 +79,7 @@ def main() -> None:
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
         for layer, shape in (("norm1", (args.batch, 96, 55, 55)), ("norm2", (args.batch, 256, 27, 27))):
-            x0 = (torch.randn(shape, device=device) * 20).relu().to(dtype)
-            g = torch.randn(shape, device=device).to(dtype)
-            base = None
-            for name, fn in impls.items():
-                x = x0.clone().requires_grad_()
-
-                def step(x=x, fn=fn, g=g):
-                    x.grad = None
-                    fn(x).backward(g)
-                try:
-                    seconds = time_it(step, device, warmup=1, repeats=args.repeats)
-                except RuntimeError as e:  # e.g. no bf16 kernel for avg_pool3d on CPU
-                    rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "impl": name, "ms": float("nan"),
-                                 "speedup": f"fails: {str(e).splitlines()[0][:60]}"})
-                    continue
-                base = base or seconds
-                rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "impl": name, "ms": seconds * 1000,
-                             "speedup": f"{base / seconds:.2f}x"})
+            rows += compare(impls, layer, shape, dtype, device, args.repeats)
     report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
 
 

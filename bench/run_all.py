@@ -79,7 +79,8 @@ def lrn_rows(entry: dict) -> list[Row]:
             base = next((x for x in pick if x["impl"].startswith("torch")), None)
             if ours and base:
                 ok = base["ms"] == base["ms"]  # not NaN: torch's module has no bf16 kernel on CPU
-                ratio = ours.get("vs torch") or (f"{base['ms'] / ours['ms']:.2f}x" if ok else "-")
+                # lrn.py's speedup is the median of interleaved pair ratios to torch's module where it runs
+                ratio = (ours.get("speedup") or f"{base['ms'] / ours['ms']:.2f}x") if ok else "-"
                 rows.append((f"LRN fwd+bwd, {layer} at batch {ours['batch']}, {dtype}", f"{ours['ms']:.1f} ms",
                              f"{base['ms']:.1f} ms (torch.nn.LocalResponseNorm)" if ok else
                              "fails (torch.nn.LocalResponseNorm)", ratio))
@@ -130,7 +131,16 @@ def loader_rows(entry: dict) -> list[Row]:
     return rows
 
 
-SUMMARISERS = {"lrn": lrn_rows, "loader": loader_rows, "prepare": loader_rows,
+def prepare_rows(entry: dict) -> list[Row]:
+    """bench/prepare.py: `alexnet prepare` against a minimal Pillow loop with the same workers."""
+    if not entry["rows"] or "prepare / loop" not in entry["rows"][0]:
+        return loader_rows(entry)
+    return [(f"alexnet prepare, {x['store']} store, {x['workers']} worker(s), start-up included (images/s)",
+             f"{x['prepare img/s']:,.0f}", f"{x['loop img/s']:,.0f} (minimal Pillow loop)",
+             f"{x['prepare / loop']:.2f}x ({x.get('pairs', '?')} pairs)") for x in entry["rows"]]
+
+
+SUMMARISERS = {"lrn": lrn_rows, "loader": loader_rows, "prepare": prepare_rows,
                "train": lambda e: measure_rows(e, "pytorch/examples main.py"),
                "eval": lambda e: measure_rows(e, "pytorch/examples validate()"),
                "peer": peer_rows, "ceiling": peer_rows}

@@ -86,9 +86,11 @@ def test_run_all_summary_reads_every_script_and_names_what_it_cannot(bench):
     results = {
         "lrn": [{"bench": "lrn", "rows": [
             {"dtype": "float32", "layer": "norm1", "batch": 16, "impl": "torch.nn.LocalResponseNorm", "ms": 30.0},
-            {"dtype": "float32", "layer": "norm1", "batch": 16, "impl": "alexnet local_response_norm", "ms": 10.0},
+            {"dtype": "float32", "layer": "norm1", "batch": 16, "impl": "alexnet local_response_norm", "ms": 10.0,
+             "speedup": "2.80x (2.50-3.10, 5 pairs)"},
             {"dtype": "bfloat16", "layer": "norm1", "batch": 16, "impl": "torch.nn.LocalResponseNorm", "ms": math.nan},
-            {"dtype": "bfloat16", "layer": "norm1", "batch": 16, "impl": "alexnet local_response_norm", "ms": 5.0}]}],
+            {"dtype": "bfloat16", "layer": "norm1", "batch": 16, "impl": "alexnet local_response_norm", "ms": 5.0,
+             "speedup": "1.90x (1.80-2.00, 5 pairs)"}]}],  # against the autograd formula: not torch's
         "train": [{"bench": "train", "rows": [
             {"measure": "peer fp32", "images/s": 10.0, "range": "9-11", "vs": "", "ratio": ""},
             {"measure": "alexnet fp32", "images/s": 12.0, "range": "", "vs": "0.10 TFLOP/s fp32 matmul",
@@ -103,11 +105,13 @@ def test_run_all_summary_reads_every_script_and_names_what_it_cannot(bench):
                                              "ours / torchvision": 0.8, "pair ratio range": "0.7-0.9"}]},
                  {"bench": "ceiling", "rows": [{"precision": "fp32", "batch": 64, "ours img/s": 40.0,
                                                 "ceiling img/s": 80.0, "ours share": 0.5}]}],
-        "prepare": [{"bench": "prepare", "rows": [{"something": "new"}]}, {"bench": "prepare"}],
+        "prepare": [{"bench": "prepare", "rows": [{"store": "raw", "workers": 2, "images": 256, "loop img/s": 400.0,
+                                                   "prepare img/s": 500.0, "prepare / loop": 1.3, "pairs": 2}]},
+                    {"bench": "prepare", "rows": [{"something": "new"}]}, {"bench": "prepare"}],
     }
     rows, unread = run_all.summary_rows(results)
     assert ("LRN fwd+bwd, norm1 at batch 16, float32", "10.0 ms", "30.0 ms (torch.nn.LocalResponseNorm)",
-            "3.00x") in rows
+            "2.80x (2.50-3.10, 5 pairs)") in rows  # the pair ratios' median, not 30 / 10
     assert ("LRN fwd+bwd, norm1 at batch 16, bfloat16", "5.0 ms", "fails (torch.nn.LocalResponseNorm)", "-") in rows
     assert ("alexnet fp32 / peer fp32: as each comes", "12.0 img/s", "10.0", "1.20x (1.10-1.30, 3 pairs)") in rows
     assert ("alexnet fp32", "12.0 img/s", "0.10 TFLOP/s fp32 matmul", "30.0% of it") in rows
@@ -117,6 +121,8 @@ def test_run_all_summary_reads_every_script_and_names_what_it_cannot(bench):
     assert ("paper net train step, fp32, NCHW, batch 64 (images/s)", "40.0", "50.0 (torchvision's AlexNet)",
             "0.80x (0.7-0.9)") in rows
     assert any(r[0].startswith("paper net training, fp32, batch 64: share") and r[3] == "50%" for r in rows)
+    assert ("alexnet prepare, raw store, 2 worker(s), start-up included (images/s)", "500",
+            "400 (minimal Pillow loop)", "1.30x (2 pairs)") in rows  # the pair ratios' median, not 500/400
     assert unread == ["prepare"]  # the entry without rows; the unknown row shape is skipped, not guessed
 
 
