@@ -109,10 +109,12 @@ def write_results(path: str | Path, name: str, rows: list[dict]) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    """The rows under the union of their keys, in first-seen order (a missing cell is left empty)."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        cells = (f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

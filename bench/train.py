@@ -177,7 +177,8 @@ def measure_matmul(device: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=640, help="generated JPEGs (~500x375)")
+    p.add_argument("--images", type=int, default=640, help="generated JPEGs (~500x375; at least enough for "
+                                                           "one epoch longer than the run)")
     p.add_argument("--batch", type=int, default=0, help="default: 64 on CPU, 128 on CUDA")
     p.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
@@ -196,6 +197,9 @@ def main() -> None:
     a.device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     cuda = a.device.startswith("cuda")
     a.batch = a.batch or (128 if cuda else 64)
+    # every timed step inside the first epoch on both sides: no epoch's end (the project's checkpoint,
+    # the peer's new workers) between them, and the project logs every step but an epoch's last
+    a.images = max(a.images, (a.warmup + a.steps + 1) * a.batch)
     a.threads = a.threads or fixed_thread_count() or usable_cores()
     a.workers = a.workers or min(4, usable_cores())
     chosen = pick_configs(a.configs, cuda)

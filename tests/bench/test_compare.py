@@ -153,3 +153,9 @@ def test_run_all_quick_arguments_are_ones_the_scripts_take(bench):
     for cuda in (False, True):
         args = run_all.bench_args("train", "cpu", True, cuda)
         assert train.pick_configs(args[args.index("--configs") + 1], cuda)  # names train.py knows
+
+
+def test_markdown_table_takes_every_rows_keys(bench):
+    common = bench("common")
+    text = common.markdown_table([{"a": 1.23456, "b": "x"}, {"a": 2.0, "c": 3}])
+    assert text.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.235 | x |  |", "| 2 |  | 3 |"]
