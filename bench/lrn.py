@@ -5,7 +5,8 @@
 torch's module is given alpha*n (it divides alpha by n) so both compute the paper's formula. The
 "autograd" row is the same formula differentiated by autograd, to show what the hand-written
 backward buys. The implementations run alternately, a round at a time, and each speed-up is the
-median of the per-round ratios to torch's module (bench/common.py `interleave`). Run it twice, with ALEXNET_KEEP_FREED_MEMORY=0 and without, to see the allocator's share.
+median of the per-round ratios to torch's module (bench/common.py `interleave`). Run it twice, with
+ALEXNET_KEEP_FREED_MEMORY=0 and without, to see the allocator's share.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def autograd_formula(x):
     return x * _lrn_scale(x, 5, 1e-4, 2.0).pow(-0.75)
 
 
-def compare(impls: dict, layer: str, shape: tuple, dtype: torch.dtype, device: torch.device, repeats: int) -> list[dict]:
+def compare(impls: dict, layer: str, shape: tuple, dtype: torch.dtype, device: torch.device,
+            repeats: int) -> list[dict]:
     """The implementations alternately (A B C, C B A, ...), `repeats` rounds after a warm-up call each;
     ms: each one's median, speedup: the median of its per-round ratios to the first that runs (torch's)."""
     x0 = (torch.randn(shape, device=device) * 20).relu().to(dtype)

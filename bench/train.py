@@ -2,7 +2,7 @@
 `main.py -a alexnet` (bench/examples_peer.py), on the same JPEGs, interleaved.
 
     python bench/train.py [--images 640] [--batch 64] [--warmup 2] [--steps 6] [--rounds 3]
-                          [--configs default|full|NAME,NAME] [--device auto] [--threads N] [--out FILE]
+                          [--configs default|attribution|full|NAME,NAME] [--device auto] [--threads N] [--out FILE]
 
 *peer*: bench/examples_peer.py on the JPEG folder: per-image Pillow decode, RandomResizedCrop(224),
 flip, ToTensor, Normalize in DataLoader workers, torchvision's AlexNet, SGD; fp32 or bf16 autocast;
@@ -17,7 +17,9 @@ one a step; the peer's from the end of its last warm-up step). Every configurati
 process once a round, in an order reversed every other round; each ratio is the median of the
 per-round ratios, with their range. Both sides get the same thread count (--threads, default: as
 OMP_NUM_THREADS, else every usable core) and sleeping waiting OpenMP threads, as `alexnet` sets them:
-this compares the implementations, bench/threads.py the thread placement.
+this compares the implementations, bench/threads.py the thread placement. The default set on a CPU
+says where the lead over the peer comes from: the allocator setting (peer with and without it), bf16
++ channels_last, and the LRN's share of the step (the same run with --no-model.lrn).
 
 On CUDA (--device auto finds it) the configurations are the GPU ones: the paper net at batch 128 in
 bf16 + channels_last with and without --compile against the peer in bf16, and each as a share of the
@@ -57,11 +59,12 @@ CONFIGS = {
     "alexnet bf16 channels_last (no LRN)": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--no-model.lrn"]),
     "alexnet bf16 channels_last compile": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--compile"]),
 }
-CPU_DEFAULT = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",
-               "alexnet bf16 channels_last"]
 CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32",
             "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
             "alexnet bf16 channels_last (no LRN)"]
+# where the lead over the peer comes from: the allocator setting, bf16 + channels_last, the LRN's share
+CPU_ATTRIBUTION = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",
+                   "alexnet bf16 channels_last", "alexnet bf16 channels_last (no LRN)"]
 CUDA_DEFAULT = ["peer bf16", "alexnet bf16 channels_last", "alexnet bf16 channels_last compile"]
 
 # (ours, baseline, what the ratio says): a row whenever both were measured
@@ -156,7 +159,8 @@ def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul
 
 
 def pick_configs(spec: str, cuda: bool) -> list[str]:
-    names = {"default": CUDA_DEFAULT if cuda else CPU_DEFAULT, "full": CPU_FULL + (CUDA_DEFAULT[2:] if cuda else [])}
+    names = {"default": CUDA_DEFAULT if cuda else CPU_ATTRIBUTION, "attribution": CPU_ATTRIBUTION,
+             "full": CPU_FULL + (CUDA_DEFAULT[2:] if cuda else [])}
     chosen = names.get(spec) or [s.strip() for s in spec.split(",")]
     unknown = [c for c in chosen if c not in CONFIGS]
     if unknown:
@@ -183,7 +187,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--configs", default="default", help="default, full, or names from CONFIGS, comma-separated")
+    p.add_argument("--configs", default="default", help="default, attribution, full, or names from CONFIGS, "
+                                                        "comma-separated")
     p.add_argument("--threads", type=int, default=0, help="both sides' thread count (default: OMP_NUM_THREADS, "
                                                           "else every usable core)")
     p.add_argument("--workers", type=int, default=0, help="the peer's DataLoader workers (default: min(4, cores))")
