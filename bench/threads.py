@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="train only, 2 rounds")
     ap.add_argument("--only", nargs="+", help="commands to time (train eval features prepare)")
+    ap.add_argument("--machine", choices=("idle", "busy", "both"), default="both",
+                    help="time beside nothing, beside a CPU hog, or both")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "threads.jsonl"))
     args = ap.parse_args()
     only = ["train"] if args.quick else args.only
@@ -130,7 +132,7 @@ def main() -> None:
         for name, cmd in commands(src, store, run, scratch).items():
             if only and name not in only:
                 continue
-            for busy in (False, True):
+            for busy in {"idle": (False,), "busy": (True,), "both": (False, True)}[args.machine]:
                 rows.append(measure(name, cmd, rounds, scratch, busy))
                 print(rows[-1], flush=True)
     report("threads", f"alexnet commands, threads chosen by the project vs by hand, {os.cpu_count()} cores, "
