@@ -126,10 +126,10 @@ def read_cpu_sample(proc_stat: str | os.PathLike = "/proc/stat", niced: bool | N
 
 def busy_elsewhere(before: CpuSample, after: CpuSample) -> float:
     """Cores kept busy by other processes between two samples (the machine's busy time minus ours), at
-    most the machine's CPUs: on a loaded machine the probing process can wait tens of ms for a core
-    between reading /proc/stat and the clock, so over a 0.1 s probe the busy time of 2 fully busy
-    cores read as up to 2.9 (measured beside a CPU hog at load 12-14: auto then chose 1 thread in some
-    runs and trained at 0.72x the speed of 2)."""
+    most the machine's CPUs: on a loaded machine the probing process can wait for a core between
+    reading /proc/stat and the clock, so over a 0.1 s probe 2 fully busy cores read as more than 2
+    (1.88-2.13 in 40 probes at load 13). Uncapped, beside a CPU hog at load 12-14, auto chose 1 thread
+    in some runs and the demo's training ran at 0.72x the speed of 2 threads (bench/threads.py)."""
     wall = after.wall - before.wall
     if wall <= 0:
         return 0.0
