@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: timing and the environment line written next to every figure."""
+"""Shared helpers for the benchmarks: timing, interleaved A/B comparison, the generated JPEG folder and
+the environment line written next to every figure."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -53,6 +55,51 @@ def time_it(fn: Callable[[], object], device: torch.device, warmup: int = 1, rep
     return statistics.median(times)
 
 
+def interleave(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each measure once per round, in the order given on even rounds and reversed on odd ones (A B,
+    B A, ...), so that drift in the machine's load hits every measure alike and none always goes
+    first. Returns each measure's values, one a round, in round order."""
+    values: dict[str, list[float]] = {name: [] for name in measures}
+    names = list(measures)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            values[name].append(measures[name]())
+    return values
+
+
+def pair_ratio(ours: list[float], base: list[float], higher_is_better: bool = True) -> dict:
+    """The speed-up of `ours` over `base` from values measured side by side (one pair per round):
+    the median of the pair ratios and their range. Rates (images/s) divide ours / base; times
+    (`higher_is_better=False`) base / ours. Ratios of medians taken at different moments swing with
+    the load; pair ratios share each moment's load."""
+    if len(ours) != len(base) or not ours:
+        raise ValueError(f"need as many values of each side, at least one; got {len(ours)} and {len(base)}")
+    ratios = [o / b if higher_is_better else b / o for o, b in zip(ours, base)]
+    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios), "pairs": len(ratios)}
+
+
+def ratio_text(r: dict) -> str:
+    """'1.23x (1.10-1.31, 4 pairs)'."""
+    return f"{r['ratio']:.2f}x ({r['low']:.2f}-{r['high']:.2f}, {r['pairs']} pairs)"
+
+
+def make_folder(root: Path, n: int, classes: int = 8) -> None:
+    """`n` ImageNet-like JPEGs (q90, ~500x375, every fifth portrait) in root/train/<class>/."""
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for i in range(n):
+        w, h = int(rng.integers(400, 520)), int(rng.integers(300, 400))
+        if i % 5 == 0:
+            w, h = h, w
+        small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+        pixels = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        folder = root / "train" / f"n{i % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"img_{i:05d}.JPEG", quality=90)
+
+
 def write_results(path: str | Path, name: str, rows: list[dict]) -> None:
     """Append one benchmark's rows, with the environment, to a JSON-lines file."""
     path = Path(path)
@@ -62,10 +109,12 @@ def write_results(path: str | Path, name: str, rows: list[dict]) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    """The rows under the union of their keys, in first-seen order (a missing cell is left empty)."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        cells = (f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -2,12 +2,15 @@
 OMP_NUM_THREADS=1 and =2 set by hand, on an idle machine and beside a CPU hog (`python -c "while True:
 pass"`), as a user on a busy laptop or a shared server runs them (issue: "Threads fight").
 
-Each command runs as a fresh process (start-up included, as a user sees it) in the order
-auto, 1, 2, auto, 1, 2, ... so that drift in the machine's load hits every setting alike; the table
-gives the median seconds of each and the ratio best-by-hand / auto (>= 0.95 is the target: auto is
-never more than 5% slower than the best hand setting).
+Each command runs as a fresh process (start-up included, as a user sees it), every setting once a
+round, in the order auto, 1, 2 and reversed every other round (2, 1, auto), so that drift in the
+machine's load hits every setting alike. The table gives the median seconds of each setting, the
+thread counts auto chose (recorded by the same probe the CLI makes, at its start), and each hand
+setting's time over auto's as the median of the per-round ratios with their range; "best by hand /
+auto" takes the hand setting with the lower median (>= 0.95 is the target: auto never more than 5%
+slower than the best hand setting).
 
-    python bench/threads.py                 # train, eval, features, prepare; idle and busy; 3 rounds
+    python bench/threads.py                 # train, eval, features, prepare; idle and busy; 5 rounds
     python bench/threads.py --quick         # train only, 2 rounds
 """
 
@@ -24,13 +27,25 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import interleave, pair_ratio, report  # noqa: E402
 
 SETTINGS = {"auto": {}, "OMP=1": {"OMP_NUM_THREADS": "1"}, "OMP=2": {"OMP_NUM_THREADS": "2"}}
 
 
 def alexnet(*args: str) -> list[str]:
     return [sys.executable, "-m", "alexnet.cli", *args]
+
+
+# The CLI with its thread plan written to a file: the same configure_process call `alexnet.cli.main`
+# makes first, after which main finds OMP_NUM_THREADS set and keeps it.
+RECORDING = ("import os, sys\nfrom alexnet.machine import configure_process\nn = configure_process()\n"
+             "open(os.environ['THREADS_BENCH_RECORD'], 'a').write(f'{n}\\n')\n"
+             "from alexnet.cli import main\nsys.exit(main(sys.argv[1:]))")
+
+
+def recording(cmd: list[str]) -> list[str]:
+    assert cmd[1:3] == ["-m", "alexnet.cli"]
+    return [cmd[0], "-c", RECORDING, *cmd[3:]]
 
 
 def make_store(root: Path) -> tuple[Path, Path, Path]:
@@ -68,27 +83,42 @@ def timed(cmd: list[str], env: dict, scratch: Path) -> float:
 
 def measure(name: str, cmd: list[str], rounds: int, scratch: Path, busy: bool) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ALEXNET_THREADS", "MKL_NUM_THREADS")}
+    record = scratch / "auto-threads.txt"
+    record.unlink(missing_ok=True)
+    runs = {setting: (recording(cmd) if setting == "auto" else cmd, {**base, **extra, "THREADS_BENCH_RECORD": str(record)})
+            for setting, extra in SETTINGS.items()}
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
-        times: dict[str, list[float]] = {s: [] for s in SETTINGS}
-        for _ in range(rounds):
-            for setting, extra in SETTINGS.items():
-                times[setting].append(timed(cmd, {**base, **extra}, scratch))
+        times = interleave({s: (lambda c=c, e=e: timed(c, e, scratch)) for s, (c, e) in runs.items()}, rounds)
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
+    return summarise(name, busy, times, record.read_text().split())
+
+
+def summarise(name: str, busy: bool, times: dict[str, list[float]], chosen: list[str]) -> dict:
+    """Median seconds per setting and each hand setting against auto (per-round ratios: > 1 where auto
+    was faster); "best by hand / auto" uses the hand setting with the lower median."""
     med = {s: statistics.median(t) for s, t in times.items()}
-    best = min(med["OMP=1"], med["OMP=2"])
-    return {"command": name, "machine": "busy (1 hog)" if busy else "idle", **{f"{s} s": v for s, v in med.items()},
-            "best by hand / auto": best / med["auto"]}
+    hand = {s: pair_ratio(times["auto"], times[s], higher_is_better=False) for s in times if s != "auto"}
+    best = min(hand, key=lambda s: med[s])
+    counts = sorted(set(chosen), key=int)
+    row = {"command": name, "machine": "busy (1 hog)" if busy else "idle", **{f"{s} s": v for s, v in med.items()},
+           "auto chose": "/".join(counts) if counts else "?"}
+    for s, r in hand.items():
+        row[f"{s} / auto"] = f"{r['ratio']:.2f} ({r['low']:.2f}-{r['high']:.2f})"
+    row["best by hand / auto"] = hand[best]["ratio"]
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="train only, 2 rounds")
     ap.add_argument("--only", nargs="+", help="commands to time (train eval features prepare)")
+    ap.add_argument("--machine", choices=("idle", "busy", "both"), default="both",
+                    help="time beside nothing, beside a CPU hog, or both")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "threads.jsonl"))
     args = ap.parse_args()
     only = ["train"] if args.quick else args.only
@@ -102,11 +132,11 @@ def main() -> None:
         for name, cmd in commands(src, store, run, scratch).items():
             if only and name not in only:
                 continue
-            for busy in (False, True):
+            for busy in {"idle": (False,), "busy": (True,), "both": (False, True)}[args.machine]:
                 rows.append(measure(name, cmd, rounds, scratch, busy))
                 print(rows[-1], flush=True)
     report("threads", f"alexnet commands, threads chosen by the project vs by hand, {os.cpu_count()} cores, "
-           f"median of {rounds} interleaved rounds", rows, args.out)
+           f"{rounds} interleaved rounds (ratios: median of the rounds, range in brackets)", rows, args.out)
 
 
 if __name__ == "__main__":

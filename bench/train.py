@@ -1,192 +1,238 @@
-"""Training throughput: `alexnet train` vs a plain eager PyTorch loop, in one run.
+"""Training throughput: `alexnet train` against the loop users run, pytorch/examples' ImageNet
+`main.py -a alexnet` (bench/examples_peer.py), on the same JPEGs, interleaved.
 
-    python bench/train.py [--images 384] [--batch 64] [--device auto] [--variants paper,small]
+    python bench/train.py [--images 640] [--batch 64] [--warmup 2] [--steps 6] [--rounds 3]
+                          [--configs default|attribution|full|NAME,NAME] [--device auto] [--threads N] [--out FILE]
 
-plain: the same architecture built from stock modules (torch.nn.LocalResponseNorm with alpha*n,
-       nn.Dropout), torch.optim.SGD, a Dataset that decodes, resizes, crops and flips each JPEG with
-       Pillow in a DataLoader (2 workers), glibc's default allocator: what a user would write first.
-ours:  `alexnet.run.fit` on a raw store of the same images (threaded uint8 loader, augmentation on
-       the device, the package's LRN and allocator setting), images/s of the training steps.
-Each measurement runs in its own process; the first step of each is left out as warm-up.
-On CUDA it also times the paper net at batch 128 in fp32 and bf16 and compares the bf16 rate with a
-measured bf16 matmul rate.
+*peer*: bench/examples_peer.py on the JPEG folder: per-image Pillow decode, RandomResizedCrop(224),
+flip, ToTensor, Normalize in DataLoader workers, torchvision's AlexNet, SGD; fp32 or bf16 autocast;
+glibc's allocator as it comes, or told to keep freed memory through the environment
+(GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647, which is what
+`alexnet.machine.keep_freed_memory` asks of glibc with mallopt).
+*alexnet*: the CLI, `alexnet train --variant paper` on a raw store prepared from the same JPEGs, with
+the CPU's defaults (fp32, NCHW) or bf16 autocast + channels_last; 1000 classes on both sides.
+Images/s of the steps after the warm-up ones, end to end: data, augmentation and the optimizer
+included, validation and checkpoint writes left out on both sides (the project's from its step lines,
+one a step; the peer's from the end of its last warm-up step). Every configuration runs as its own
+process once a round, in an order reversed every other round; each ratio is the median of the
+per-round ratios, with their range. Both sides get the same thread count (--threads, default: as
+OMP_NUM_THREADS, else every usable core) and sleeping waiting OpenMP threads, as `alexnet` sets them:
+this compares the implementations, bench/threads.py the thread placement. The default set on a CPU
+says where the lead over the peer comes from: the allocator setting (peer with and without it), bf16
++ channels_last, and the LRN's share of the step (the same run with --no-model.lrn).
+
+On CUDA (--device auto finds it) the configurations are the GPU ones: the paper net at batch 128 in
+bf16 + channels_last with and without --compile against the peer in bf16, and each as a share of the
+device's measured bf16 matmul rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import report  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import interleave, make_folder, pair_ratio, ratio_text, report  # noqa: E402
+
+KEEP_FREED = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+STEP_LINE = re.compile(r"^epoch \d+ step \d+ .* data ([\d.]+) s  compute ([\d.]+) s\s*$")
+
+# name: (side, settings). Project settings are `alexnet train` flags; peer ones examples_peer.py flags
+# and whether glibc keeps freed memory.
+CONFIGS = {
+    "peer fp32": ("peer", {"amp": "off", "keep_freed": False}),
+    "peer fp32 (keep freed)": ("peer", {"amp": "off", "keep_freed": True}),
+    "peer bf16": ("peer", {"amp": "bf16", "keep_freed": False}),
+    "peer bf16 (keep freed)": ("peer", {"amp": "bf16", "keep_freed": True}),
+    "alexnet fp32": ("alexnet", ["--amp", "off", "--channels-last", "off"]),
+    "alexnet fp32 channels_last": ("alexnet", ["--amp", "off", "--channels-last", "on"]),
+    "alexnet bf16": ("alexnet", ["--amp", "bf16", "--channels-last", "off"]),
+    "alexnet bf16 channels_last": ("alexnet", ["--amp", "bf16", "--channels-last", "on"]),
+    "alexnet bf16 channels_last (no LRN)": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--no-model.lrn"]),
+    "alexnet bf16 channels_last compile": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--compile"]),
+}
+CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32",
+            "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
+            "alexnet bf16 channels_last (no LRN)"]
+# where the lead over the peer comes from: the allocator setting, bf16 + channels_last, the LRN's share
+CPU_ATTRIBUTION = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",
+                   "alexnet bf16 channels_last", "alexnet bf16 channels_last (no LRN)"]
+CUDA_DEFAULT = ["peer bf16", "alexnet bf16 channels_last", "alexnet bf16 channels_last compile"]
+
+# (ours, baseline, what the ratio says): a row whenever both were measured
+COMPARISONS = [
+    ("alexnet fp32", "peer fp32", "as each comes (peer: glibc's allocator)"),
+    ("alexnet fp32", "peer fp32 (keep freed)", "fp32, allocator setting on both sides"),
+    ("alexnet bf16 channels_last", "peer bf16", "bf16"),
+    ("alexnet bf16 channels_last", "peer bf16 (keep freed)", "bf16, allocator setting on both sides"),
+    ("alexnet bf16 channels_last", "peer fp32 (keep freed)", "each at its best precision, allocator on both"),
+    ("alexnet bf16 channels_last compile", "peer bf16", "bf16, --compile"),
+    ("alexnet bf16 channels_last compile", "alexnet bf16 channels_last", "what --compile adds"),
+    ("peer fp32 (keep freed)", "peer fp32", "the allocator setting, peer fp32"),
+    ("peer bf16 (keep freed)", "peer bf16", "the allocator setting, peer bf16"),
+    ("alexnet bf16", "alexnet fp32", "bf16 autocast, NCHW"),
+    ("alexnet fp32 channels_last", "alexnet fp32", "channels_last, fp32"),
+    ("alexnet bf16 channels_last", "alexnet bf16", "channels_last, bf16"),
+    ("alexnet bf16 channels_last", "alexnet fp32", "bf16 + channels_last"),
+]
 
 
-def plain_loop(src: str, variant: str, batch: int, steps: int, device_name: str) -> float:
-    import numpy as np
+def step_lines_rate(log: str, warmup: int, batch: int) -> float:
+    """Images/s from a run's step lines (one a step, `--train.log-every 1`), the first `warmup` left out."""
+    seconds = [float(m[1]) + float(m[2]) for m in map(STEP_LINE.match, log.splitlines()) if m]
+    timed = seconds[warmup:]
+    if not timed or sum(timed) <= 0:
+        raise RuntimeError(f"no step lines after {warmup} warm-up steps in the run's log:\n{log[-2000:]}")
+    return len(timed) * batch / sum(timed)
+
+
+def child_env(threads: int, keep_freed: bool | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ALEXNET_THREADS", "MKL_NUM_THREADS")}
+    env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", KMP_BLOCKTIME="0")
+    src = str(HERE.parent / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if keep_freed:
+        env["GLIBC_TUNABLES"] = KEEP_FREED
+    return env
+
+
+def run_alexnet(store: Path, scratch: Path, flags: list[str], a: argparse.Namespace) -> float:
+    out = scratch / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "alexnet.cli", "train", "--data", str(store), "--out", str(out), "--variant", "paper",
+           "--model.num-classes", "1000", "--batch-size", str(a.batch), "--max-steps", str(a.warmup + a.steps),
+           "--train.log-every", "1", "--schedule", "step", "--device", a.device, "--quiet", *flags]
+    done = subprocess.run(cmd, env=child_env(a.threads), capture_output=True, text=True)
+    log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
+    shutil.rmtree(out, ignore_errors=True)  # the paper net's checkpoint is ~0.5 GB
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return step_lines_rate(log, a.warmup, a.batch)
+
+
+def run_peer(src: Path, settings: dict, a: argparse.Namespace) -> float:
+    cmd = [sys.executable, str(HERE / "examples_peer.py"), str(src), "--steps", str(a.steps), "--warmup",
+           str(a.warmup), "--batch", str(a.batch), "--amp", settings["amp"], "--workers", str(a.workers),
+           "--device", a.device]
+    done = subprocess.run(cmd, env=child_env(a.threads, settings["keep_freed"]), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["images/s"]
+
+
+def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul: dict | None = None) -> list[dict]:
+    """One row per configuration (median images/s, share of the matmul ceiling where measured), then one
+    per comparison whose two sides were both measured (median and range of the per-round ratios)."""
+    import statistics
+
+    rows = []
+    for name, values in rates.items():
+        row = {"measure": name, "images/s": statistics.median(values),
+               "range": f"{min(values):.1f}-{max(values):.1f}", "vs": "", "ratio": ""}
+        precision = "bf16" if "bf16" in name else "fp32"
+        if matmul and precision in matmul and not name.startswith("peer"):
+            rate = matmul[precision]
+            row["vs"] = f"{rate / 1e12:.2f} TFLOP/s {precision} matmul"
+            row["ratio"] = f"{statistics.median(values) * flop_per_image / rate:.1%} of it"
+        rows.append(row)
+    for ours, base, what in COMPARISONS:
+        if ours in rates and base in rates:
+            r = pair_ratio(rates[ours], rates[base])
+            rows.append({"measure": f"{ours} / {base}: {what}", "images/s": statistics.median(rates[ours]),
+                         "range": "", "vs": f"{statistics.median(rates[base]):.1f}", "ratio": ratio_text(r)})
+    if "alexnet bf16 channels_last (no LRN)" in rates and "alexnet bf16 channels_last" in rates:
+        # rate without / rate with = time with / time without, so 1 - 1/ratio is the LRN's share of the step
+        r = pair_ratio(rates["alexnet bf16 channels_last (no LRN)"], rates["alexnet bf16 channels_last"])
+        share = [1 - 1 / x for x in (r["ratio"], r["low"], r["high"])]
+        rows.append({"measure": "LRN's share of the bf16 channels_last step (1 - rate with / rate without)",
+                     "images/s": float("nan"), "range": "", "vs": "",
+                     "ratio": f"{share[0]:.0%} ({share[1]:.0%}-{share[2]:.0%})"})
+    return rows
+
+
+def pick_configs(spec: str, cuda: bool) -> list[str]:
+    names = {"default": CUDA_DEFAULT if cuda else CPU_ATTRIBUTION, "attribution": CPU_ATTRIBUTION,
+             "full": CPU_FULL + (CUDA_DEFAULT[2:] if cuda else [])}
+    chosen = names.get(spec) or [s.strip() for s in spec.split(",")]
+    unknown = [c for c in chosen if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"bench/train.py: error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}")
+    return chosen
+
+
+def measure_matmul(device: str) -> dict:
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from PIL import Image
 
-    from alexnet.model import create_model
-    from alexnet.runtime import resolve_device
+    from ceiling import matmul_rate
 
-    device = resolve_device(device_name)
-    files = sorted(Path(src).rglob("*.JPEG"))
-    classes = sorted({f.parent.name for f in files})
-    model = create_model(variant, num_classes=len(classes))
-    crop = model.config.input_size
-    size = 256 if crop > 64 else 72
-    for name in ("norm1", "norm2"):
-        setattr(model, name, nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))
-    for name in ("drop6", "drop7"):
-        setattr(model, name, nn.Dropout(0.5))
-    model.to(device)
-
-    class Folder(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(files)
-
-        def __getitem__(self, i):
-            img = Image.open(files[i]).convert("RGB")
-            w, h = img.size
-            s = size / min(w, h)
-            img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BILINEAR)
-            top = np.random.randint(0, img.size[1] - crop + 1)
-            left = np.random.randint(0, img.size[0] - crop + 1)
-            img = img.crop((left, top, left + crop, top + crop))
-            if np.random.rand() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            x = torch.from_numpy(np.asarray(img, dtype=np.float32) - 120.0).permute(2, 0, 1)
-            return x, classes.index(files[i].parent.name)
-
-    loader = torch.utils.data.DataLoader(Folder(), batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
-                                         persistent_workers=True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
-    done, start, n = 0, None, 0
-    while done <= steps:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if done == 0:
-                start = time.perf_counter()  # after the first (warm-up) step
-            else:
-                n += len(y)
-            done += 1
-            if done > steps:
-                break
-    return n / (time.perf_counter() - start)
-
-
-def ours(store: str, variant: str, batch: int, steps: int, device_name: str, amp: str = "auto") -> float:
-    """Images/s of the training loop over `steps` steps, from the run's own step timer (loading,
-    augmentation and the optimizer included; the checkpoint writes and the first step left out)."""
-    from alexnet.checkpoint import load_checkpoint
-    from alexnet.config import resolve
-    from alexnet.run import fit
-    from alexnet.runtime import keep_freed_memory
-
-    keep_freed_memory()  # as `alexnet train` does at its entry (fit itself leaves the allocator alone)
-
-    def config(max_steps):
-        return resolve({"variant": variant, "schedule": {"kind": "step"},
-                        "train": {"epochs": 1, "batch_size": batch, "max_steps": max_steps,
-                                  "device": device_name, "amp": amp, "log_every": 1}})
-
-    with tempfile.TemporaryDirectory() as out:
-        fit(config(1), store, out, progress=False, echo=False)  # warm-up step (allocations, kernels)
-        first = load_checkpoint(Path(out) / "last.pt")["running"]
-        fit(config(steps + 1), None, out, resume=True, progress=False, echo=False)
-        both = load_checkpoint(Path(out) / "last.pt")["running"]
-    return (both["count"] - first["count"]) / (both["seconds"] - first["seconds"])
-
-
-def bf16_matmul_tflops() -> float:
-    import torch
-
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    torch.cuda.synchronize()
-    return 10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
-
-
-def _child(args: list[str], keep_memory: bool) -> float:
-    env = dict(os.environ, ALEXNET_KEEP_FREED_MEMORY="1" if keep_memory else "0")
-    out = subprocess.run([sys.executable, __file__, "--child", *args], env=env, capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1])
+    dev = torch.device(device)
+    sizes = (4096, 8192) if dev.type == "cuda" else (1024, 2048)
+    return {name: matmul_rate(dtype, dev, sizes, 3)[0] for name, dtype in
+            (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=384)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per measurement (after one warm-up)")
+    p.add_argument("--images", type=int, default=640, help="generated JPEGs (~500x375; at least enough for "
+                                                           "one epoch longer than the run)")
+    p.add_argument("--batch", type=int, default=0, help="default: 64 on CPU, 128 on CUDA")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--configs", default="default", help="default, attribution, full, or names from CONFIGS, "
+                                                        "comma-separated")
+    p.add_argument("--threads", type=int, default=0, help="both sides' thread count (default: OMP_NUM_THREADS, "
+                                                          "else every usable core)")
+    p.add_argument("--workers", type=int, default=0, help="the peer's DataLoader workers (default: min(4, cores))")
     p.add_argument("--device", default="auto")
-    p.add_argument("--variants", default="paper,small")
     p.add_argument("--out", default="")
-    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        kind, *rest = args.child
-        if kind == "plain":
-            src, variant, batch, steps, device = rest
-            print(plain_loop(src, variant, int(batch), int(steps), device))
-        elif kind == "ours":
-            store, variant, batch, steps, device, amp = rest
-            print(ours(store, variant, int(batch), int(steps), device, amp))
-        else:
-            print(bf16_matmul_tflops())
-        return
-
+    a = p.parse_args()
     import torch
 
-    from alexnet.data.prepare import prepare
-    from loader import make_folder
+    from alexnet.machine import fixed_thread_count, usable_cores
 
-    cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
-    rows = []
+    a.device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    cuda = a.device.startswith("cuda")
+    a.batch = a.batch or (128 if cuda else 64)
+    # every timed step inside the first epoch on both sides: no epoch's end (the project's checkpoint,
+    # the peer's new workers) between them, and the project logs every step but an epoch's last
+    a.images = max(a.images, (a.warmup + a.steps + 1) * a.batch)
+    a.threads = a.threads or fixed_thread_count() or usable_cores()
+    a.workers = a.workers or min(4, usable_cores())
+    chosen = pick_configs(a.configs, cuda)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "src"
-        make_folder(src, args.images)
-        stores = {}
-        for variant in args.variants.split(","):
-            size = 72 if variant in ("small", "tiny") else 256
-            if size not in stores:
-                stores[size] = str(Path(tmp) / f"store{size}")
-                prepare(src, stores[size], size=size, progress=False, log=lambda *a: None)
-            n = [str(args.batch), str(args.steps), args.device]
-            plain = _child(["plain", str(src), variant, *n], keep_memory=False)
-            mine = _child(["ours", stores[size], variant, *n, "auto"], keep_memory=True)
-            rows.append({"variant": variant, "batch": args.batch, "plain eager loop img/s": plain,
-                         "alexnet train img/s": mine, "speed-up": f"{mine / plain:.2f}x"})
-            print(rows[-1], flush=True)
-        if cuda:
-            peak = _child(["matmul"], keep_memory=True)
-            for amp in ("off", "bf16"):
-                rate = _child(["ours", stores[256], "paper", "128", str(args.steps), "cuda", amp], keep_memory=True)
-                flops = rate * 3 * 2 * 724.4e6  # forward + backward ~ 3x the forward's 2*724M FLOP
-                rows.append({"variant": f"paper, CUDA, {'bf16' if amp == 'bf16' else 'fp32'}", "batch": 128,
-                             "plain eager loop img/s": float("nan"), "alexnet train img/s": rate,
-                             "speed-up": f"{flops / 1e12:.1f} TFLOP/s = {flops / 1e12 / peak:.1%} of bf16 matmul {peak:.0f}"})
-    report("train", f"training throughput, {args.images} images", rows, args.out)
+        src, store, scratch = Path(tmp) / "src", Path(tmp) / "store", Path(tmp) / "scratch"
+        make_folder(src, a.images)
+        subprocess.run([sys.executable, "-m", "alexnet.cli", "prepare", str(src), str(store), "--quiet"],
+                       env=child_env(a.threads), check=True, stdout=subprocess.DEVNULL)
+        scratch.mkdir()
+
+        def measure(name: str):
+            side, settings = CONFIGS[name]
+            run = (lambda: run_peer(src, settings, a)) if side == "peer" else \
+                (lambda: run_alexnet(store, scratch, settings, a))
+
+            def logged() -> float:
+                rate = run()
+                print(f"  {name}: {rate:.1f} img/s", flush=True)
+                return rate
+            return logged
+
+        rates = interleave({name: measure(name) for name in chosen}, a.rounds)
+    matmul = measure_matmul(a.device)
+    from ceiling import training_flop_per_image
+
+    rows = summarise(rates, training_flop_per_image(), matmul)
+    report("train", f"training images/s, paper net, batch {a.batch}, {a.warmup}+{a.steps} steps, {a.images} JPEGs, "
+           f"{a.device}, {a.threads} threads, peer workers {a.workers}, {a.rounds} interleaved rounds", rows, a.out)
 
 
 if __name__ == "__main__":

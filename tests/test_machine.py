@@ -41,12 +41,13 @@ def test_usable_cores_is_affinity_capped_by_quota(tmp_path, monkeypatch):
 
 def test_read_cpu_sample_counts_busy_ticks(tmp_path):
     # user nice system idle iowait irq softirq steal guest guest_nice
-    (tmp_path / "stat").write_text("cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 1 2 3\n")
+    (tmp_path / "stat").write_text("cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 1 2 3\ncpu1 4 5 6\nintr 7\n")
     ticks = os.sysconf("SC_CLK_TCK")
     s = read_cpu_sample(tmp_path / "stat", niced=True)
     assert s.machine_busy == pytest.approx((100 + 5 + 50 + 3 + 2) / ticks)
     s = read_cpu_sample(tmp_path / "stat", niced=False)  # niced processes' 5 ticks yield to us
     assert s.machine_busy == pytest.approx((100 + 50 + 3 + 2) / ticks)
+    assert s.cpus == 2  # the per-CPU lines
     assert read_cpu_sample(tmp_path / "missing") is None
 
 
@@ -55,6 +56,18 @@ def test_busy_elsewhere_subtracts_our_own_time():
     after = CpuSample(wall=12.0, machine_busy=104.0, own=6.0)  # 4 core-s busy, 1 of them ours, in 2 s
     assert busy_elsewhere(before, after) == pytest.approx(1.5)
     assert busy_elsewhere(after, after) == 0.0
+
+
+def test_busy_elsewhere_is_at_most_the_machines_cpus(monkeypatch):
+    # 2 cores fully busy over 0.1 s of ticks, but the probe waited 30 ms for a core before reading the
+    # clock: 0.2 core-s over 0.07 s reads as 2.86 cores elsewhere, more than the machine has
+    before, after = CpuSample(10.03, 100.0, 5.0, cpus=2), CpuSample(10.10, 100.2, 5.0, cpus=2)
+    assert busy_elsewhere(before, after) == 2.0
+    assert busy_elsewhere(CpuSample(10.03, 100.0, 5.0), CpuSample(10.10, 100.2, 5.0)) == pytest.approx(0.2 / 0.07)
+    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
+    samples = iter([before, after])
+    monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(samples))
+    assert plan_threads(usable=2) == 2  # a busy 2-core machine: both threads still win (bench/threads.py)
 
 
 @pytest.mark.parametrize("usable, others, expected", [(2, 0.0, 2), (2, 1.0, 2), (2, 2.4, 2), (2, 2.6, 1),

@@ -78,11 +78,13 @@ def usable_cores(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
 
 @dataclass(frozen=True)
 class CpuSample:
-    """Cumulative CPU seconds at one moment: all cores busy (from /proc/stat) and this process's own."""
+    """Cumulative CPU seconds at one moment: all cores busy (from /proc/stat) and this process's own;
+    `cpus`: the machine's CPUs (the per-CPU lines of /proc/stat; 0 where unknown)."""
 
     wall: float
     machine_busy: float
     own: float
+    cpus: int = 0
 
 
 def _clock_ticks() -> int:
@@ -106,35 +108,44 @@ def read_cpu_sample(proc_stat: str | os.PathLike = "/proc/stat", niced: bool | N
     niced = _niced() if niced is None else niced
     try:
         with open(proc_stat) as f:
-            fields = f.readline().split()
+            lines = f.read().splitlines()
     except OSError:
         return None
+    fields = lines[0].split() if lines else []
     if not fields or fields[0] != "cpu":
         return None
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
     ticks = [int(v) for v in fields[1:]]
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
     if not niced:
         busy -= ticks[1]  # processes at a lower priority (nice > 0) yield their cores to us
     t = os.times()
-    return CpuSample(time.monotonic(), busy / _clock_ticks(), t.user + t.system)
+    return CpuSample(time.monotonic(), busy / _clock_ticks(), t.user + t.system, cpus)
 
 
 def busy_elsewhere(before: CpuSample, after: CpuSample) -> float:
-    """Cores kept busy by other processes between two samples (the machine's busy time minus ours)."""
+    """Cores kept busy by other processes between two samples (the machine's busy time minus ours), at
+    most the machine's CPUs: on a loaded machine the probing process can wait for a core between
+    reading /proc/stat and the clock, so over a 0.1 s probe 2 fully busy cores read as more than 2
+    (1.88-2.13 in 40 probes at load 13). Uncapped, beside a CPU hog at load 12-14, auto chose 1 thread
+    in some runs and the demo's training ran at 0.72x the speed of 2 threads (bench/threads.py)."""
     wall = after.wall - before.wall
     if wall <= 0:
         return 0.0
-    others = (after.machine_busy - before.machine_busy) - (after.own - before.own)
-    return max(0.0, others / wall)
+    others = max(0.0, ((after.machine_busy - before.machine_busy) - (after.own - before.own)) / wall)
+    return min(others, after.cpus) if after.cpus else others
 
 
 def threads_for(usable: int, busy_others: float) -> int:
     """Every usable core while the others keep no more than all of them busy, then one thread fewer
-    per core of excess. Measured on 2 cores with waiting threads asleep (bench/threads.py): beside one
-    busy process 2 threads trained in 13.3 s and 1 in 17.7 s (the scheduler shares a core per
-    runnable thread, so a second thread wins a larger share); beside two they tied (8.8-9.0 s against
-    8.1-9.2 s); only under heavier load did 1 thread win (4.8 s against 6.0 s)."""
+    per core of excess (an excess is only measurable where this process may use fewer cores than the
+    machine has: busy time cannot exceed the machine's cores). Measured on 2 cores with waiting
+    threads asleep (bench/threads.py): beside one busy process 2 threads trained in 13.3 s and 1 in
+    17.7 s (the scheduler shares a core per runnable thread, so a second thread wins a larger share);
+    beside two they tied (8.8-9.0 s against 8.1-9.2 s); with 12-14 runnable tasks on the 2 cores the
+    demo's training took 48 s with 2 threads and 75 s with 1 (interleaved, 4 rounds). One early
+    measurement under load gave 1 thread the lead (4.8 s against 6.0 s)."""
     excess = busy_others - usable
     return usable if excess <= 0.5 else max(1, usable - math.floor(excess + 0.5))
 
