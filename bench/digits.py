@@ -14,8 +14,9 @@ the "10 patches" column is the five unmirrored ones, as `eval` then averages). *
 pytorch/examples `mnist/main.py`, the small digits CNN every PyTorch user has run (two 3x3 convs
 32 and 64, max pool, dropout 0.25, fc 9216-128, dropout 0.5, fc 10; Adadelta lr 1.0, StepLR gamma
 0.7 per epoch, batch 64), on the same stored 72x72 images, grey, resized (antialiased) to its native
-28x28 and normalised by the training set's mean and std; its test error after the last epoch. Seconds are wall-clock of training
-including the per-epoch validation, in this process; per seed the two sides alternate order.
+28x28 and normalised by the training set's mean and std; its test error after the last epoch.
+Seconds are wall-clock of training including the per-epoch validation, in this process; per seed
+the two sides alternate order.
 """
 
 from __future__ import annotations
