@@ -248,6 +248,12 @@ def test_ten_patches_follow_the_training_s_reflections(tiny_run, demo_store, tmp
     flip_off = dataclasses.replace(flip_on, flip=False)
     np.testing.assert_allclose(store_outputs(model, store, CPU, views=10, indices=rows, data_config=flip_off),
                                five, rtol=1e-4, atol=1e-6)
+    # the channels_last path (CUDA's) picks the same five
+    t = BatchTransforms.for_store(store, model.config.input_size, flip_off)
+    images = torch.from_numpy(store.get_batch(rows))
+    with torch.no_grad():
+        np.testing.assert_allclose(view_outputs(model, images, t, 10, channels_last=True).numpy(), five,
+                                   rtol=1e-4, atol=1e-6)
     # the centre patch is the centre patch either way
     np.testing.assert_allclose(store_outputs(model, store, CPU, views=1, indices=rows, data_config=flip_off),
                                store_outputs(model, store, CPU, views=1, indices=rows), rtol=1e-6, atol=1e-7)
