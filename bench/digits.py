@@ -9,12 +9,14 @@ The data: `alexnet demo-data DIR --digits` (scikit-learn's 1,797 UCI digits as J
 
 *ours*: `alexnet.run.fit` (what `alexnet train --variant small --epochs N` runs) with the variant's
 defaults, plus each `--arm`'s overrides; the error of last.pt on the val images, centre patch and
-the ten patches of §4.1 (`alexnet eval --crops 1/10`). *peer*: pytorch/examples `mnist/main.py`, the
-small digits CNN every PyTorch user has run (two 3x3 convs 32 and 64, max pool, dropout 0.25, fc
-9216-128, dropout 0.5, fc 10; Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64), on the same
-stored 72x72 images, grey, resized (antialiased) to its native 28x28 and normalised by the training
-set's mean and std; its test error after the last epoch. Seconds are wall-clock of training
-including the per-epoch validation, in this process; per seed the two sides alternate order.
+the ten patches of §4.1 (`alexnet eval --crops 1/10`; for an arm trained with `data.flip=false`
+the "10 patches" column is the five unmirrored ones, as `eval` then averages). *peer*:
+pytorch/examples `mnist/main.py`, the small digits CNN every PyTorch user has run (two 3x3 convs
+32 and 64, max pool, dropout 0.25, fc 9216-128, dropout 0.5, fc 10; Adadelta lr 1.0, StepLR gamma
+0.7 per epoch, batch 64), on the same stored 72x72 images, grey, resized (antialiased) to its native
+28x28 and normalised by the training set's mean and std; its test error after the last epoch.
+Seconds are wall-clock of training including the per-epoch validation, in this process; per seed
+the two sides alternate order.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The shared evaluation loop against independent computations, and the fit check of every command
 that runs a checkpoint on a store."""
 
+import dataclasses
 import json
 import shutil
 
@@ -8,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, save_checkpoint
 from alexnet.cli import main
 from alexnet.data import ImageStore
 from alexnet.data.augment import BatchTransforms
 from alexnet.data.demo import make_demo_data
 from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
-from alexnet.evaluate import check_fits, store_outputs, validate, view_outputs
+from alexnet.evaluate import check_fits, evaluate, store_outputs, validate, view_outputs
 
 CPU = torch.device("cpu")
 
@@ -212,3 +213,61 @@ def test_a_checkpoint_is_evaluated_with_the_mean_image_it_was_trained_with(tiny_
         with_store_mean = model(torch.from_numpy(x + 20.0).permute(0, 3, 1, 2).float()).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert np.abs(got - with_store_mean).max() > 1e-3  # the two means give different outputs
+
+
+def _patch_probabilities_by_hand(model, store, rows: np.ndarray, mirrored: bool) -> np.ndarray:
+    """§4.1 in NumPy float64: the four corner and the centre 64x64 patches of each 72x72 image (and,
+    with `mirrored`, their horizontal reflections), minus the mean image at the same place; the
+    mean of the patches' softmax outputs."""
+    images, mean = store.get_batch(rows).astype(np.float64), store.mean.astype(np.float64)
+    patches = []
+    for top, left in [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]:
+        patches.append(images[:, top : top + 64, left : left + 64] - mean[top : top + 64, left : left + 64])
+    if mirrored:
+        patches += [p[:, :, ::-1] for p in patches]
+    x = np.stack(patches, 1).reshape(-1, 64, 64, 3)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x.copy()).permute(0, 3, 1, 2).float().contiguous()).numpy()
+    return _softmax64(logits).reshape(len(rows), len(patches), -1).mean(1)
+
+
+def test_ten_patches_follow_the_training_s_reflections(tiny_run, demo_store, tmp_path, capsys):
+    """A run trained with §4.1's reflections is tested on the ten patches; one trained without them
+    (`data.flip = false`) on the five unmirrored patches only, views it has seen: `eval` says so."""
+    payload = load_checkpoint(tiny_run)
+    model = model_from_checkpoint(payload)
+    store = ImageStore(demo_store, "val")
+    assert checkpoint_config(payload).data.flip
+    rows = np.array([0, 5, 61, 99])
+    ten = _patch_probabilities_by_hand(model, store, rows, mirrored=True)
+    five = _patch_probabilities_by_hand(model, store, rows, mirrored=False)
+    assert np.abs(ten - five).max() > 1e-4  # the mirrored views change the average
+    flip_on = checkpoint_config(payload).data
+    np.testing.assert_allclose(store_outputs(model, store, CPU, views=10, indices=rows, data_config=flip_on),
+                               ten, rtol=1e-4, atol=1e-6)
+    flip_off = dataclasses.replace(flip_on, flip=False)
+    np.testing.assert_allclose(store_outputs(model, store, CPU, views=10, indices=rows, data_config=flip_off),
+                               five, rtol=1e-4, atol=1e-6)
+    # the channels_last path (CUDA's) picks the same five
+    t = BatchTransforms.for_store(store, model.config.input_size, flip_off)
+    images = torch.from_numpy(store.get_batch(rows))
+    with torch.no_grad():
+        np.testing.assert_allclose(view_outputs(model, images, t, 10, channels_last=True).numpy(), five,
+                                   rtol=1e-4, atol=1e-6)
+    # the centre patch is the centre patch either way
+    np.testing.assert_allclose(store_outputs(model, store, CPU, views=1, indices=rows, data_config=flip_off),
+                               store_outputs(model, store, CPU, views=1, indices=rows), rtol=1e-6, atol=1e-7)
+
+    # `eval` reads the choice from the checkpoint's config
+    payload["config"]["data"]["flip"] = False
+    del payload["path"]
+    save_checkpoint(tmp_path / "no-flip.pt", payload)
+    every = np.arange(len(store))
+    by_hand = _patch_probabilities_by_hand(model, store, every, mirrored=False)
+    result = evaluate([tmp_path / "no-flip.pt"], demo_store, "val", 10, device="cpu", progress=False)
+    assert result["patches"] == 5 and result["models"][0]["patches"] == 5 and result["crops"] == 10
+    assert result["top1_err"] == pytest.approx(1 - (by_hand.argmax(1) == store.labels).mean(), abs=1e-12)
+    assert evaluate([tiny_run], demo_store, "val", 10, device="cpu", progress=False)["patches"] == 10
+    assert main(["eval", str(tmp_path / "no-flip.pt"), "--data", str(demo_store), "--crops", "10",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert "average of 5 patches (no reflections: the run trained without them)" in capsys.readouterr().out

@@ -165,7 +165,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def print_eval(result: dict) -> None:
-    views = "centre patch" if result["crops"] == 1 else "average of 10 patches"
+    from alexnet.evaluate import views_text
+
+    views = views_text(result["patches"])
     if len(result["models"]) > 1:
         for m in result["models"]:
             print(f"  {m['checkpoint']}: top-1 error {m['top1_err']:.2%}, top-5 error {m['top5_err']:.2%}")

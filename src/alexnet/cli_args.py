@@ -101,7 +101,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="a .pt file or a run folder (its best.pt)")
     p.add_argument("--data", help="store (default: the one the first checkpoint was trained on)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 10],
+                   help="1: centre patch, 10: ten patches (the five unmirrored for a run trained without reflections)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
     _device_flag(p)
     p.add_argument("--json", help="also write the results, with per-class accuracy, to this JSON file")
@@ -133,7 +134,8 @@ def _predict_parser(sub) -> None:
     _checkpoint_arg(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), folders (every image "
                    "file under them) or glob patterns ('photos/**/*.jpg')")
-    p.add_argument("--crops", type=int, default=1, choices=[1, 10], help="1: centre patch, 10: ten patches")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 10],
+                   help="1: centre patch, 10: ten patches (the five unmirrored for a run trained without reflections)")
     p.add_argument("--top", type=int, default=5, help="labels to show (default: 5)")
     _device_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -2,7 +2,8 @@
 ensembles), on the centre patch or the average of the ten patches' softmax outputs (§4.1).
 
 One loop runs a trained net over images for every user: `batch_outputs` takes batches of store
-images, makes the test views (the centre patch, or §4.1's ten), runs the net and averages its outputs
+images, makes the test views (the centre patch, or §4.1's ten: five without reflections when the
+run trained without them), runs the net and averages its outputs
 over the views: softmax probabilities (§4.1), logits, or the fc7 vectors of §6.1 (`view_outputs` does
 one batch, for images that come from files). Over it, in pytorch/examples' shape:
 
@@ -105,14 +106,39 @@ def autocast_for(device: torch.device, amp: bool) -> Callable:
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def patch_count(views: int, data_config: DataConfig) -> int:
+    """How many patches `views` (1 or 10) averages for a run trained with `data_config`: §4.1's ten are
+    five patches and their reflections, so a run trained without reflections (`data.flip = false`)
+    is tested on the five unmirrored ones, views it has seen, not on mirrored ones it never saw."""
+    return 5 if views == 10 and not data_config.flip else views
+
+
+def views_text(patches: int | list[int]) -> str:
+    """What `patch_count` patches are, for a printed result line (a list: an ensemble's models differ)."""
+    if isinstance(patches, list):
+        return f"average of {' or '.join(map(str, patches))} patches, each model as its run trained"
+    if patches == 1:
+        return "centre patch"
+    if patches == 5:
+        return "average of 5 patches (no reflections: the run trained without them)"
+    return f"average of {patches} patches"
+
+
 def view_outputs(model: torch.nn.Module, images: Tensor, transforms: BatchTransforms, views: int = 1,
                  output: str = "probabilities", autocast: Callable = nullcontext,
                  channels_last: bool = False) -> Tensor:
     """float32 (B, D) outputs of the net for uint8 (B, S, S, 3) images, averaged over the views:
-    §4.1 averages the softmax of the ten patches; logits and fc7 vectors are averaged the same way."""
+    §4.1 averages the softmax of the ten patches; logits and fc7 vectors are averaged the same way.
+    Under `transforms.config.flip = false` ten views are the five unmirrored patches (`patch_count`)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     x = transforms.test(images, views)
+    patches = patch_count(views, transforms.config)
+    if patches != views:  # ten_crop's order: the five patches, then their reflections
+        x = x.unflatten(0, (len(images), views))[:, :patches].flatten(0, 1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    views = patches
     if not channels_last:
         x = x.contiguous()
     with autocast():
@@ -263,7 +289,8 @@ def error_rates(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict
 
 def evaluate(checkpoints: list[str | os.PathLike], data: str | os.PathLike | None = None, split: str = "val",
              views: int = 1, batch_size: int = 128, device: str = "auto", progress: bool = True) -> dict:
-    """Error rates of one checkpoint, or of the average of several checkpoints' softmax outputs."""
+    """Error rates of one checkpoint, or of the average of several checkpoints' softmax outputs.
+    "patches" says how many patches `views` averaged (`patch_count`: 5 for a run without reflections)."""
     if views not in (1, 10):
         raise UserError(f"--crops must be 1 or 10, got {views}")
     if batch_size < 1:
@@ -281,13 +308,17 @@ def evaluate(checkpoints: list[str | os.PathLike], data: str | os.PathLike | Non
     total = None
     singles = []
     for p in payloads:
+        data_config = checkpoint_config(p).data
         probs = predict_probabilities(model_from_checkpoint(p), store, dev, views, batch_size, progress=progress,
-                                      data_config=checkpoint_config(p).data)
+                                      data_config=data_config)
         rates = error_rates(probs, store.labels, len(store.classes))
-        singles.append({"checkpoint": p["path"], **{k: v for k, v in rates.items() if k != "per_class"}})
+        singles.append({"checkpoint": p["path"], "patches": patch_count(views, data_config),
+                        **{k: v for k, v in rates.items() if k != "per_class"}})
         total = probs if total is None else total + probs
     result = error_rates(total / len(payloads), store.labels, len(store.classes))
     for row, wnid, name in zip(result["per_class"], store.classes, store.class_names):
         row.update(wnid=wnid, name=name)
-    return {"data": str(Path(data)), "split": split, "crops": views, "checkpoints": [p["path"] for p in payloads],
-            "models": singles, **result}
+    patches = sorted({m["patches"] for m in singles})
+    return {"data": str(Path(data)), "split": split, "crops": views,
+            "patches": patches[0] if len(patches) == 1 else patches,
+            "checkpoints": [p["path"] for p in payloads], "models": singles, **result}
