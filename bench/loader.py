@@ -29,27 +29,13 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import report, sync  # noqa: E402
+from common import make_folder, report, sync  # noqa: E402
 
 from alexnet.data import ImageStore  # noqa: E402
 from alexnet.data.augment import BatchTransforms  # noqa: E402
 from alexnet.data.loader import BatchLoader, train_plan  # noqa: E402
 from alexnet.data.prepare import prepare  # noqa: E402
 from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
-
-
-def make_folder(root: Path, n: int, classes: int = 8) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        w, h = int(rng.integers(400, 520)), int(rng.integers(300, 400))
-        if i % 5 == 0:
-            w, h = h, w
-        small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
-        pixels = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
-        folder = root / "train" / f"n{i % classes:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / f"img_{i:05d}.JPEG", quality=90)
 
 
 def rates(n: int, start: tuple[float, float]) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
     python bench/prepare.py [--quick] [--images 1280] [--rounds 3] [--out FILE.jsonl]
 
-Makes N ImageNet-like JPEGs (q90, ~500x375, mixed aspect ratios: bench/loader.py's generator) and,
+Makes N ImageNet-like JPEGs (q90, ~500x375, mixed aspect ratios: bench/common.py's generator) and,
 for the raw and jpeg stores with 1 and 2 worker processes, times end to end as subprocesses, start-up
 included, interleaved A B A B:
   A  the loop: a multiprocessing.Pool that opens each file with Pillow, resizes the shorter side to
@@ -30,8 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC_DIR = HERE.parent / "src"
 sys.path[:0] = [str(HERE), str(SRC_DIR)]
-from common import report  # noqa: E402
-from loader import make_folder  # noqa: E402
+from common import make_folder, report  # noqa: E402
 
 LOOP = r'''
 import sys
