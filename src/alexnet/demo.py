@@ -73,9 +73,8 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
         r = evaluate([run / "best.pt"], store, "val", views, device=device, progress=progress)
         (run / f"eval_{views}crop.json").write_text(json.dumps(r, indent=1) + "\n")
         results[views] = r
-        label = "centre patch" if views == 1 else f"{r['patches']} patches  "
-        echo(f"{label}: top-1 error {r['top1_err']:.1%}, "
-             f"top-5 error {r['top5_err']:.1%} on {r['n']} images "
+        label = "centre patch" if views == 1 else f"{r['patches']} patches"
+        echo(f"{label}: top-1 error {r['top1_err']:.1%}, top-5 error {r['top5_err']:.1%} on {r['n']} images "
              f"(chance: {1 - 1 / len(r['per_class']):.0%} top-1)")
     echo("== 5/6 figures (§6.1: Fig. 3 kernels, Fig. 4 top-5 labels and nearest neighbours, training curves)")
     figures = write_figures(run / "best.pt", store, root / "figures", device=device, progress=progress)
