@@ -125,3 +125,25 @@ def test_cli_rejects_zero_threads(capsys):
         main(["--threads", "0", "summary", "--variant", "tiny"])
     assert e.value.code == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_plan_threads_skips_the_probe_where_this_process_may_use_every_cpu(monkeypatch):
+    def no_sleep(seconds):
+        raise AssertionError("probed although the answer could not change")
+
+    reads = []
+
+    def sample(cpus):
+        def read(path="/proc/stat"):
+            reads.append(path)
+            return CpuSample(0.0, 0.0, 0.0, cpus=cpus)
+        return read
+
+    monkeypatch.setattr(machine.time, "sleep", no_sleep)
+    monkeypatch.setattr(machine, "read_cpu_sample", sample(2))
+    assert plan_threads(usable=2) == 2 and len(reads) == 1  # all of a 2-CPU machine: one read, no wait
+    slept = []
+    monkeypatch.setattr(machine.time, "sleep", slept.append)
+    monkeypatch.setattr(machine, "read_cpu_sample", sample(8))
+    assert plan_threads(usable=2) == 2 and slept == [0.1]  # 2 of 8 CPUs: others may crowd ours, so probe
+
