@@ -253,6 +253,34 @@ def test_table_says_which_differences_exceed_the_seeds_spread(tmp_path):
     assert f"{(np.mean([0.15, 0.25, 0.35]) - 0.21) * 100:+.2f} pts" in no_dropout and "| no (p = " in no_dropout
 
 
+def _append_rows(results, name, count):
+    from alexnet.experiments import _append_row
+    for seed in range(count):
+        _append_row(results, {"experiment": name, "section": "§", "change": name, "base": "small",
+                              "data": "/d/store", "settings": "abc", "run": f"{name}-{seed}", "parameters": 10,
+                              "epochs": 3, "seed": seed, "top1_err": 0.2, "top5_err": 0.0, "top1_err_10crop": 0.2,
+                              "top5_err_10crop": 0.0, "train_err": 0.1, "images_per_s": 100.0, "date": "d",
+                              "commit": "c"})
+
+
+def test_two_commands_sharing_a_results_folder_leave_every_row_in_the_table(tmp_path):
+    # arms split over two processes (two cores, two GPUs): before, both wrote results.md.tmp and one
+    # crashed when the other renamed it away
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_append_rows, args=(tmp_path, name, 25)) for name in ("baseline", "no-lrn")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 50
+    table = (tmp_path / "results.md").read_text()
+    assert "| baseline |" in table and "| no-lrn |" in table and table.count(",".join(map(str, range(25)))) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_each_fig1_trial_shows_progress(small_cifar, capsys):
     data = load_cifar10(small_cifar)
     x, y = prepare_inputs(data["train"][0][:64]), torch.from_numpy(data["train"][1][:64])

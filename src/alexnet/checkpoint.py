@@ -25,7 +25,7 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write to PATH.tmp, flush, fsync, then rename over PATH (alexnet.files.atomic_write): a crash or
+    """Write to PATH.PID.tmp, flush, fsync, then rename over PATH (alexnet.files.atomic_write): a crash or
     a full disk leaves either the previous checkpoint or the new one, never half of one."""
     path = Path(path)
     payload = {"format": "alexnet-checkpoint", "version": CHECKPOINT_VERSION, "alexnet": __version__, **payload}

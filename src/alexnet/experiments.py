@@ -17,6 +17,7 @@ Fig. 1, on CIFAR-10 (alexnet/fig1.py).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -118,12 +119,15 @@ def _arm_settings(base: str, layers: tuple[dict, ...], data: str | os.PathLike) 
 
 
 def _append_row(results: Path, row: dict) -> None:
+    """Append the row and rewrite the table under an exclusive lock on results.jsonl: two commands
+    that share a results folder (arms split over two processes) each leave a table with every row."""
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "results.jsonl", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f closes
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    write_table(results, list(EXPERIMENTS))
+        write_table(results, list(EXPERIMENTS))
     write_json_atomic(results / f"{row['run']}.json", row)
 
 

@@ -1,6 +1,6 @@
 """Writing files so that a crash never leaves one half-written, and a lock on a folder being written.
 
-Every file is written to a temporary name beside it (`NAME.tmp` unless told otherwise), flushed and
+Every file is written to a temporary name beside it (`NAME.PID.tmp` unless told otherwise), flushed and
 fsync'ed, then renamed over NAME and the folder fsync'ed: NAME is either the old file or the whole new
 one, even after a power cut. On an error the temporary file is removed. This module is the one place
 that does it (checkpoints, metrics, stores, figures, exports); it imports nothing of alexnet but its
@@ -51,7 +51,9 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 
 def _tmp_path(path: Path, tmp_suffix: str) -> Path:
-    return path.with_name(path.name + tmp_suffix)
+    """NAME.PID.tmp: two processes writing the same file (two `experiment` commands rewriting one
+    results table) each rename their own whole file, and neither removes the other's."""
+    return path.with_name(f"{path.name}.{os.getpid()}{tmp_suffix}")
 
 
 @contextlib.contextmanager
