@@ -1,6 +1,7 @@
 """`alexnet prepare` against the minimal Pillow loop a user would write, with the same worker count.
 
     python bench/prepare.py [--quick] [--images 1280] [--rounds 3] [--out FILE.jsonl]
+    python bench/prepare.py --stats-shift [--images 1280]   # a jpeg store's statistics vs its decoded pixels
 
 Makes N ImageNet-like JPEGs (q90, ~500x375, mixed aspect ratios: bench/common.py's generator) and,
 for the raw and jpeg stores with 1 and 2 worker processes, times end to end as subprocesses, start-up
@@ -11,8 +12,9 @@ included, interleaved A B A B:
   B  `alexnet prepare SRC DST --workers W --format F --quiet` (statistics, progress records and
      fsyncs included).
 Each row gives the median images/s of A and B and the median of the pair ratios B/A (above 1: prepare
-is faster). prepare also computes the training statistics (of the decoded JPEGs in a jpeg store, so
-it decodes each image it encodes), records its progress and fsyncs what it wrote; the loop does none.
+is faster). prepare also computes the training statistics (in a jpeg store too of the pixels before
+encoding, as a raw store), records its progress and fsyncs what it wrote; the loop does none.
+`--stats-shift` instead prints how far a jpeg store's statistics are from those of its decoded pixels.
 """
 
 from __future__ import annotations
@@ -81,6 +83,35 @@ def timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
+def stats_shift(src: Path, work: Path, quality: int = 90) -> dict:
+    """A jpeg store's statistics (of the pixels before encoding) against those of its decoded pixels,
+    computed here in float64."""
+    import numpy as np
+
+    from alexnet.data import ImageStore
+    from alexnet.data.prepare import prepare
+
+    for fmt in ("raw", "jpeg"):
+        prepare(src, work / fmt, size=256, fmt=fmt, quality=quality, workers=1, progress=False, log=lambda *a: None)
+    raw, jpg = ImageStore(work / "raw"), ImageStore(work / "jpeg")
+    n, total, outer = len(jpg), np.zeros((256, 256, 3)), np.zeros((4, 4))
+    for i in range(0, n, 128):
+        b = jpg.get_batch(np.arange(i, min(n, i + 128))).astype(np.float64)
+        total += b.sum(0)
+        p = np.concatenate([b.reshape(-1, 3), np.ones((b.size // 3, 1))], 1)
+        outer += p.T @ p
+    pixels = outer[3, 3]
+    mean = outer[3, :3] / pixels
+    eig = np.linalg.eigvalsh(outer[:3, :3] / pixels - np.outer(mean, mean))[::-1]
+    shift = jpg.mean - total / n
+    first = np.arange(min(n, 64))
+    return {"images": n, "quality": quality, "stats equal the raw store's": bool(np.array_equal(jpg.mean, raw.mean)),
+            "mean image |shift| mean": float(np.abs(shift).mean()), "mean image |shift| max": float(np.abs(shift).max()),
+            "channel mean shift max": float(np.abs(shift.mean((0, 1))).max()),
+            "eigenvalue shift": ", ".join(f"{x:+.1%}" for x in (jpg.pca[0] - eig) / eig),
+            "per-pixel JPEG error": float(np.abs(raw.get_batch(first).astype(int) - jpg.get_batch(first)).mean())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1280)
@@ -89,10 +120,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
     p.add_argument("--compare-src", default="", help="also time the prepare of another checkout's src/ "
                    "(e.g. an older commit's, from `git archive`) in each round: A B C A B C")
+    p.add_argument("--stats-shift", action="store_true", help="only compare a jpeg store's statistics with its pixels'")
     p.add_argument("--out", default="")
     args = p.parse_args()
     if args.quick:
         args.images, args.rounds = 256, 2
+    if args.stats_shift:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_folder(Path(tmp) / "src", args.images)
+            row = stats_shift(Path(tmp) / "src", Path(tmp))
+        return report("prepare-stats", "a jpeg store's statistics against its decoded pixels", [row], args.out)
     env = {**os.environ, "PYTHONPATH": str(SRC_DIR), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     other_env = {**env, "PYTHONPATH": str(Path(args.compare_src).resolve())} if args.compare_src else None
     rows = []
