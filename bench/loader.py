@@ -9,15 +9,18 @@ core" is the median of its pair ratios of wall-clock images/s per core, "vs naiv
 of images per CPU second of the process (all its threads: steadier than the wall clock when other
 processes share the cores); the naive row gives the median of all baseline runs.
   naive   per image: Pillow decode, shorter side to 256, random 224 crop, random flip, float CHW
-          tensor minus the mean (what a plain Dataset + transforms does), one process, one core;
+          tensor minus the mean (what a plain Dataset + transforms does), one process, one core:
+          torch at one thread, as in a DataLoader worker (torch sets 1 there); with torch's default
+          threads its tensor steps ran on both cores and a per-core ratio divided by one;
   loader  this package's BatchLoader: uint8 (B, 256, 256, 3) batches gathered by background threads;
   + aug   the loader plus BatchTransforms.train on the device (crop, flip, mean, PCA lighting).
-Images/s per core divides by the cores the row can use.
+Images/s per core divides by the cores the row can use, and each row runs torch at that many threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -45,7 +48,23 @@ def rates(n: int, start: tuple[float, float]) -> tuple[float, float]:
     return n / (time.perf_counter() - start[0]), n / (time.process_time() - start[1])
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads at `n` for a row that counts `n` cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    with torch_threads(1):
+        return _naive_pipeline(files, mean, rng)
+
+
+def _naive_pipeline(files: list[Path], mean: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     start = time.perf_counter(), time.process_time()
     for f in files:
         img = Image.open(f).convert("RGB")
@@ -158,7 +177,8 @@ def main() -> None:
             pairs = []
             for r in range(args.rounds):
                 naive = naive_pipeline(files, mean, np.random.default_rng(r))
-                pairs.append((naive, rate_fn()))
+                with torch_threads(used):
+                    pairs.append((naive, rate_fn()))
             naive_rates.extend(a for a, _ in pairs)
             rate = float(np.median([b[0] for _, b in pairs]))
             ratio = float(np.median([b[0] / used / a[0] for a, b in pairs]))

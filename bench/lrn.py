@@ -1,13 +1,14 @@
 """LRN (§3.3) forward+backward: torch.nn.LocalResponseNorm vs this package's, at the paper's shapes.
 
-    python bench/lrn.py [--batch 64] [--layout cl|nchw] [--dtypes float32,bfloat16] [--rounds 7]
+    python bench/lrn.py [--batch 64] [--layout cl|nchw] [--dtypes float32,bfloat16] [--rounds 7] [--compile]
 
 torch's module is given alpha*n (it divides alpha by n) so all compute the paper's formula, within
 towers for ours (groups=2, as the paper net's norm1 and norm2). "autograd formula" is the formula
 with shifted adds over the channels and torch.pow, differentiated by autograd: what the hand-written
 backward, the band-matrix window sum and exp(-beta log s) replace. The implementations run in turn,
 `--rounds` times (A B C C B A ...); each row gives the median time and the median of the per-round
-speed-ups over the autograd formula, so load from other processes hits all alike.
+speed-ups over the autograd formula, so load from other processes hits all alike. `--compile` adds
+this package's LRN through torch.compile (inductor fuses its elementwise passes).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--layout", choices=("cl", "nchw"), default="cl", help="channels_last (as the net on CPU) or NCHW")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--compile", action="store_true", help="also this package's LRN through torch.compile")
     p.add_argument("--out", default="", help="append results to this JSON-lines file")
     args = p.parse_args()
     kept = keep_freed_memory()
@@ -61,6 +63,8 @@ def main() -> None:
     torch_lrn = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
     impls = {"torch.nn.LocalResponseNorm": torch_lrn, "autograd formula": autograd_formula,
              "alexnet local_response_norm": lambda x: local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)}
+    if args.compile:
+        impls["alexnet local_response_norm, torch.compile"] = torch.compile(impls["alexnet local_response_norm"])
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)

@@ -107,12 +107,17 @@ class Runner:
 
 
 def compare(batch: int, train: bool, bf16: bool, channels_last: bool, device: torch.device,
-            repeats: int) -> dict:
-    """Ours and torchvision's alternately, `repeats` pairs after one warm-up step each."""
+            repeats: int, compiled: bool = False) -> dict:
+    """Ours and torchvision's alternately, `repeats` pairs after one warm-up step each (with
+    `compiled`, both nets through torch.compile and two warm-up steps, whose time is reported)."""
     torch.manual_seed(0)
     ours = Runner(paper_alexnet(), batch, train, bf16, channels_last, device)
     peer = Runner(torchvision_alexnet(), batch, train, bf16, channels_last, device)
-    ours.step(), peer.step()
+    warm_up = {}
+    for name, runner in (("ours", ours), ("torchvision", peer)):
+        if compiled:
+            runner.net = torch.compile(runner.net)
+        warm_up[name] = sum(runner.timed() for _ in range(2 if compiled else 1))
     t_ours, t_peer = [], []
     for i in range(repeats):
         first, second = (ours, peer) if i % 2 == 0 else (peer, ours)  # A B B A: neither always goes first
@@ -122,6 +127,8 @@ def compare(batch: int, train: bool, bf16: bool, channels_last: bool, device: to
     ratios = [p / o for o, p in zip(t_ours, t_peer)]
     return {"mode": "train step" if train else "forward", "precision": "bf16 autocast" if bf16 else "fp32",
             "layout": "channels_last" if channels_last else "NCHW", "batch": batch,
+            **({"compiled": "yes", "warm-up s (ours, tv)": f"{warm_up['ours']:.0f}, {warm_up['torchvision']:.0f}"}
+               if compiled else {}),
             "ours img/s": batch / statistics.median(t_ours), "torchvision img/s": batch / statistics.median(t_peer),
             "ours / torchvision": statistics.median(ratios),
             "pair ratio range": f"{min(ratios):.2f}-{max(ratios):.2f}"}
@@ -215,6 +222,7 @@ def main() -> None:
                    help="both nets and inputs in channels_last (auto: on CUDA, as alexnet train)")
     p.add_argument("--quick", action="store_true", help="batch 16, 2 pairs, small matmuls (a smoke run)")
     p.add_argument("--profile", action="store_true", help="profile one training step of the paper net instead")
+    p.add_argument("--compile", action="store_true", help="both nets through torch.compile (warm-up time reported)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="", help="append the rows to this JSON-lines file")
     args = p.parse_args()
@@ -234,7 +242,8 @@ def main() -> None:
     for precision in precisions:
         for mode in modes:
             for batch in batches:
-                rows.append(compare(batch, mode == "train", precision == "bf16", channels_last, device, repeats))
+                rows.append(compare(batch, mode == "train", precision == "bf16", channels_last, device, repeats,
+                                    args.compile))
                 print(rows[-1], flush=True)
     ceiling = ceiling_rows(device, (512, 1024) if args.quick else (1024, 2048, 4096), 2 if args.quick else 5)
     shares = share_of_ceiling(rows, ceiling)
