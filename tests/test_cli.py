@@ -20,6 +20,17 @@ def test_help_lists_subcommands(capsys):
 
 
 @pytest.mark.parametrize("name", subcommands())
+def test_a_commands_own_parser_is_the_whole_parsers_part(name):
+    # main builds only the named command's parser (a faster start); it must be the same parser
+    def sub(parser):
+        action = next(a for a in parser._actions if a.dest == "command")
+        return action.choices[name]
+    alone, whole = sub(build_parser(name)), sub(build_parser())
+    assert alone.format_help() == whole.format_help()
+    assert [a.dest for a in alone._actions] == [a.dest for a in whole._actions]
+
+
+@pytest.mark.parametrize("name", subcommands())
 def test_every_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as e:
         main([name, "--help"])

@@ -354,7 +354,8 @@ COMMANDS = {"summary": _cmd_summary, "prepare": _cmd_prepare, "demo-data": _cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)  # `alexnet CMD ...`: only CMD's flags are built
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
