@@ -36,11 +36,13 @@ def alexnet(*args: str) -> list[str]:
     return [sys.executable, "-m", "alexnet.cli", *args]
 
 
-# The CLI with its thread plan written to a file: the same configure_process call `alexnet.cli.main`
-# makes first, after which main finds OMP_NUM_THREADS set and keeps it.
-RECORDING = ("import os, sys\nfrom alexnet.machine import configure_process\nn = configure_process()\n"
+# The `alexnet` command (alexnet.__main__.run) with its thread plan written to a file: the first CPU
+# sample before the CLI's imports, then the configure_process call main makes, after which main finds
+# OMP_NUM_THREADS set and keeps it.
+RECORDING = ("import os, sys\nfrom alexnet.machine import configure_process, read_cpu_sample\n"
+             "started = read_cpu_sample()\nfrom alexnet.cli import main\nn = configure_process(started=started)\n"
              "open(os.environ['THREADS_BENCH_RECORD'], 'a').write(f'{n}\\n')\n"
-             "from alexnet.cli import main\nsys.exit(main(sys.argv[1:]))")
+             "sys.exit(main(sys.argv[1:]))")
 
 
 def recording(cmd: list[str]) -> list[str]:

@@ -67,13 +67,17 @@ def test_busy_elsewhere_is_at_most_the_machines_cpus(monkeypatch):
     monkeypatch.setattr(machine.time, "sleep", lambda s: None)
     samples = iter([before, after])
     monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(samples))
-    assert plan_threads(usable=2) == 2  # a busy 2-core machine: both threads still win (bench/threads.py)
+    assert plan_threads(usable=2) == 2  # a saturated 2-core machine: both threads win a larger share
 
 
-@pytest.mark.parametrize("usable, others, expected", [(2, 0.0, 2), (2, 1.0, 2), (2, 2.4, 2), (2, 2.6, 1),
-                                                      (2, 9.0, 1), (8, 9.0, 7), (8, 12.0, 4), (1, 5.0, 1)])
-def test_threads_for(usable, others, expected):
-    assert threads_for(usable, others) == expected
+@pytest.mark.parametrize("usable, others, cpus, expected", [
+    (2, 0.0, 2, 2), (2, 0.6, 2, 2),  # idle, or a light background: every core
+    (2, 1.0, 2, 1), (2, 1.7, 2, 1),  # one busy process: the core it leaves (bench/threads.py, busy)
+    (2, 1.8, 2, 2), (2, 2.0, 2, 2),  # the whole machine busy: threads share it per runnable thread
+    (8, 9.0, 16, 7), (8, 12.0, 16, 4), (2, 15.0, 16, 1), (2, 16.0, 16, 2),  # 8 or 2 of 16 CPUs
+    (1, 1.0, 2, 1), (4, 1.0, 0, 3)])  # one usable core; the machine's size unknown: taken as usable
+def test_threads_for(usable, others, cpus, expected):
+    assert threads_for(usable, others, cpus) == expected
 
 
 def test_fixed_thread_count_precedence():
@@ -93,8 +97,11 @@ def test_plan_threads_from_a_probe_of_the_load(monkeypatch):
         monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": next(it))
         return plan_threads(usable=2)
 
-    assert probe(CpuSample(0.0, 0.0, 0.0), CpuSample(0.1, 0.1, 0.0)) == 2  # one other core busy: keep both
-    assert probe(CpuSample(0.0, 0.0, 0.0), CpuSample(0.1, 0.35, 0.05)) == 1  # 3 cores' worth elsewhere
+    idle, two = CpuSample(0.0, 0.0, 0.0, cpus=2), CpuSample(0.1, 0.0, 0.0, cpus=2)
+    assert probe(idle, two) == 2
+    assert probe(idle, CpuSample(0.1, 0.1, 0.0, cpus=2)) == 1  # one other core busy: the one left
+    assert probe(idle, CpuSample(0.1, 0.15, 0.05, cpus=2)) == 1  # our own time does not count
+    assert probe(idle, CpuSample(0.1, 0.2, 0.0, cpus=2)) == 2  # both busy elsewhere: share per thread
     assert probe(None) == 2  # no /proc/stat: every usable core
     assert plan_threads(fixed=3, usable=2) == 3
 
@@ -127,23 +134,27 @@ def test_cli_rejects_zero_threads(capsys):
     assert "--threads must be at least 1" in capsys.readouterr().err
 
 
-def test_plan_threads_skips_the_probe_where_this_process_may_use_every_cpu(monkeypatch):
-    def no_sleep(seconds):
-        raise AssertionError("probed although the answer could not change")
-
-    reads = []
-
-    def sample(cpus):
-        def read(path="/proc/stat"):
-            reads.append(path)
-            return CpuSample(0.0, 0.0, 0.0, cpus=cpus)
-        return read
-
-    monkeypatch.setattr(machine.time, "sleep", no_sleep)
-    monkeypatch.setattr(machine, "read_cpu_sample", sample(2))
-    assert plan_threads(usable=2) == 2 and len(reads) == 1  # all of a 2-CPU machine: one read, no wait
-    slept = []
+def test_the_probe_waits_only_for_what_the_commands_start_has_not_covered(monkeypatch):
+    slept, now = [], [100.0]
     monkeypatch.setattr(machine.time, "sleep", slept.append)
-    monkeypatch.setattr(machine, "read_cpu_sample", sample(8))
-    assert plan_threads(usable=2) == 2 and slept == [0.1]  # 2 of 8 CPUs: others may crowd ours, so probe
+    monkeypatch.setattr(machine.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(machine, "read_cpu_sample", lambda path="/proc/stat": CpuSample(now[0], 0.0, 0.0, cpus=2))
+    assert plan_threads(usable=2, probe_s=0.08) == 2 and slept == [pytest.approx(0.08)]  # no start sample
+    slept.clear()
+    started = CpuSample(now[0] - 0.05, 0.0, 0.0, cpus=2)  # the imports took 50 ms
+    assert plan_threads(usable=2, probe_s=0.08, started=started) == 2 and slept == [pytest.approx(0.03)]
+    slept.clear()
+    started = CpuSample(now[0] - 0.2, 0.0, 0.0, cpus=2)
+    assert plan_threads(usable=2, probe_s=0.08, started=started) == 2 and slept == []
 
+
+def test_the_command_takes_its_first_sample_before_the_clis_imports():
+    code = ("import sys\nsys.argv = ['alexnet', 'summary']\nimport alexnet.__main__ as m\n"
+            "assert 'alexnet.cli' not in sys.modules\n"
+            "import alexnet.machine as machine\n"
+            "def configure(threads=None, environ=None, started=None):\n"
+            "    print(type(started).__name__, 'alexnet.cli' in sys.modules)\n    raise SystemExit(0)\n"
+            "machine.configure_process = configure\nm.run()")
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["CpuSample", "True"]  # taken before the CLI was imported, handed to the probe

@@ -353,7 +353,9 @@ COMMANDS = {"summary": _cmd_summary, "prepare": _cmd_prepare, "demo-data": _cmd_
             "import": _cmd_import, "report": _cmd_report}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started=None) -> int:
+    """`started`: the machine.CpuSample `alexnet.__main__` took as the command began (the thread
+    probe then overlaps the imports)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv else None)  # `alexnet CMD ...`: only CMD's flags are built
     args = parser.parse_args(argv)
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     from alexnet.machine import configure_process
 
-    args.threads = configure_process(args.threads)  # before torch is imported (alexnet.machine)
+    args.threads = configure_process(args.threads, started=started)  # before torch is imported (alexnet.machine)
     try:
         code = COMMANDS[args.command](args)
     except UserError as e:

@@ -6,8 +6,8 @@ core, spinning at every barrier): on a 2-core machine with one other busy proces
 took 15 min 22 s with the defaults and 1 min 16 s with OMP_NUM_THREADS=1. A thread that spins while
 its partner waits for a core burns the core the partner needs. So: OpenMP threads sleep instead of
 spinning when they wait (OMP_WAIT_POLICY=PASSIVE), one thread per core this process may use
-(affinity, cgroup quota) unless other processes keep more than all of them busy (`threads_for`),
-decided once at the command's entry (`plan_threads`). ALEXNET_THREADS=N, `--threads N` or OMP_NUM_THREADS=N fix the count.
+(affinity, cgroup quota) less those other processes keep busy, unless they keep the whole machine busy
+(`threads_for`), decided once at the command's entry (`plan_threads`). ALEXNET_THREADS=N, `--threads N` or OMP_NUM_THREADS=N fix the count.
 This module must not import torch: the OpenMP settings only take effect if made before torch loads.
 """
 
@@ -137,17 +137,24 @@ def busy_elsewhere(before: CpuSample, after: CpuSample) -> float:
     return min(others, after.cpus) if after.cpus else others
 
 
-def threads_for(usable: int, busy_others: float) -> int:
-    """Every usable core while the others keep no more than all of them busy, then one thread fewer
-    per core of excess (an excess is only measurable where this process may use fewer cores than the
-    machine has: busy time cannot exceed the machine's cores). Measured on 2 cores with waiting
-    threads asleep (bench/threads.py): beside one busy process 2 threads trained in 13.3 s and 1 in
-    17.7 s (the scheduler shares a core per runnable thread, so a second thread wins a larger share);
-    beside two they tied (8.8-9.0 s against 8.1-9.2 s); with 12-14 runnable tasks on the 2 cores the
-    demo's training took 48 s with 2 threads and 75 s with 1 (interleaved, 4 rounds). One early
-    measurement under load gave 1 thread the lead (4.8 s against 6.0 s)."""
-    excess = busy_others - usable
-    return usable if excess <= 0.5 else max(1, usable - math.floor(excess + 0.5))
+# Fewer cores than this left free by others counts as none free: the machine is saturated.
+SATURATED = 0.25
+
+
+def threads_for(usable: int, busy_others: float, cpus: int = 0) -> int:
+    """Threads for the cores that others leave free, every usable core on an idle machine, and every
+    usable core again where others keep all of the machine busy. Measured on 2 cores with waiting
+    threads asleep: beside one busy process, 1 thread trained `small` 12-15% faster than 2 (8 epochs:
+    12.1-12.9 s against 14.4-15.1 s, 3 rounds; bench/threads.py's train beside a hog: 4.14 s against
+    4.63 s, 5 rounds): the thread that shares a core with the busy process falls behind and its
+    partner waits for it at every barrier. Where others keep every core busy, the scheduler shares
+    the machine per runnable thread, and more threads win a larger share: with 12-14 runnable tasks
+    on the 2 cores the demo's training took 48 s with 2 threads and 75 s with 1; beside two busy
+    processes they tied. `cpus`: the machine's CPUs (0: unknown, taken as `usable`)."""
+    free = (cpus or usable) - busy_others
+    if free <= SATURATED:
+        return usable
+    return max(1, min(usable, math.ceil(free - SATURATED)))
 
 
 def fixed_thread_count(environ: dict | None = None) -> int | None:
@@ -165,34 +172,37 @@ def fixed_thread_count(environ: dict | None = None) -> int | None:
     return None
 
 
-def plan_threads(fixed: int | None = None, usable: int | None = None, probe_s: float = 0.1,
-                 proc_stat: str | os.PathLike = "/proc/stat") -> int:
+def plan_threads(fixed: int | None = None, usable: int | None = None, probe_s: float = 0.08,
+                 proc_stat: str | os.PathLike = "/proc/stat", started: CpuSample | None = None) -> int:
     """The thread count for this process: `fixed` if given, else `threads_for` the usable cores and
-    the load other processes put on them over a short probe. Decided once, at a command's entry: a
-    count that changed during a run would change the order of torch's sums, and with it the bits that
-    bit-exact resume promises (resume with the same count: same machine, or --threads N)."""
+    the load other processes put on the machine over a short probe. `started`: a sample the command
+    took as it began (`alexnet.__main__`), so that the probe overlaps its imports and only the rest
+    of `probe_s` is waited here (0.08 s: 8 ticks of /proc/stat a CPU, enough to tell a busy core from
+    an idle one). Decided once, at a command's entry: a count that changed during a run would change
+    the order of torch's sums, and with it the bits that bit-exact resume promises (resume with the
+    same count: same machine, or --threads N)."""
     if fixed is not None:
         return fixed
     usable = usable or usable_cores()
-    before = read_cpu_sample(proc_stat)
-    if before is None or usable >= before.cpus > 0:
-        # Others' busy time cannot exceed the machine's CPUs (`busy_elsewhere`), so where this process
-        # may use all of them the probe cannot lower the count: skip its 0.1 s, 4% of a 2.5 s `eval`
-        # (bench/threads.py, quiet: auto 0.111 s to configure against 0.014 s with the count given).
+    before = started or read_cpu_sample(proc_stat)
+    if before is None:
         return usable
-    time.sleep(probe_s)
+    wait = probe_s - (time.monotonic() - before.wall)
+    if wait > 0:
+        time.sleep(wait)
     after = read_cpu_sample(proc_stat)
-    return usable if after is None else threads_for(usable, busy_elsewhere(before, after))
+    return usable if after is None else threads_for(usable, busy_elsewhere(before, after), after.cpus)
 
 
-def configure_process(threads: int | None = None, environ: dict | None = None) -> int:
+def configure_process(threads: int | None = None, environ: dict | None = None,
+                      started: CpuSample | None = None) -> int:
     """At a command's entry, before torch is imported: OpenMP threads sleep when they wait, the thread
     count is the one fixed by the user or planned from the machine's load, and glibc keeps freed
     memory. Returns the thread count. Settings the user made are kept."""
     environ = os.environ if environ is None else environ
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp: sleep at once instead of spinning
     environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP, where torch links it
-    n = plan_threads(threads if threads is not None else fixed_thread_count(environ))
+    n = plan_threads(threads if threads is not None else fixed_thread_count(environ), started=started)
     environ["OMP_NUM_THREADS"] = str(n)
     # torch starts with MKL's count when it is set (an inherited MKL_NUM_THREADS=2 beat --threads 1):
     # ours wins unless only OMP_NUM_THREADS was given and the user also set MKL's
