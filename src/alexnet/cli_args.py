@@ -271,8 +271,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     parser.add_argument("--threads", type=int, metavar="N", help="compute threads (default: one per core this "
-                        "process may use, fewer when other processes keep more than all of them busy; or "
-                        "ALEXNET_THREADS / OMP_NUM_THREADS)")
+                        "process may use that other processes leave free, all of them when others keep every "
+                        "core busy; or ALEXNET_THREADS / OMP_NUM_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in ([SUBCOMMANDS[command]] if command in SUBCOMMANDS else dict.fromkeys(SUBCOMMANDS.values())):
         add(sub)
