@@ -66,10 +66,11 @@ def multiply_adds(net: nn.Module, side: int = 224) -> int:
     return total
 
 
-def paper_alexnet() -> nn.Module:
+def paper_alexnet(lrn: bool = True) -> nn.Module:
+    from alexnet.config import ModelConfig
     from alexnet.model import AlexNet
 
-    return AlexNet()
+    return AlexNet(ModelConfig(lrn=lrn))
 
 
 class Runner:
@@ -107,11 +108,11 @@ class Runner:
 
 
 def compare(batch: int, train: bool, bf16: bool, channels_last: bool, device: torch.device,
-            repeats: int, compiled: bool = False) -> dict:
+            repeats: int, compiled: bool = False, lrn: bool = True) -> dict:
     """Ours and torchvision's alternately, `repeats` pairs after one warm-up step each (with
     `compiled`, both nets through torch.compile and two warm-up steps, whose time is reported)."""
     torch.manual_seed(0)
-    ours = Runner(paper_alexnet(), batch, train, bf16, channels_last, device)
+    ours = Runner(paper_alexnet(lrn), batch, train, bf16, channels_last, device)
     peer = Runner(torchvision_alexnet(), batch, train, bf16, channels_last, device)
     warm_up = {}
     for name, runner in (("ours", ours), ("torchvision", peer)):
@@ -127,6 +128,7 @@ def compare(batch: int, train: bool, bf16: bool, channels_last: bool, device: to
     ratios = [p / o for o, p in zip(t_ours, t_peer)]
     return {"mode": "train step" if train else "forward", "precision": "bf16 autocast" if bf16 else "fp32",
             "layout": "channels_last" if channels_last else "NCHW", "batch": batch,
+            **({} if lrn else {"ours": "without LRN"}),
             **({"compiled": "yes", "warm-up s (ours, tv)": f"{warm_up['ours']:.0f}, {warm_up['torchvision']:.0f}"}
                if compiled else {}),
             "ours img/s": batch / statistics.median(t_ours), "torchvision img/s": batch / statistics.median(t_peer),
@@ -223,6 +225,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="batch 16, 2 pairs, small matmuls (a smoke run)")
     p.add_argument("--profile", action="store_true", help="profile one training step of the paper net instead")
     p.add_argument("--compile", action="store_true", help="both nets through torch.compile (warm-up time reported)")
+    p.add_argument("--no-lrn", action="store_true", help="the paper net without its LRN layers (to see what they cost)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="", help="append the rows to this JSON-lines file")
     args = p.parse_args()
@@ -243,7 +246,7 @@ def main() -> None:
         for mode in modes:
             for batch in batches:
                 rows.append(compare(batch, mode == "train", precision == "bf16", channels_last, device, repeats,
-                                    args.compile))
+                                    args.compile, not args.no_lrn))
                 print(rows[-1], flush=True)
     ceiling = ceiling_rows(device, (512, 1024) if args.quick else (1024, 2048, 4096), 2 if args.quick else 5)
     shares = share_of_ceiling(rows, ceiling)
