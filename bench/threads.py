@@ -37,12 +37,14 @@ def alexnet(*args: str) -> list[str]:
 
 
 # The `alexnet` command (alexnet.__main__.run) with its thread plan written to a file: the first CPU
-# sample before the CLI's imports, then the configure_process call main makes, after which main finds
-# OMP_NUM_THREADS set and keeps it.
-RECORDING = ("import os, sys\nfrom alexnet.machine import configure_process, read_cpu_sample\n"
-             "started = read_cpu_sample()\nfrom alexnet.cli import main\nn = configure_process(started=started)\n"
-             "open(os.environ['THREADS_BENCH_RECORD'], 'a').write(f'{n}\\n')\n"
-             "sys.exit(main(sys.argv[1:]))")
+# sample before the CLI's imports, and main's own configure_process call, wrapped to record its count
+# (main must make the call itself: a count already in OMP_NUM_THREADS would read as the user's).
+RECORDING = ("import os, sys\nfrom alexnet import machine\nstarted = machine.read_cpu_sample()\n"
+             "real = machine.configure_process\n"
+             "def configure(*args, **kwargs):\n    n = real(*args, **kwargs)\n"
+             "    open(os.environ['THREADS_BENCH_RECORD'], 'a').write(f'{n}\\n')\n    return n\n"
+             "machine.configure_process = configure\nfrom alexnet.cli import main\n"
+             "sys.exit(main(sys.argv[1:], started=started))")
 
 
 def recording(cmd: list[str]) -> list[str]:

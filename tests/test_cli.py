@@ -171,3 +171,14 @@ def test_report_writes_one_page_or_says_why_not(tiny_run, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"alexnet report: error: {tmp_path} is not a run folder "
                                                "(it has none of config.toml, metrics.jsonl, best.pt, last.pt)")
 
+
+
+def test_prepare_uses_every_usable_core_unless_the_thread_count_was_fixed(monkeypatch):
+    # worker processes keep their share of a busy machine (no barrier), unlike compute threads
+    import argparse
+
+    from alexnet import cli, machine
+
+    monkeypatch.setattr(machine, "usable_cores", lambda: 6)
+    assert cli._prepare_workers(argparse.Namespace(threads=1, threads_fixed=False)) == 6
+    assert cli._prepare_workers(argparse.Namespace(threads=3, threads_fixed=True)) == 3

@@ -46,7 +46,8 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw",
                    help="raw uint8 (fastest, ~196 KB an image at 256) or re-encoded JPEG (~10x smaller)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality for --format jpeg (default: 90)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default: as --threads)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: --threads N or "
+                   "OMP_NUM_THREADS when given, else one per core this process may use, busy or not)")
     p.add_argument("--val-labels", help="labels of a flat val/ folder: LOC_val_solution.csv or lines 'FILE LABEL'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST (once the new one is complete)")
     p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (no DCT downscaling)")
