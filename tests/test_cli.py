@@ -182,3 +182,19 @@ def test_prepare_uses_every_usable_core_unless_the_thread_count_was_fixed(monkey
     monkeypatch.setattr(machine, "usable_cores", lambda: 6)
     assert cli._prepare_workers(argparse.Namespace(threads=1, threads_fixed=False)) == 6
     assert cli._prepare_workers(argparse.Namespace(threads=3, threads_fixed=True)) == 3
+
+
+def test_commands_without_torch_computation_skip_the_load_probe(tmp_path, monkeypatch):
+    from alexnet import machine
+
+    def probed(*args, **kwargs):
+        raise AssertionError("probed the load for a thread count the command never uses")
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ALEXNET_THREADS", raising=False)
+    monkeypatch.setattr(machine, "read_cpu_sample", probed)
+    assert main(["demo-data", str(tmp_path / "d"), "--classes", "2", "--train-per-class", "1",
+                 "--val-per-class", "1", "--quiet"]) == 0
+    monkeypatch.delenv("OMP_NUM_THREADS")  # set by the command above
+    with pytest.raises(AssertionError, match="probed"):
+        main(["summary", "--variant", "tiny", "--batch", "0"])  # a torch command does probe
