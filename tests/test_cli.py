@@ -190,11 +190,16 @@ def test_commands_without_torch_computation_skip_the_load_probe(tmp_path, monkey
     def probed(*args, **kwargs):
         raise AssertionError("probed the load for a thread count the command never uses")
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("ALEXNET_THREADS", raising=False)
+    import os
+
+    # a copy of the environment without the thread settings, so that what main sets (OMP_ and
+    # MKL_NUM_THREADS) does not leak into later tests' subprocesses
+    unset = ("OMP_NUM_THREADS", "ALEXNET_THREADS", "MKL_NUM_THREADS")
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in unset})
     monkeypatch.setattr(machine, "read_cpu_sample", probed)
     assert main(["demo-data", str(tmp_path / "d"), "--classes", "2", "--train-per-class", "1",
                  "--val-per-class", "1", "--quiet"]) == 0
-    monkeypatch.delenv("OMP_NUM_THREADS")  # set by the command above
+    for name in unset:  # set by the command above
+        os.environ.pop(name, None)
     with pytest.raises(AssertionError, match="probed"):
         main(["summary", "--variant", "tiny", "--batch", "0"])  # a torch command does probe
