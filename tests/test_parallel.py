@@ -87,3 +87,13 @@ def test_towers_follow_the_layer_spec_on_other_geometries():
     parallel = TwoTowerAlexNet.from_single(single, CPU2).double()
     x = torch.randn(2, 3, 80, 80, dtype=torch.float64) * 50
     torch.testing.assert_close(parallel(x), single(x), rtol=1e-10, atol=1e-10)
+
+
+def test_leaving_the_process_group_at_the_end_of_a_torchrun_command(tmp_path):
+    from alexnet.distributed import leave_processes
+
+    leave_processes()  # no group: nothing to do
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    leave_processes()
+    assert not torch.distributed.is_initialized()  # the next fit in this process may join a new one

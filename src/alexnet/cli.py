@@ -139,6 +139,7 @@ def train_overrides(args: argparse.Namespace) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     import signal
 
+    from alexnet.distributed import leave_processes
     from alexnet.run import start_or_resume, summary_line
 
     def on_sigterm(signum, frame):  # while the run starts, before fit's own handler: stop, lock released
@@ -150,6 +151,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                  train_overrides(args), progress=not args.quiet)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    leave_processes()
     if result["rank"] == 0:
         if args.plot and result["history"]:
             from alexnet.analysis.figures import plot_curves, run_title

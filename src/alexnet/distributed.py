@@ -73,3 +73,14 @@ def setup_processes(device_name: str) -> tuple[Processes, torch.device]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return procs, device
+
+
+def leave_processes() -> None:
+    """At the end of a torchrun command: wait for every process, then leave the process group. A
+    process that exited with its gloo group still open could abort its peer's teardown ("terminate
+    called without an active exception", SIGABRT), and the peer's torchrun then waited for it until
+    scripts/multinode.py's 120 s timeout (seen twice in full test-suite runs)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
