@@ -364,14 +364,12 @@ COMMANDS = {"summary": _cmd_summary, "prepare": _cmd_prepare, "demo-data": _cmd_
             "import": _cmd_import, "report": _cmd_report}
 
 
-# Commands that run no torch computation: their thread count is never used, so the load probe (0.08 s,
-# 3% of a 1.5 s `prepare`) is skipped; prepare's worker processes are `_prepare_workers`.
+# No torch computation: the load probe (0.08 s, 3% of a 1.5 s `prepare`) would plan threads never used.
 NO_TORCH_COMPUTE = {"prepare", "demo-data"}
 
 
 def main(argv: list[str] | None = None, started=None) -> int:
-    """`started`: the machine.CpuSample `alexnet.__main__` took as the command began (the thread
-    probe then overlaps the imports)."""
+    """`started`: the CpuSample `alexnet.__main__` took first (the thread probe overlaps the imports)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv else None)  # `alexnet CMD ...`: only CMD's flags are built
     args = parser.parse_args(argv)
