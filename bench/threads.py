@@ -12,6 +12,10 @@ slower than the best hand setting).
 
     python bench/threads.py                 # train, eval, features, prepare; idle and busy; 5 rounds
     python bench/threads.py --quick         # train only, 2 rounds
+    python bench/threads.py --only tests --rounds 1   # the test suite (about 4 min a run on 2 cores)
+
+The test suite's "auto" is `python -m pytest` as the README runs it (tests/conftest.py plans the
+threads as the CLI does); its count is not recorded.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ def make_store(root: Path) -> tuple[Path, Path, Path]:
     return src, store, run
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def commands(src: Path, store: Path, run: Path, scratch: Path) -> dict[str, list[str]]:
     return {
         # the demo's training (small, batch 128) for 60 steps: about 3 epochs of the demo data
@@ -73,6 +80,7 @@ def commands(src: Path, store: Path, run: Path, scratch: Path) -> dict[str, list
         "eval": alexnet("eval", str(run), "--crops", "10", "--quiet"),
         "features": alexnet("features", str(run), "--out", str(scratch / "f.npy"), "--quiet"),
         "prepare": alexnet("prepare", str(src), str(scratch / "store"), "--size", "72", "--quiet"),
+        "tests": [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests")],
     }
 
 
@@ -89,7 +97,7 @@ def measure(name: str, cmd: list[str], rounds: int, scratch: Path, busy: bool) -
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ALEXNET_THREADS", "MKL_NUM_THREADS")}
     record = scratch / "auto-threads.txt"
     record.unlink(missing_ok=True)
-    runs = {setting: (recording(cmd) if setting == "auto" else cmd, {**base, **extra, "THREADS_BENCH_RECORD": str(record)})
+    runs = {setting: (recording(cmd) if setting == "auto" and name != "tests" else cmd, {**base, **extra, "THREADS_BENCH_RECORD": str(record)})
             for setting, extra in SETTINGS.items()}
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
@@ -98,7 +106,7 @@ def measure(name: str, cmd: list[str], rounds: int, scratch: Path, busy: bool) -
         if hog is not None:
             hog.kill()
             hog.wait()
-    return summarise(name, busy, times, record.read_text().split())
+    return summarise(name, busy, times, record.read_text().split() if record.exists() else [])
 
 
 def summarise(name: str, busy: bool, times: dict[str, list[float]], chosen: list[str]) -> dict:
@@ -120,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="train only, 2 rounds")
-    ap.add_argument("--only", nargs="+", help="commands to time (train eval features prepare)")
+    ap.add_argument("--only", nargs="+", help="commands to time (train eval features prepare; tests only when named)")
     ap.add_argument("--machine", choices=("idle", "busy", "both"), default="both",
                     help="time beside nothing, beside a CPU hog, or both")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "threads.jsonl"))
@@ -134,7 +142,7 @@ def main() -> None:
         scratch.mkdir()
         rows = []
         for name, cmd in commands(src, store, run, scratch).items():
-            if only and name not in only:
+            if (only and name not in only) or (not only and name == "tests"):
                 continue
             for busy in {"idle": (False,), "busy": (True,), "both": (False, True)}[args.machine]:
                 rows.append(measure(name, cmd, rounds, scratch, busy))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.lrn import _power, _shifted_window_sum, channel_window_sum, local_response_norm
+from alexnet import lrn
+from alexnet.lrn import _blocks, _power, _window_sum, channel_window_sum, local_response_norm
 
 
 def np_window_sum(t: np.ndarray, size: int, groups: int) -> np.ndarray:
@@ -30,8 +31,9 @@ def test_window_sum_matches_the_bounds_of_the_formula(channels, size, groups, la
     np.testing.assert_allclose(band.numpy(), 0.5 * ref, rtol=1e-13)
     assert band.is_contiguous(memory_format=layout)
     # the shifted adds used off the CPU compute the same sums
-    np.testing.assert_allclose(_shifted_window_sum(t.contiguous(memory_format=layout), size, groups).numpy(), ref,
-                               rtol=1e-13)
+    shifted = torch.empty_like(band)
+    _window_sum(_blocks(t.contiguous(memory_format=layout), groups), size, 1.0, None, out=_blocks(shifted, groups))
+    np.testing.assert_allclose(shifted.numpy(), ref, rtol=1e-13)
 
 
 def test_window_sum_stays_float32_under_autocast():
@@ -48,14 +50,16 @@ def test_power_by_exp_log_matches_pow():
     s = 2.0 + torch.rand(1000, dtype=torch.float64) * 50
     for exponent in (-0.75, -0.5, -1.3):
         np.testing.assert_allclose(_power(s, exponent).numpy(), s.numpy() ** exponent, rtol=1e-13)
-        np.testing.assert_allclose(_power(s.clone(), exponent, in_place=True).numpy(), s.numpy() ** exponent,
-                                   rtol=1e-13)
+        in_place = s.clone()
+        assert _power(in_place, exponent, out=in_place) is in_place
+        np.testing.assert_allclose(in_place.numpy(), s.numpy() ** exponent, rtol=1e-13)
     s32 = s.float()
     np.testing.assert_allclose(_power(s32, -0.75).numpy(), s.numpy() ** -0.75, rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_training_and_inference_paths_agree(dtype):
+def test_training_and_inference_paths_agree(dtype, monkeypatch):
+    monkeypatch.setattr(lrn, "CHUNK_BYTES_PER_THREAD", 100)  # in many chunks
     torch.manual_seed(0)
     a = (torch.rand(2, 16, 6, 6) * 80).to(dtype).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -66,3 +70,38 @@ def test_training_and_inference_paths_agree(dtype):
     # and in bf16 both are the float32 result rounded once
     ref = local_response_norm(a.float(), groups=2)
     torch.testing.assert_close(inference.float(), ref.to(dtype).float(), rtol=0, atol=0)
+    # and so is the gradient
+    g = torch.randn(a.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    x, x32 = a.clone().requires_grad_(), a.float().requires_grad_()
+    local_response_norm(x, groups=2).backward(g)
+    local_response_norm(x32, groups=2).backward(g.float())
+    assert x.grad.dtype == dtype and x32.grad.abs().max() > 0
+    torch.testing.assert_close(x.grad, x32.grad.to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("chunk_bytes", [100, 1 << 30])
+def test_lrn_in_chunks_matches_the_formula_and_its_gradient(monkeypatch, layout, chunk_bytes):
+    """On the CPU the layer runs chunk by chunk: the chunk boundaries (many, the last one short, or
+    none) must change no value and no gradient."""
+    monkeypatch.setattr(lrn, "CHUNK_BYTES_PER_THREAD", chunk_bytes)
+    torch.manual_seed(1)
+    a = (torch.rand(3, 12, 5, 3, dtype=torch.float64) * 80).contiguous(memory_format=layout)
+    chunks = len(lrn._chunks(_blocks(a, 2)))  # contiguous (NCHW) tensors run whole
+    assert chunks > 4 if chunk_bytes < 1e6 and layout == torch.channels_last else chunks == 1
+    alpha = 1e-3  # large, so the cross-map term of the gradient matters
+    ref = a.numpy() / (2.0 + alpha * np_window_sum(a.numpy() ** 2, 5, 2)) ** 0.75
+    np.testing.assert_allclose(local_response_norm(a, 5, alpha, 0.75, 2.0, groups=2).numpy(), ref, rtol=1e-12)
+    x = a.clone().requires_grad_()
+    out = local_response_norm(x, 5, alpha, 0.75, 2.0, groups=2)
+    assert out.is_contiguous(memory_format=layout)
+    np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-12)
+    g = torch.randn(a.shape, dtype=torch.float64)
+    out.backward(g)
+    # autograd through the formula, the window sum written out with the formula's bounds per tower
+    b = a.clone().requires_grad_()
+    sq = b * b
+    window = torch.cat([torch.stack([tower[:, max(0, i - 2): i + 3].sum(1) for i in range(6)], 1)
+                        for tower in sq.split(6, 1)], 1)
+    (b / (2.0 + alpha * window) ** 0.75 * g).sum().backward()
+    torch.testing.assert_close(x.grad, b.grad, rtol=1e-10, atol=1e-12)

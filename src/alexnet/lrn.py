@@ -2,12 +2,18 @@
 
     b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2) ** beta
 
-The window sum over channels is the one costly part that is not elementwise. On the CPU it is one
-matrix product with a 0/1 band matrix over the channels, `(B*H*W, C) @ (C, C)` on a channels_last
-tensor or `(C, C) @ (C, H*W)` per image on a contiguous one, with alpha folded into the band: one
-GEMM in place of the 2(n/2)+1 strided passes of shifted adds, 1.4x faster LRN forward+backward for
-norm1 (bench/lrn.py). Elsewhere (CUDA) the shifted adds stay: elementwise passes are cheap there, and
-a TF32 matmul would round the sum. Each tower's maps are their own block of the band (groups).
+The window sum over channels is the one costly part that is not elementwise. On the CPU it is a
+matrix product with a band matrix over the channels, `(B*H*W, C) @ (C, C)` on a channels_last tensor
+or `(C, C) @ (C, H*W)` per image on a contiguous one, with alpha folded into the band: one GEMM in
+place of the 2(n/2)+1 strided passes of shifted adds. Elsewhere (CUDA) the shifted adds stay:
+elementwise passes are cheap there, and a TF32 matmul would round the sum. Each tower's maps are
+their own block of the band (groups).
+
+On the CPU, in channels_last (the net's layout there), the layer runs chunk by chunk over the rows,
+so that the seven passes of a chunk (square, window sum, +k, log, exp, the products) meet in the
+cores' L2 cache instead of streaming the whole activation through memory seven times: at batch 64,
+2 threads, forward+backward 1.2x faster for norm1 and 1.4x for norm2 in float32, 1.4x and 1.6x with
+bf16 input (bench/lrn.py --chunks). A contiguous (NCHW) tensor runs whole: chunked it was no faster.
 """
 
 from __future__ import annotations
@@ -16,40 +22,79 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+# Float32 bytes of activation a chunk holds per intra-op thread: each thread's share of a pass then
+# fits its L2 with the other tensors of the chunk. 0.5-2 MB a thread were level (bench/lrn.py
+# --chunks at 1 and 2 threads); 0.25 MB lost to the per-op overhead, one chunk to memory traffic.
+CHUNK_BYTES_PER_THREAD = 1 << 20
+# Output maps per band product (_band_product).
+BAND_BLOCK = 32
 
-def _window_band(n: int, size: int, weight: float, like: Tensor) -> Tensor:
-    """(n, n) symmetric band: weight where |i - j| <= size // 2, else 0. The cut-off at the first and
-    last map (§3.3's max(0, .) and min(N-1, .)) is the band's missing corners."""
-    i = torch.arange(n, device=like.device)
-    return ((i[:, None] - i[None, :]).abs() <= size // 2).to(like.dtype) * weight
+
+def _window_band(blocks: Tensor, size: int, weight: float, dtype: torch.dtype) -> Tensor | None:
+    """For the maps along dim 1 of `blocks`, the (n, n) symmetric band: weight where |i - j| <= size
+    // 2, else 0; the cut-off at the first and last map (§3.3's max(0, .) and min(N-1, .)) is the
+    band's missing corners. None off the CPU (shifted adds there)."""
+    if blocks.device.type != "cpu":
+        return None
+    i = torch.arange(blocks.shape[1], device=blocks.device)
+    return ((i[:, None] - i[None, :]).abs() <= size // 2).to(dtype) * weight
 
 
-def _shifted_window_sum(t: Tensor, size: int, groups: int) -> Tensor:
-    by_group = t.unflatten(1, (groups, t.shape[1] // groups))  # a view whatever the memory format
-    half, n = size // 2, by_group.shape[2]
-    out = by_group.clone()
+def _is_channels_last(t: Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _dense(t: Tensor) -> Tensor:
+    """t contiguous in its own layout (channels_last stays channels_last)."""
+    return t.contiguous(memory_format=torch.channels_last if _is_channels_last(t) else torch.contiguous_format)
+
+
+def _blocks(t: Tensor, groups: int) -> Tensor:
+    """A dense (B, C, H, W) tensor as a stack of independent window-sum problems along dim 0, with the
+    maps of one group along dim 1, as a view: (B*H*W*groups, C/groups) rows in channels_last,
+    (B*groups, C/groups, H*W) otherwise."""
+    b, c, h, w = t.shape
+    if _is_channels_last(t):
+        return t.permute(0, 2, 3, 1).reshape(b * h * w * groups, c // groups)
+    return t.view(b * groups, c // groups, h * w)
+
+
+def _window_sum(blocks: Tensor, size: int, weight: float, band: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """weight * the sum over the `size` maps centred on each map, along dim 1 of `blocks` (into `out`
+    if given): products with the band (on the CPU) or shifted adds (band None)."""
+    if band is not None:
+        return _band_product(blocks, band, size, torch.empty_like(blocks) if out is None else out)
+    half, n = size // 2, blocks.shape[1]
+    out = blocks.clone() if out is None else out.copy_(blocks)
     for d in range(1, min(half, n - 1) + 1):
-        out.narrow(2, d, n - d).add_(by_group.narrow(2, 0, n - d))  # j = i - d
-        out.narrow(2, 0, n - d).add_(by_group.narrow(2, d, n - d))  # j = i + d
-    return out.flatten(1, 2)
+        out.narrow(1, d, n - d).add_(blocks.narrow(1, 0, n - d))  # j = i - d
+        out.narrow(1, 0, n - d).add_(blocks.narrow(1, d, n - d))  # j = i + d
+    return out if weight == 1.0 else out.mul_(weight)
+
+
+def _band_product(blocks: Tensor, band: Tensor, size: int, out: Tensor) -> Tensor:
+    """The window sum as products with the band, BAND_BLOCK output maps at a time, each from only the
+    maps its windows reach: the band is zero elsewhere (norm2's 128 maps a tower: 36 of 128 products a
+    map, 1.3x faster forward+backward at batch 64; bench/lrn.py). Autocast stays off: a bf16 product
+    would round the sum."""
+    n, half = blocks.shape[1], size // 2
+    with torch.autocast(blocks.device.type, enabled=False):
+        if blocks.dim() == 3:
+            return torch.matmul(band, blocks, out=out)
+        for first in range(0, n, BAND_BLOCK):
+            width = min(BAND_BLOCK, n - first)
+            lo, hi = max(0, first - half), min(n, first + width + half)
+            torch.matmul(blocks[:, lo:hi], band[lo:hi, first:first + width], out=out[:, first:first + width])
+    return out
 
 
 def channel_window_sum(t: Tensor, size: int, groups: int = 1, weight: float = 1.0) -> Tensor:
     """weight * the sum of (B, C, H, W) `t` over the `size` maps centred on each map, within each of
-    `groups` blocks of C/groups maps, in `t`'s dtype and memory format. Autocast stays off: a bf16
-    product would round the sum."""
-    if t.device.type != "cpu":
-        out = _shifted_window_sum(t, size, groups)
-        return out if weight == 1.0 else out.mul_(weight)
-    b, c, h, w = t.shape
-    n = c // groups
-    band = _window_band(n, size, weight, t)
-    with torch.autocast(t.device.type, enabled=False):
-        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-            rows = t.permute(0, 2, 3, 1).reshape(b * h * w * groups, n)
-            return (rows @ band).view(b, h, w, c).permute(0, 3, 1, 2)
-        maps = t.contiguous().view(b * groups, n, h * w)
-        return torch.matmul(band, maps).view(b, c, h, w)
+    `groups` blocks of C/groups maps, in `t`'s dtype and memory format."""
+    t = _dense(t)
+    blocks, out = _blocks(t, groups), torch.empty_like(t)
+    _window_sum(blocks, size, weight, _window_band(blocks, size, weight, t.dtype), out=_blocks(out, groups))
+    return out
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -58,16 +103,64 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _power(scale: Tensor, exponent: float, in_place: bool = False) -> Tensor:
-    """scale ** exponent. On the CPU as exp(exponent * log(scale)): three vectorised passes take about
-    half the time of torch.pow with a fractional exponent (bench/lrn.py), and agree to 1e-7."""
+def _power(scale: Tensor, exponent: float, out: Tensor | None = None) -> Tensor:
+    """scale ** exponent, into `out` (which may be scale itself). On the CPU as exp(exponent *
+    log(scale)): three vectorised passes take about half the time of torch.pow with a fractional
+    exponent (bench/lrn.py), and agree to 1e-7."""
     if scale.device.type != "cpu":
-        return scale.pow_(exponent) if in_place else scale.pow(exponent)
-    return (scale.log_() if in_place else scale.log()).mul_(exponent).exp_()
+        return torch.pow(scale, exponent, out=out)
+    return torch.log(scale, out=out).mul_(exponent).exp_()
 
 
-def _to_dtype_of(x: Tensor, like: Tensor) -> Tensor:
-    return x if x.dtype == like.dtype else x.to(like.dtype)
+def _chunks(blocks: Tensor) -> list[slice]:
+    """Slices of dim 0 of `blocks`: for channels_last rows on the CPU, CHUNK_BYTES_PER_THREAD of float32
+    per intra-op thread each; otherwise one slice, the whole. Traced or compiled, one slice too: a loop
+    over the batch would fix the batch size into an exported graph (ONNX) and unroll under inductor."""
+    rows = blocks.shape[0]
+    if blocks.device.type != "cpu" or blocks.dim() == 3 or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return [slice(0, rows)]
+    step = max(1, CHUNK_BYTES_PER_THREAD * torch.get_num_threads() // (4 * max(1, blocks.shape[1])))
+    return [slice(r, r + step) for r in range(0, rows, step)]
+
+
+def _normalise(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int,
+               keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The output for a dense x and, with `keep`, the scale and scale^-beta (float32 or wider) the
+    backward needs, chunk by chunk, each result written into its chunk of the whole."""
+    out = torch.empty_like(x)
+    xs, outs = _blocks(x, groups), _blocks(out, groups)
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    band = _window_band(xs, size, alpha, wide)
+    scale = torch.empty_like(x, dtype=wide) if keep else None
+    inv = torch.empty_like(x, dtype=wide) if keep else None
+    scales, invs = (_blocks(scale, groups), _blocks(inv, groups)) if keep else (None, None)
+    for part in _chunks(xs):
+        xc = _at_least_float32(xs[part])
+        s = _window_sum(xc * xc, size, alpha, band, out=scales[part] if keep else None).add_(k)
+        i = _power(s, -beta, out=invs[part] if keep else s)
+        if outs.dtype == xc.dtype:
+            torch.mul(xc, i, out=outs[part])
+        else:
+            outs[part].copy_(xc * i)  # i may be the kept scale^-beta
+    return out, scale, inv
+
+
+def _gradient(grad: Tensor, x: Tensor, scale: Tensor, inv: Tensor, size: int, alpha: float, beta: float,
+              groups: int) -> Tensor:
+    """grad_a_j = g_j s_j^-beta - 2 alpha beta a_j sum_{i: j in window(i)} g_i a_i s_i^(-beta-1),
+    chunk by chunk, for dense x, scale, inv and grad in one layout."""
+    out = torch.empty_like(x)
+    xs, gs, ss, invs, outs = (_blocks(t, groups) for t in (x, grad, scale, inv, out))
+    band = _window_band(xs, size, -2.0 * alpha * beta, scale.dtype)
+    for part in _chunks(xs):
+        xc = _at_least_float32(xs[part])
+        g_inv = _at_least_float32(gs[part]) * invs[part]  # bf16 * float32 in one op is slower than two ops
+        t = _window_sum((g_inv * xc).div_(ss[part]), size, -2.0 * alpha * beta, band)
+        if outs.dtype == xc.dtype:
+            torch.addcmul(g_inv, xc, t, out=outs[part])
+        else:
+            outs[part].copy_(g_inv.addcmul_(xc, t))
+    return out
 
 
 class _LocalResponseNorm(torch.autograd.Function):
@@ -81,20 +174,17 @@ class _LocalResponseNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
-        xf = _at_least_float32(x)
-        scale = channel_window_sum(xf * xf, size, groups, alpha).add_(k)
-        inv = _power(scale, -beta)
-        ctx.save_for_backward(xf, scale, inv)
+        x = _dense(x)
+        out, scale, inv = _normalise(x, size, alpha, beta, k, groups, keep=True)
+        ctx.save_for_backward(x, scale, inv)
         ctx.constants = (size, alpha, beta, groups)
-        return _to_dtype_of(xf * inv, x)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, scale, inv = ctx.saved_tensors
-        size, alpha, beta, groups = ctx.constants
-        g_inv = _at_least_float32(grad) * inv  # bf16 * float32 in one op is slower than two ops
-        t = channel_window_sum((g_inv * x).div_(scale), size, groups, -2.0 * alpha * beta)
-        return _to_dtype_of(torch.addcmul(g_inv, x, t), grad), None, None, None, None, None
+        grad = grad.contiguous(memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
+        return _gradient(grad, x, scale, inv, *ctx.constants), None, None, None, None, None
 
 
 def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
@@ -106,9 +196,7 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
         raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
     if x.requires_grad and torch.is_grad_enabled():
         return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
-    xf = _at_least_float32(x)
-    scale = channel_window_sum(xf * xf, size, groups, alpha).add_(k)
-    return _to_dtype_of(xf * _power(scale, -beta, in_place=True), x)
+    return _normalise(_dense(x), size, alpha, beta, k, groups, keep=False)[0]
 
 
 class LocalResponseNorm(nn.Module):
