@@ -2,6 +2,7 @@
 
     python bench/peer.py [--batch 64,128] [--quick] [--channels-last on] [--repeats 4] [--out FILE]
     python bench/peer.py --profile [--precision fp32] [--batch 64]   # where a training step goes
+    python bench/peer.py --lrn-at REV    # the paper net against itself with the LRN of commit REV
 
 *ours*: `alexnet.model.AlexNet` (variant paper: LRN, two towers, 724 M multiply-adds). *torchvision*:
 torchvision's AlexNet architecture written out below in plain PyTorch (no LRN, one tower, 714 M),
@@ -16,14 +17,21 @@ After the table, the training rows are set against the matmul ceiling of bench/c
 On the CPU the paper net computes in channels_last whatever its input's layout (alexnet.model: max
 pooling 3-6x faster there), so the default NCHW rows compare it with torchvision's net as that net
 runs when handed NCHW batches; `--channels-last on` puts torchvision's in channels_last too.
+
+`--lrn-at REV` replaces torchvision's net by the paper net with the LRN layer of another commit
+(src/alexnet/lrn.py as `git show REV:` gives it): a before/after of that layer inside the whole net, in
+one process, where two runs of the table a while apart would mix the change with the machine's drift.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -73,6 +81,26 @@ def paper_alexnet(lrn: bool = True) -> nn.Module:
     return AlexNet(ModelConfig(lrn=lrn))
 
 
+def paper_alexnet_with_lrn_at(rev: str) -> nn.Module:
+    """The paper net whose LRN layers compute with alexnet/lrn.py as it was at commit `rev`."""
+    from alexnet.lrn import LocalResponseNorm
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/alexnet/lrn.py"], capture_output=True,
+                            text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py") as f:
+        f.write(source)
+        f.flush()
+        spec = importlib.util.spec_from_file_location(f"lrn_at_{rev}", f.name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    net = paper_alexnet()
+    for m in net.modules():
+        if isinstance(m, LocalResponseNorm):
+            m.forward = lambda x, m=m: module.local_response_norm(x, m.size, m.alpha, m.beta, m.k, m.groups)
+    return net
+
+
 class Runner:
     """One net, its optimizer and a batch: `step()` runs one training step or one forward pass."""
 
@@ -108,12 +136,14 @@ class Runner:
 
 
 def compare(batch: int, train: bool, bf16: bool, channels_last: bool, device: torch.device,
-            repeats: int, compiled: bool = False, lrn: bool = True) -> dict:
-    """Ours and torchvision's alternately, `repeats` pairs after one warm-up step each (with
-    `compiled`, both nets through torch.compile and two warm-up steps, whose time is reported)."""
+            repeats: int, compiled: bool = False, lrn: bool = True, lrn_at: str = "") -> dict:
+    """Ours and torchvision's (or, with `lrn_at`, ours with that commit's LRN) alternately, `repeats`
+    pairs after one warm-up step each (with `compiled`, both nets through torch.compile and two
+    warm-up steps, whose time is reported)."""
     torch.manual_seed(0)
     ours = Runner(paper_alexnet(lrn), batch, train, bf16, channels_last, device)
-    peer = Runner(torchvision_alexnet(), batch, train, bf16, channels_last, device)
+    peer = Runner(paper_alexnet_with_lrn_at(lrn_at) if lrn_at else torchvision_alexnet(), batch, train, bf16,
+                  channels_last, device)
     warm_up = {}
     for name, runner in (("ours", ours), ("torchvision", peer)):
         if compiled:
@@ -131,6 +161,7 @@ def compare(batch: int, train: bool, bf16: bool, channels_last: bool, device: to
             **({} if lrn else {"ours": "without LRN"}),
             **({"compiled": "yes", "warm-up s (ours, tv)": f"{warm_up['ours']:.0f}, {warm_up['torchvision']:.0f}"}
                if compiled else {}),
+            **({"peer": f"paper net, LRN at {lrn_at}"} if lrn_at else {}),
             "ours img/s": batch / statistics.median(t_ours), "torchvision img/s": batch / statistics.median(t_peer),
             "ours / torchvision": statistics.median(ratios),
             "pair ratio range": f"{min(ratios):.2f}-{max(ratios):.2f}"}
@@ -226,6 +257,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="profile one training step of the paper net instead")
     p.add_argument("--compile", action="store_true", help="both nets through torch.compile (warm-up time reported)")
     p.add_argument("--no-lrn", action="store_true", help="the paper net without its LRN layers (to see what they cost)")
+    p.add_argument("--lrn-at", default="", metavar="REV",
+                   help="in torchvision's place, the paper net with the LRN of commit REV (a before/after)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="", help="append the rows to this JSON-lines file")
     args = p.parse_args()
@@ -246,8 +279,12 @@ def main() -> None:
         for mode in modes:
             for batch in batches:
                 rows.append(compare(batch, mode == "train", precision == "bf16", channels_last, device, repeats,
-                                    args.compile, not args.no_lrn))
+                                    args.compile, not args.no_lrn, args.lrn_at))
                 print(rows[-1], flush=True)
+    if args.lrn_at:
+        print(f"\npaper net (this commit's LRN) vs the same with the LRN at {args.lrn_at} (the 'torchvision' "
+              f"columns), interleaved, median of {repeats} pairs; {environment()}")
+        return print(markdown_table(rows))
     ceiling = ceiling_rows(device, (512, 1024) if args.quick else (1024, 2048, 4096), 2 if args.quick else 5)
     shares = share_of_ceiling(rows, ceiling)
     allocator = "kept (mallopt)" if os.environ.get("ALEXNET_KEEP_FREED_MEMORY", "1") != "0" else "glibc default"

@@ -75,7 +75,7 @@ def lrn_rows(entry: dict) -> list[Row]:
     for dtype in ("float32", "bfloat16"):
         for layer in ("norm1", "norm2"):
             pick = [x for x in entry["rows"] if x["dtype"] == dtype and x["layer"] == layer]
-            ours = next((x for x in pick if x["impl"].startswith("alexnet")), None)
+            ours = next((x for x in pick if x["impl"] == "alexnet local_response_norm"), None)
             base = next((x for x in pick if x["impl"].startswith("torch")), None)
             if ours and base:
                 ok = base["ms"] == base["ms"]  # not NaN: torch's module has no bf16 kernel on CPU

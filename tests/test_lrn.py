@@ -105,3 +105,12 @@ def test_lrn_in_chunks_matches_the_formula_and_its_gradient(monkeypatch, layout,
                         for tower in sq.split(6, 1)], 1)
     (b / (2.0 + alpha * window) ** 0.75 * g).sum().backward()
     torch.testing.assert_close(x.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_lrn_traces_as_one_graph():
+    """torch.compile (`--compile`) takes the layer whole, for inference and training: no graph break
+    (dynamo breaks at a strided `out=`, as the chunked CPU path writes)."""
+    x = (torch.rand(2, 96, 3, 3) * 80).contiguous(memory_format=torch.channels_last)  # 48 maps: 2 band products
+    for t in (x, x.clone().requires_grad_()):
+        explained = torch._dynamo.explain(lambda t: local_response_norm(t, groups=2))(t)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons

@@ -11,9 +11,11 @@ their own block of the band (groups).
 
 On the CPU, in channels_last (the net's layout there), the layer runs chunk by chunk over the rows,
 so that the seven passes of a chunk (square, window sum, +k, log, exp, the products) meet in the
-cores' L2 cache instead of streaming the whole activation through memory seven times: at batch 64,
-2 threads, forward+backward 1.2x faster for norm1 and 1.4x for norm2 in float32, 1.4x and 1.6x with
-bf16 input (bench/lrn.py --chunks). A contiguous (NCHW) tensor runs whole: chunked it was no faster.
+cores' L2 cache instead of streaming the whole activation through memory seven times, and each band
+product covers only the maps a window reaches: forward+backward at batch 64, 2 threads, 1.07x
+(norm1) and 1.21x (norm2) in float32, 1.19x and 1.29x with bf16 input, against the same layer as
+one chunk and one whole-band product (bench/lrn.py). A contiguous (NCHW) tensor runs whole: chunked
+it was no faster.
 """
 
 from __future__ import annotations
@@ -59,11 +61,19 @@ def _blocks(t: Tensor, groups: int) -> Tensor:
     return t.view(b * groups, c // groups, h * w)
 
 
+def _unblocks(blocks: Tensor, like: Tensor) -> Tensor:
+    """_blocks undone: the (B, C, H, W) tensor in `like`'s layout whose blocks `blocks` are."""
+    b, c, h, w = like.shape
+    if _is_channels_last(like):
+        return blocks.view(b, h, w, c).permute(0, 3, 1, 2)
+    return blocks.view(b, c, h, w)
+
+
 def _window_sum(blocks: Tensor, size: int, weight: float, band: Tensor | None, out: Tensor | None = None) -> Tensor:
     """weight * the sum over the `size` maps centred on each map, along dim 1 of `blocks` (into `out`
     if given): products with the band (on the CPU) or shifted adds (band None)."""
     if band is not None:
-        return _band_product(blocks, band, size, torch.empty_like(blocks) if out is None else out)
+        return _band_product(blocks, band, size, out)
     half, n = size // 2, blocks.shape[1]
     out = blocks.clone() if out is None else out.copy_(blocks)
     for d in range(1, min(half, n - 1) + 1):
@@ -72,15 +82,19 @@ def _window_sum(blocks: Tensor, size: int, weight: float, band: Tensor | None, o
     return out if weight == 1.0 else out.mul_(weight)
 
 
-def _band_product(blocks: Tensor, band: Tensor, size: int, out: Tensor) -> Tensor:
+def _band_product(blocks: Tensor, band: Tensor, size: int, out: Tensor | None = None) -> Tensor:
     """The window sum as products with the band, BAND_BLOCK output maps at a time, each from only the
     maps its windows reach: the band is zero elsewhere (norm2's 128 maps a tower: 36 of 128 products a
-    map, 1.3x faster forward+backward at batch 64; bench/lrn.py). Autocast stays off: a bf16 product
-    would round the sum."""
+    map, forward+backward 1.12x faster than one whole-band product; bench/lrn.py --band-block 128).
+    Compiled, one product: dynamo breaks the graph at a strided `out=`. Autocast stays off: a bf16
+    product would round the sum."""
     n, half = blocks.shape[1], size // 2
     with torch.autocast(blocks.device.type, enabled=False):
         if blocks.dim() == 3:
             return torch.matmul(band, blocks, out=out)
+        if n <= BAND_BLOCK or torch.compiler.is_compiling():
+            return torch.matmul(blocks, band, out=out)
+        out = torch.empty_like(blocks) if out is None else out
         for first in range(0, n, BAND_BLOCK):
             width = min(BAND_BLOCK, n - first)
             lo, hi = max(0, first - half), min(n, first + width + half)
@@ -92,9 +106,8 @@ def channel_window_sum(t: Tensor, size: int, groups: int = 1, weight: float = 1.
     """weight * the sum of (B, C, H, W) `t` over the `size` maps centred on each map, within each of
     `groups` blocks of C/groups maps, in `t`'s dtype and memory format."""
     t = _dense(t)
-    blocks, out = _blocks(t, groups), torch.empty_like(t)
-    _window_sum(blocks, size, weight, _window_band(blocks, size, weight, t.dtype), out=_blocks(out, groups))
-    return out
+    blocks = _blocks(t, groups)
+    return _unblocks(_window_sum(blocks, size, weight, _window_band(blocks, size, weight, t.dtype)), t)
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -125,37 +138,53 @@ def _chunks(blocks: Tensor) -> list[slice]:
 
 def _normalise(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int,
                keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The output for a dense x and, with `keep`, the scale and scale^-beta (float32 or wider) the
-    backward needs, chunk by chunk, each result written into its chunk of the whole."""
-    out = torch.empty_like(x)
-    xs, outs = _blocks(x, groups), _blocks(out, groups)
+    """The output for a dense x, and the scale and scale^-beta (float32 or wider) the backward needs
+    (with `keep`; else maybe not). In chunks, each result written into its slice of
+    the whole; as one chunk, functional: out= code made dynamo's recompile for a new batch size
+    (`--compile`) take 169 s instead of 3."""
+    xs = _blocks(x, groups)
     wide = torch.float64 if x.dtype == torch.float64 else torch.float32
     band = _window_band(xs, size, alpha, wide)
-    scale = torch.empty_like(x, dtype=wide) if keep else None
-    inv = torch.empty_like(x, dtype=wide) if keep else None
+    parts = _chunks(xs)
+    if len(parts) == 1:
+        xc = _at_least_float32(xs)
+        s = _window_sum(xc * xc, size, alpha, band).add_(k)
+        i = _power(s, -beta, out=None if keep else s)
+        return _unblocks((xc * i).to(x.dtype), x), _unblocks(s, x), _unblocks(i, x)
+    out = torch.empty_like(x)
+    scale, inv = (torch.empty_like(x, dtype=wide), torch.empty_like(x, dtype=wide)) if keep else (None, None)
+    outs = _blocks(out, groups)
     scales, invs = (_blocks(scale, groups), _blocks(inv, groups)) if keep else (None, None)
-    for part in _chunks(xs):
+    for part in parts:
         xc = _at_least_float32(xs[part])
         s = _window_sum(xc * xc, size, alpha, band, out=scales[part] if keep else None).add_(k)
         i = _power(s, -beta, out=invs[part] if keep else s)
         if outs.dtype == xc.dtype:
             torch.mul(xc, i, out=outs[part])
         else:
-            outs[part].copy_(xc * i)  # i may be the kept scale^-beta
+            outs[part].copy_(xc * i)
     return out, scale, inv
 
 
 def _gradient(grad: Tensor, x: Tensor, scale: Tensor, inv: Tensor, size: int, alpha: float, beta: float,
               groups: int) -> Tensor:
-    """grad_a_j = g_j s_j^-beta - 2 alpha beta a_j sum_{i: j in window(i)} g_i a_i s_i^(-beta-1),
-    chunk by chunk, for dense x, scale, inv and grad in one layout."""
+    """grad_a_j = g_j s_j^-beta - 2 alpha beta a_j sum_{i: j in window(i)} g_i a_i s_i^(-beta-1), for
+    dense x, scale, inv and grad in one layout; in chunks or whole as _normalise."""
+    xs, gs, ss, invs = (_blocks(t, groups) for t in (x, grad, scale, inv))
+    weight = -2.0 * alpha * beta
+    band = _window_band(xs, size, weight, scale.dtype)
+    parts = _chunks(xs)
+    if len(parts) == 1:
+        xc = _at_least_float32(xs)
+        g_inv = _at_least_float32(gs) * invs  # bf16 * float32 in one op is slower than two ops
+        t = _window_sum((g_inv * xc).div_(ss), size, weight, band)
+        return _unblocks(g_inv.addcmul_(xc, t).to(x.dtype), x)
     out = torch.empty_like(x)
-    xs, gs, ss, invs, outs = (_blocks(t, groups) for t in (x, grad, scale, inv, out))
-    band = _window_band(xs, size, -2.0 * alpha * beta, scale.dtype)
-    for part in _chunks(xs):
+    outs = _blocks(out, groups)
+    for part in parts:
         xc = _at_least_float32(xs[part])
-        g_inv = _at_least_float32(gs[part]) * invs[part]  # bf16 * float32 in one op is slower than two ops
-        t = _window_sum((g_inv * xc).div_(ss[part]), size, -2.0 * alpha * beta, band)
+        g_inv = _at_least_float32(gs[part]) * invs[part]
+        t = _window_sum((g_inv * xc).div_(ss[part]), size, weight, band)
         if outs.dtype == xc.dtype:
             torch.addcmul(g_inv, xc, t, out=outs[part])
         else:

@@ -86,6 +86,7 @@ def test_run_all_summary_reads_every_script_and_names_what_it_cannot(bench):
     results = {
         "lrn": [{"bench": "lrn", "rows": [
             {"dtype": "float32", "layer": "norm1", "batch": 16, "impl": "torch.nn.LocalResponseNorm", "ms": 30.0},
+            {"dtype": "float32", "layer": "norm1", "batch": 16, "impl": "alexnet, one chunk, whole band", "ms": 12.0},
             {"dtype": "float32", "layer": "norm1", "batch": 16, "impl": "alexnet local_response_norm", "ms": 10.0,
              "speedup": "2.80x (2.50-3.10, 5 pairs)"},
             {"dtype": "bfloat16", "layer": "norm1", "batch": 16, "impl": "torch.nn.LocalResponseNorm", "ms": math.nan},
