@@ -12,10 +12,10 @@ their own block of the band (groups).
 On the CPU, in channels_last (the net's layout there), the layer runs chunk by chunk over the rows,
 so that the seven passes of a chunk (square, window sum, +k, log, exp, the products) meet in the
 cores' L2 cache instead of streaming the whole activation through memory seven times, and each band
-product covers only the maps a window reaches: forward+backward at batch 64, 2 threads, 1.07x
-(norm1) and 1.21x (norm2) in float32, 1.19x and 1.29x with bf16 input, against the same layer as
-one chunk and one whole-band product (bench/lrn.py). A contiguous (NCHW) tensor runs whole: chunked
-it was no faster.
+product covers only the maps a window reaches: forward+backward at batch 64, 2 threads, 1.06x
+(norm1) and 1.21x (norm2) in float32, 1.19x and 1.30x with bf16 input, against the same layer as
+one chunk and one whole-band product (bench/lrn.py); 1.02-1.10x a paper-net step (bench/peer.py
+--lrn-at). A contiguous (NCHW) tensor runs whole: chunked it was no faster.
 """
 
 from __future__ import annotations
