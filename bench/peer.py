@@ -86,8 +86,10 @@ def paper_alexnet_with_lrn_at(rev: str) -> nn.Module:
     from alexnet.lrn import LocalResponseNorm
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/alexnet/lrn.py"], capture_output=True,
-                            text=True, check=True).stdout
+    shown = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/alexnet/lrn.py"], capture_output=True, text=True)
+    if shown.returncode:
+        raise SystemExit(f"bench/peer.py: error: --lrn-at {rev}: {shown.stderr.strip() or 'git show failed'}")
+    source = shown.stdout
     with tempfile.NamedTemporaryFile("w", suffix=".py") as f:
         f.write(source)
         f.flush()

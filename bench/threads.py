@@ -97,7 +97,8 @@ def measure(name: str, cmd: list[str], rounds: int, scratch: Path, busy: bool) -
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ALEXNET_THREADS", "MKL_NUM_THREADS")}
     record = scratch / "auto-threads.txt"
     record.unlink(missing_ok=True)
-    runs = {setting: (recording(cmd) if setting == "auto" and name != "tests" else cmd, {**base, **extra, "THREADS_BENCH_RECORD": str(record)})
+    recorded = recording(cmd) if name != "tests" else cmd
+    runs = {setting: (recorded if setting == "auto" else cmd, {**base, **extra, "THREADS_BENCH_RECORD": str(record)})
             for setting, extra in SETTINGS.items()}
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:

@@ -58,8 +58,9 @@ def test_power_by_exp_log_matches_pow():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_training_and_inference_paths_agree(dtype, monkeypatch):
-    monkeypatch.setattr(lrn, "CHUNK_BYTES_PER_THREAD", 100)  # in many chunks
+@pytest.mark.parametrize("chunk_bytes", [100, 1 << 30])  # in many chunks, in one
+def test_training_and_inference_paths_agree(dtype, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(lrn, "CHUNK_BYTES_PER_THREAD", chunk_bytes)
     torch.manual_seed(0)
     a = (torch.rand(2, 16, 6, 6) * 80).to(dtype).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

@@ -139,9 +139,9 @@ def _chunks(blocks: Tensor) -> list[slice]:
 def _normalise(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int,
                keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The output for a dense x, and the scale and scale^-beta (float32 or wider) the backward needs
-    (with `keep`; else maybe not). In chunks, each result written into its slice of
-    the whole; as one chunk, functional: out= code made dynamo's recompile for a new batch size
-    (`--compile`) take 169 s instead of 3."""
+    (with `keep`; else maybe not). In chunks, each result is written into its slice of the whole; as
+    one chunk, functional: with out= code dynamo's recompile for a new batch size (`--compile`) took
+    169 s instead of 3.7 (bench/README.md)."""
     xs = _blocks(x, groups)
     wide = torch.float64 if x.dtype == torch.float64 else torch.float32
     band = _window_band(xs, size, alpha, wide)
