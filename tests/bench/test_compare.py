@@ -2,6 +2,7 @@
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,34 @@ def test_markdown_table_takes_every_rows_keys(bench):
     common = bench("common")
     text = common.markdown_table([{"a": 1.23456, "b": "x"}, {"a": 2.0, "c": 3}])
     assert text.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.235 | x |  |", "| 2 |  | 3 |"]
+
+
+def test_threads_times_the_test_suite_only_when_named(bench, tmp_path, monkeypatch):
+    """The suite runs as the README runs it (no thread-recording wrapper) and records no count."""
+    threads = bench("threads")
+    cmds = threads.commands(tmp_path, tmp_path, tmp_path, tmp_path)
+    assert cmds["tests"][1:3] == ["-m", "pytest"] and cmds["train"][1:3] == ["-m", "alexnet.cli"]
+    ran = []
+    monkeypatch.setattr(threads, "timed", lambda cmd, env, scratch: ran.append(cmd) or 1.0)
+    row = threads.measure("tests", cmds["tests"], 1, tmp_path, busy=False)
+    assert ran == [cmds["tests"]] * 3 and row["auto chose"] == "?" and row["best by hand / auto"] == 1.0
+
+
+def test_peer_builds_the_paper_net_with_another_commits_lrn(bench):
+    import subprocess
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[2]
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    peer = bench("peer")
+    net = peer.paper_alexnet_with_lrn_at("HEAD")
+    x = torch.rand(2, 96, 5, 5) * 80
+    from alexnet.lrn import local_response_norm
+
+    expected = local_response_norm(x, net.norm1.size, net.norm1.alpha, net.norm1.beta, net.norm1.k, net.norm1.groups)
+    assert "forward" in vars(net.norm1)  # the layer computes with the loaded lrn.py, not this one
+    torch.testing.assert_close(net.norm1(x), expected, rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="--lrn-at no-such-commit"):
+        peer.paper_alexnet_with_lrn_at("no-such-commit")
