@@ -115,3 +115,17 @@ def test_lrn_traces_as_one_graph():
     for t in (x, x.clone().requires_grad_()):
         explained = torch._dynamo.explain(lambda t: local_response_norm(t, groups=2))(t)
         assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_mkl_picks_its_log_and_exp_kernels_on_one_thread_first(monkeypatch):
+    """pytorch/pytorch#188792: the first big log or exp of a process, split over threads, can run part
+    of it through a low-accuracy kernel. A one-element call of each must come before the layer's first."""
+    monkeypatch.setattr(lrn, "_vml_resolved", False)
+    sizes = {"log": [], "exp": []}
+    real_log, real_exp = torch.log, torch.exp
+    monkeypatch.setattr(torch, "log", lambda t, **kw: sizes["log"].append(t.numel()) or real_log(t, **kw))
+    monkeypatch.setattr(torch, "exp", lambda t, **kw: sizes["exp"].append(t.numel()) or real_exp(t, **kw))
+    local_response_norm(torch.rand(2, 96, 5, 5) * 80, groups=2)
+    local_response_norm(torch.rand(2, 96, 5, 5) * 80, groups=2)
+    assert sizes["log"][:2] == [1, 1] and sizes["exp"] == [1, 1]  # float32 and float64, once a process
+    assert sizes["log"][2:] == [2 * 96 * 25] * 2

@@ -116,12 +116,30 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+_vml_resolved = False
+
+
+def _resolve_vml_once() -> None:
+    """oneMKL picks each VML function's kernel (torch.log and torch.exp on the CPU go to it) on that
+    function's first call, and first calls on two threads at once can run one thread's chunk through
+    a low-accuracy kernel (pytorch/pytorch#188792). Seen here: the first LRN of a process off by up to
+    1.1e-3 in about 1 process of 20, the log of its first chunk off by 4e-5. One tiny call per function
+    and precision, on this thread, resolves the kernel first (the upstream fix does the same)."""
+    global _vml_resolved
+    if not _vml_resolved:
+        for dtype in (torch.float32, torch.float64):
+            one = torch.ones(1, dtype=dtype)
+            torch.exp(torch.log(one))
+        _vml_resolved = True
+
+
 def _power(scale: Tensor, exponent: float, out: Tensor | None = None) -> Tensor:
     """scale ** exponent, into `out` (which may be scale itself). On the CPU as exp(exponent *
     log(scale)): three vectorised passes take about half the time of torch.pow with a fractional
     exponent (bench/lrn.py), and agree to 1e-7."""
     if scale.device.type != "cpu":
         return torch.pow(scale, exponent, out=out)
+    _resolve_vml_once()
     return torch.log(scale, out=out).mul_(exponent).exp_()
 
 
