@@ -9,9 +9,11 @@ with shifted adds over the channels and torch.pow, differentiated by autograd: w
 backward, the band-matrix window sum and exp(-beta log s) replace. The implementations run in turn,
 `--rounds` times (A B C C B A ...); each row gives the median time and the median of the per-round
 speed-ups over the autograd formula, so load from other processes hits all alike. `--compile` adds
-this package's LRN through torch.compile (inductor fuses its elementwise passes). "one chunk, whole
-band" is this package's layer without its two CPU refinements (chunks sized for the L2 cache, band
-products limited to the maps a window reaches), the way it ran before them; `--chunks` adds a row per
+this package's LRN through torch.compile (inductor fuses its elementwise passes). "alexnet
+local_response_norm" is what the net runs: on the CPU in channels_last, float32 or bf16, the fused C
+kernel (alexnet/lrn_native.py) where it is built; "alexnet, torch operations" the same layer as
+torch operations, as it runs elsewhere; "one chunk, whole band" the torch operations without their two
+CPU refinements (chunks sized for the L2 cache, band products limited to the maps a window reaches); `--chunks` adds a row per
 chunk size (MB per thread) and `--band-block` sets the band products' width for all rows.
 """
 
@@ -29,7 +31,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(__file__))
 from common import report, sync  # noqa: E402
 
-from alexnet import lrn  # noqa: E402
+from alexnet import lrn, lrn_native  # noqa: E402
 from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
@@ -44,10 +46,13 @@ def autograd_formula(x):
     return x * window.flatten(1, 2).mul_(1e-4).add_(2.0).pow(-0.75)
 
 
-def ours(chunk_mb: float | None = None, band_block: int | None = None):
-    """This package's LRN with its chunk size (MB per thread; 0: one chunk) and band width set."""
+def ours(chunk_mb: float | None = None, band_block: int | None = None, kernel: bool = True):
+    """This package's LRN with its chunk size (MB per thread; 0: one chunk) and band width set; without
+    `kernel`, as torch operations even where the fused C kernel (alexnet.lrn_native) is built."""
     def run(x):
-        saved = lrn.CHUNK_BYTES_PER_THREAD, lrn.BAND_BLOCK
+        saved = lrn.CHUNK_BYTES_PER_THREAD, lrn.BAND_BLOCK, lrn_native.applies
+        if not kernel:
+            lrn_native.applies = lambda *a: False
         if chunk_mb is not None:
             lrn.CHUNK_BYTES_PER_THREAD = int(chunk_mb * 2**20) if chunk_mb > 0 else 2**62
         if band_block is not None:
@@ -55,7 +60,7 @@ def ours(chunk_mb: float | None = None, band_block: int | None = None):
         try:
             return lrn.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)
         finally:
-            lrn.CHUNK_BYTES_PER_THREAD, lrn.BAND_BLOCK = saved
+            lrn.CHUNK_BYTES_PER_THREAD, lrn.BAND_BLOCK, lrn_native.applies = saved
     return run
 
 
@@ -90,10 +95,11 @@ def main() -> None:
     fmt = torch.channels_last if args.layout == "cl" else torch.contiguous_format
     torch_lrn = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
     impls = {"torch.nn.LocalResponseNorm": torch_lrn, "autograd formula": autograd_formula,
-             "alexnet, one chunk, whole band": ours(0, 2**30),
+             "alexnet, one chunk, whole band": ours(0, 2**30, kernel=False),
+             "alexnet, torch operations": ours(band_block=args.band_block, kernel=False),
              "alexnet local_response_norm": ours(band_block=args.band_block)}
     for mb in filter(None, args.chunks.split(",")):
-        impls[f"alexnet, chunks of {mb} MB a thread"] = ours(float(mb), args.band_block)
+        impls[f"alexnet, chunks of {mb} MB a thread"] = ours(float(mb), args.band_block, kernel=False)
     if args.compile:
         impls["alexnet local_response_norm, torch.compile"] = torch.compile(impls["alexnet local_response_norm"])
     rows = []
@@ -119,7 +125,9 @@ def main() -> None:
                 rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "layout": args.layout,
                              "impl": name, "ms": statistics.median(t) * 1000,
                              "speed-up over autograd formula": f"{statistics.median(b / s for b, s in zip(base, t)):.2f}x"})
-    report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
+    lrn_native.load()
+    report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}, "
+           f"kernel: {lrn_native.status()}", rows, args.out)
 
 
 if __name__ == "__main__":

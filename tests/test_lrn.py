@@ -1,4 +1,7 @@
-"""alexnet.lrn's channel-window sum (§3.3's sum over n adjacent maps), in every way it is computed."""
+"""alexnet.lrn's torch operations: the channel-window sum (§3.3's sum over n adjacent maps) in every
+way it is computed, the layer in chunks and whole. The fused C kernel that takes channels-last
+float32 and bf16 layers on the CPU where it is built is kept out of this file's tests (its own:
+tests/test_lrn_native.py), so that these reach the torch operations on every machine."""
 
 from __future__ import annotations
 
@@ -6,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import lrn
+from alexnet import lrn, lrn_native
 from alexnet.lrn import _blocks, _power, _window_sum, channel_window_sum, local_response_norm
+
+
+@pytest.fixture(autouse=True)
+def torch_operations(monkeypatch):
+    monkeypatch.setattr(lrn_native, "applies", lambda *a: False)
 
 
 def np_window_sum(t: np.ndarray, size: int, groups: int) -> np.ndarray:

@@ -48,10 +48,13 @@ BF16_ERROR_BOUND = 0.10  # top-1 error on 100 validation images: one standard er
 def test_bf16_training_reaches_the_float32_error_on_the_demo(demo_store, tmp_path):
     """The condition for bf16 by default: a tiny net trained on the demo data in bf16 autocast ends
     within BF16_ERROR_BOUND of the same run in float32 (same seed, data order and init), and both
-    learned (below 0.8; chance over 10 classes is 0.9, one standard error 0.03)."""
+    learned (below 0.8; chance over 10 classes is 0.9, one standard error 0.03). Six epochs: after
+    four, float32 ended at 0.69, 0.70, 0.83 for seeds 0-2, and at 0.81, 0.67, 0.82 once the fused LRN
+    kernel changed float32 rounding, at the edge of the bound; after six, 0.74, 0.68, 0.73 (bf16 0.74,
+    0.67, 0.76)."""
     errors = {}
     for amp in ("off", "bf16"):
-        config = resolve({"variant": "tiny", "train": {"epochs": 4, "batch_size": 32, "amp": amp, "device": "cpu"}})
+        config = resolve({"variant": "tiny", "train": {"epochs": 6, "batch_size": 32, "amp": amp, "device": "cpu"}})
         result = fit(config, demo_store, tmp_path / amp, progress=False, echo=False)
         errors[amp] = result["last"]["val_top1_err"]
     assert errors["off"] < 0.8 and errors["bf16"] < 0.8, errors  # chance: 0.9 +- 0.03

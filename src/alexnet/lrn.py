@@ -2,6 +2,12 @@
 
     b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2) ** beta
 
+On the CPU, a float32 or bf16 layer in channels_last (the net's layout there) runs as one fused C
+kernel (alexnet/lrn_native.py, lrn_kernel.c) where the machine has a C compiler to build it: one pass
+in, one pass out, the backward computing the scale again from the input. What follows is the same
+layer as torch operations, for everything else: CUDA, NCHW, float64, traced, compiled or exported
+graphs, and machines without a compiler.
+
 The window sum over channels is the one costly part that is not elementwise. On the CPU it is a
 matrix product with a band matrix over the channels, `(B*H*W, C) @ (C, C)` on a channels_last tensor
 or `(C, C) @ (C, H*W)` per image on a contiguous one, with alpha folded into the band: one GEMM in
@@ -23,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from alexnet import lrn_native
 
 # Float32 bytes of activation a chunk holds per intra-op thread: each thread's share of a pass then
 # fits its L2 with the other tensors of the chunk. 0.5-2 MB a thread were level (bench/lrn.py
@@ -222,16 +230,22 @@ class _LocalResponseNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
         x = _dense(x)
+        ctx.constants = (size, alpha, beta, k, groups)
+        if lrn_native.applies(x, size, beta, groups):  # the fused kernel keeps only the input
+            ctx.save_for_backward(x)
+            return lrn_native.forward(x, size, alpha, k, groups)
         out, scale, inv = _normalise(x, size, alpha, beta, k, groups, keep=True)
         ctx.save_for_backward(x, scale, inv)
-        ctx.constants = (size, alpha, beta, groups)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, scale, inv = ctx.saved_tensors
+        size, alpha, beta, k, groups = ctx.constants
+        x, *kept = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
-        return _gradient(grad, x, scale, inv, *ctx.constants), None, None, None, None, None
+        if not kept:
+            return lrn_native.backward(x, grad.to(x.dtype), size, alpha, k, groups), None, None, None, None, None
+        return _gradient(grad, x, *kept, size, alpha, beta, groups), None, None, None, None, None
 
 
 def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
@@ -243,7 +257,10 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
         raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
     if x.requires_grad and torch.is_grad_enabled():
         return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
-    return _normalise(_dense(x), size, alpha, beta, k, groups, keep=False)[0]
+    x = _dense(x)
+    if lrn_native.applies(x, size, beta, groups):
+        return lrn_native.forward(x, size, alpha, k, groups)
+    return _normalise(x, size, alpha, beta, k, groups, keep=False)[0]
 
 
 class LocalResponseNorm(nn.Module):
