@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alexnet.config import VARIANTS, ModelConfig, conv_channels, map_sizes, variant_config  # noqa: F401 (re-exported)
+from alexnet.conv import Conv2d
 from alexnet.lrn import LocalResponseNorm, local_response_norm  # noqa: F401 (§3.3; re-exported)
 
 __all__ = ["VARIANTS", "AlexNet", "ConvSpec", "LocalResponseNorm", "PaperDropout", "conv_layer", "count_parameters",
@@ -96,8 +97,9 @@ def layer_spec(config: ModelConfig) -> dict[str, ConvSpec | tuple[int, int] | No
 
 
 def conv_layer(spec: ConvSpec | None) -> nn.Conv2d | None:
-    return None if spec is None else nn.Conv2d(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.padding,
-                                               groups=spec.groups)
+    """nn.Conv2d, conv1's CPU weight gradient in slices of the batch (alexnet/conv.py: measured)."""
+    return None if spec is None else Conv2d(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.padding,
+                                            groups=spec.groups)
 
 
 def _input_scale(config: ModelConfig) -> Tensor | None:
