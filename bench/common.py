@@ -7,6 +7,7 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -83,21 +84,41 @@ def ratio_text(r: dict) -> str:
     return f"{r['ratio']:.2f}x ({r['low']:.2f}-{r['high']:.2f}, {r['pairs']} pairs)"
 
 
-def make_folder(root: Path, n: int, classes: int = 8) -> None:
-    """`n` ImageNet-like JPEGs (q90, ~500x375, every fifth portrait) in root/train/<class>/."""
+def make_folder(root: Path, n: int, classes: int = 8, source: str = "generated") -> None:
+    """`n` ImageNet-like JPEGs (q90, ~500x375, every fifth portrait) in root/train/<class>/.
+    source "generated": smooth random colour fields, each channel drawn on its own, plus Gaussian
+    pixel noise (sigma 8); "photos": crops of 60-100% of scikit-learn's two sample photographs
+    (china.jpg, flower.jpg, 427x640) resized to the same sizes, real photographs as ImageNet's (their
+    256x256 JPEGs decode as slowly as the generated ones: bench/README.md, loader section)."""
     rng = np.random.default_rng(0)
     from PIL import Image
 
+    photos = _sample_photos() if source == "photos" else []
     for i in range(n):
         w, h = int(rng.integers(400, 520)), int(rng.integers(300, 400))
         if i % 5 == 0:
             w, h = h, w
-        small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
-        pixels = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        if photos:
+            photo = photos[i % len(photos)]
+            ph, pw = (int(d * rng.uniform(0.6, 1.0)) for d in photo.shape[:2])
+            top, left = int(rng.integers(0, photo.shape[0] - ph + 1)), int(rng.integers(0, photo.shape[1] - pw + 1))
+            img = Image.fromarray(np.ascontiguousarray(photo[top : top + ph, left : left + pw]))
+            pixels = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC))
+        else:
+            small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+            pixels = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         folder = root / "train" / f"n{i % classes:08d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(folder / f"img_{i:05d}.JPEG", quality=90)
+
+
+def _sample_photos() -> list[np.ndarray]:
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        sys.exit("--source photos needs scikit-learn (pip install scikit-learn): its two sample photographs")
+    return list(load_sample_images().images)
 
 
 def write_results(path: str | Path, name: str, rows: list[dict]) -> None:

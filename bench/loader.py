@@ -1,8 +1,10 @@
 """Training-batch throughput: the store + batch loader vs a plain per-image Pillow pipeline.
 
-    python bench/loader.py [--images 512] [--batch 128] [--device auto] [--rounds 3] [--quick] [--out FILE.jsonl]
+    python bench/loader.py [--images 512] [--batch 128] [--device auto] [--rounds 3] [--source photos]
+                           [--quick] [--out FILE.jsonl]
 
-Makes an ImageNet-like folder (JPEG q90, ~500x375, mixed aspect ratios) in a temporary directory,
+Makes an ImageNet-like folder (JPEG q90, ~500x375, mixed aspect ratios; generated images, or with
+`--source photos` crops of scikit-learn's two sample photographs) in a temporary directory,
 prepares it into a raw store and jpeg stores at quality 90 (prepare's default) and 85 at 256, then
 times each row interleaved with the naive pipeline (A B A B, --rounds pairs): a row's "vs naive per
 core" is the median of its pair ratios of wall-clock images/s per core, "vs naive per CPU-s" the same
@@ -142,6 +144,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="A B pairs (naive pipeline, row) per row")
     p.add_argument("--quality", type=int, default=90, help="the jpeg store's quality (prepare's default)")
     p.add_argument("--low-quality", type=int, default=85, help="a second jpeg store, the trade-off row")
+    p.add_argument("--source", choices=("generated", "photos"), default="generated",
+                   help="the images: generated colour fields with pixel noise, or crops of scikit-learn's sample "
+                        "photographs (common.make_folder)")
     p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
     p.add_argument("--codecs", action="store_true", help="only the table of store encodings and decoder flags")
     p.add_argument("--out", default="")
@@ -155,7 +160,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
-        make_folder(src, args.images)
+        make_folder(src, args.images, source=args.source)
         t = time.perf_counter()
         prepare(src, Path(tmp) / "raw", size=256, progress=False, log=lambda *a: None)
         prep_raw = args.images / (time.perf_counter() - t)
@@ -191,8 +196,8 @@ def main() -> None:
         add(f"loader, raw store, {workers} threads",
             lambda: loader_rate(raw, args.batch, workers, device, args.epochs), cores)
         for name, store in ((f"jpeg store q{args.quality}", jpg), (f"jpeg store q{args.low_quality}", low)):
-            add(f"loader, {name} (decode 256px)", lambda: loader_rate(store, args.batch, 1, device, 1), 1)
-            add(f"loader, {name}, {workers} threads", lambda: loader_rate(store, args.batch, workers, device, 1), cores)
+            add(f"loader, {name} (decode 256px)", lambda: loader_rate(store, args.batch, 1, device, args.epochs), 1)
+            add(f"loader, {name}, {workers} threads", lambda: loader_rate(store, args.batch, workers, device, args.epochs), cores)
         tr = BatchTransforms.for_store(raw, 224, device=device)
         used = 1 if device.type == "cuda" else cores
         add(f"loader + batch augmentation on {device.type}, raw store",
@@ -201,7 +206,7 @@ def main() -> None:
         rows[0] = {"pipeline": "naive Pillow per image (decode, resize, crop, flip, tensor)", "cores": 1,
                    "images/s": naive, "images/s/core": naive, "vs naive per core": "1.0x", "images/CPU-s": naive_cpu,
                    "vs naive per CPU-s": "1.0x"}
-    report("loader", f"{args.images} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
+    report("loader", f"{args.images} {args.source} images ~500x375 JPEG q90, batch {args.batch}, device {device}, "
            f"prepare {prep_raw:.0f} images/s; each ratio the median of {args.rounds} interleaved pairs", rows, args.out)
 
 

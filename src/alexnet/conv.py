@@ -1,6 +1,6 @@
 """The net's convolutions: nn.Conv2d, with one measured CPU exception in the backward pass.
 
-oneDNN computes the weight gradient of conv1 (96 kernels 11x11x3, stride 4, on 224x224 images) 2.1x
+oneDNN computes the weight gradient of conv1 (96 kernels 11x11x3, stride 4, on 224x224 images) 2.4x
 slower per image at the paper's batch of 128 than at 96 or fewer (float32, this project's Xeon, 2
 threads: 2.17 ms an image at 128, 0.85-0.92 at 32-96), a switch in its choice of algorithm once the
 layer's output passes ~30 M values a batch (96 kernels: between 96 and 112 images; torchvision's 64

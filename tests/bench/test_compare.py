@@ -192,3 +192,23 @@ def test_peer_builds_the_paper_net_with_another_commits_lrn(bench):
     torch.testing.assert_close(net.norm1(x), expected, rtol=0, atol=0)
     with pytest.raises(SystemExit, match="--lrn-at no-such-commit"):
         peer.paper_alexnet_with_lrn_at("no-such-commit")
+
+
+def test_make_folder_draws_photographs_or_noise(bench, tmp_path):
+    """--source photos: crops of scikit-learn's sample photographs at ImageNet-like sizes, whose colour
+    channels move together as in natural images (what §4.1's PCA lighting relies on); the default
+    generated images draw each channel independently."""
+    import numpy as np
+    from PIL import Image
+
+    common = bench("common")
+    channel_correlation = {}
+    for source in ("generated", "photos"):
+        common.make_folder(tmp_path / source, 5, classes=2, source=source)
+        files = sorted((tmp_path / source / "train").rglob("*.JPEG"))
+        assert len(files) == 5 and {f.parent.name for f in files} == {"n00000000", "n00000001"}
+        sizes = [Image.open(f).size for f in files]
+        assert all(300 <= min(s) and max(s) < 520 for s in sizes) and sizes[0][0] < sizes[0][1]  # every fifth portrait
+        rgb = [np.asarray(Image.open(f), dtype=float).reshape(-1, 3) for f in files]
+        channel_correlation[source] = np.mean([np.corrcoef(p[:, 0], p[:, 1])[0, 1] for p in rgb])
+    assert channel_correlation["photos"] > 0.5 > 0.2 > channel_correlation["generated"], channel_correlation
