@@ -193,3 +193,30 @@ def test_a_paper_net_step_is_the_same_with_the_kernel_and_without(monkeypatch):
     torch.testing.assert_close(steps[0][0], steps[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(steps[0][1], steps[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+def _layer_in_threads(x, result):
+    torch.set_num_threads(2)
+    lrn_native.PARALLEL_MIN_ELEMENTS = 1
+    result.put(float(local_response_norm(x).sum()))
+
+
+@needs_kernel
+def test_a_forked_child_runs_the_kernel_on_threads_of_its_own(monkeypatch):
+    """The kernel's worker threads are kept between calls; a child forked after they started (a
+    DataLoader worker, a test that forks) has none of them and must start its own, not wait forever."""
+    import multiprocessing
+
+    monkeypatch.setattr(lrn_native, "PARALLEL_MIN_ELEMENTS", 1)
+    torch.set_num_threads(2)
+    x = channels_last(torch.rand(2, 8, 3, 3))
+    expected = float(local_response_norm(x).sum())
+    assert lrn_native._pool is not None  # the parent's threads exist
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    child = ctx.Process(target=_layer_in_threads, args=(x, result))
+    child.start()
+    child.join(timeout=120)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0 and result.get(timeout=5) == pytest.approx(expected, rel=1e-6)

@@ -220,7 +220,8 @@ def _gradient(grad: Tensor, x: Tensor, scale: Tensor, inv: Tensor, size: int, al
 
 class _LocalResponseNorm(torch.autograd.Function):
     """The formula with a hand-written backward: autograd through the eager formula keeps five
-    intermediates alive and recomputes a pow; this keeps the input, scale and scale^-beta.
+    intermediates alive and recomputes a pow; this keeps the input, scale and scale^-beta (the fused
+    kernel: the input alone).
 
     d b_i / d a_j = delta_ij s_i^-beta - 2 alpha beta a_i a_j s_i^(-beta-1)  for j in i's window, so
     grad_a_j = g_j s_j^-beta - 2 alpha beta a_j sum_{i: j in window(i)} g_i a_i s_i^(-beta-1), and the
