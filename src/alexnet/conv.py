@@ -1,17 +1,17 @@
 """The net's convolutions: nn.Conv2d, with one measured CPU exception in the backward pass.
 
 oneDNN computes the weight gradient of conv1 (96 kernels 11x11x3, stride 4, on 224x224 images) 2.4x
-slower per image at the paper's batch of 128 than at 96 or fewer (float32, this project's Xeon, 2
-threads: 2.17 ms an image at 128, 0.85-0.92 at 32-96), a switch in its choice of algorithm once the
+slower per image at the paper's batch of 128 than at 96 (float32, this project's Xeon, 2 threads:
+2.17 ms an image against 0.92; 0.85-0.92 at 32-96), a switch in its choice of algorithm once the
 layer's output passes ~30 M values a batch (96 kernels: between 96 and 112 images; torchvision's 64
-kernels: between 128 and 256). bf16 shows no such step, nor conv2-conv5 (bench/conv.py,
-bench/README.md). So where the input needs no gradient (conv1: its input is the images), on the CPU,
-in float32, training, with an output over SLICE_ABOVE_OUTPUTS values, the forward pass is one
-convolution as always and the weight and bias gradients are summed over slices of
-WEIGHT_GRADIENT_BATCH images: 1.02 ms an image at 128, a paper-net training step ~5% faster. Below
-that size slices measured level or slower (the `small` and `tiny` nets' conv1), so everywhere else
-(smaller layers, CUDA, bf16 autocast, a layer whose input needs a gradient, traced, compiled or
-exported graphs) it is exactly nn.Conv2d.
+kernels: between 128 and 256). bf16 shows no such step (bench/conv.py), nor conv2-conv5 (a per-layer
+timing at batch 64 and 128, bench/README.md). So where the input needs no gradient (conv1: its
+input is the images), on the CPU, in float32, training, with an output over SLICE_ABOVE_OUTPUTS
+values, the forward pass is one convolution as always and the weight and bias gradients are summed
+over slices of WEIGHT_GRADIENT_BATCH images: 1.02 ms an image at 128, a paper-net training step ~5%
+faster. Below that size slices measured level or slower (the `small` and `tiny` nets' conv1), so
+everywhere else (smaller layers, CUDA, bf16 autocast, a layer whose input needs a gradient, traced,
+compiled or exported graphs) it is exactly nn.Conv2d.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from alexnet.runtime import capturing_graph
+
 WEIGHT_GRADIENT_BATCH = 64
 SLICE_ABOVE_OUTPUTS = 30_000_000  # between 27.9 M (96 x 96 maps of 55x55: no step) and 32.5 M (112 images: step)
 _convolution_backward = torch.ops.aten.convolution_backward
-
-
-def _eager() -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", None)
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or (exporting and exporting()))
 
 
 class Conv2d(nn.Conv2d):
@@ -41,11 +38,16 @@ class Conv2d(nn.Conv2d):
                 // self.stride[d] + 1 for d in (0, 1)]
         return x.shape[0] * self.out_channels * side[0] * side[1]
 
+    def _sliced(self, x: Tensor) -> bool:
+        """Whether this call takes its weight gradient in slices (module docstring)."""
+        return (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > WEIGHT_GRADIENT_BATCH
+                and not x.requires_grad and self.weight.requires_grad and torch.is_grad_enabled()
+                and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and self.padding_mode == "zeros" and isinstance(self.padding, tuple) and type(x) is Tensor
+                and self._outputs(x) > SLICE_ABOVE_OUTPUTS and not capturing_graph())
+
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > WEIGHT_GRADIENT_BATCH and not x.requires_grad
-                and self.weight.requires_grad and torch.is_grad_enabled() and x.dtype == self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros" and type(x) is Tensor
-                and isinstance(self.padding, tuple) and self._outputs(x) > SLICE_ABOVE_OUTPUTS and _eager()):
+        if self._sliced(x):
             return _WeightGradientInSlices.apply(x, self.weight, self.bias, self.stride, self.padding,
                                                  self.dilation, self.groups)
         return super().forward(x)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from alexnet.files import atomic_path
+from alexnet.runtime import capturing_graph
 
 SOURCE = Path(__file__).with_name("lrn_kernel.c")
 # -ffp-contract=off: no fused multiply-adds, so every CPU (AVX-512, AVX2, baseline clone) rounds alike.
@@ -65,7 +66,8 @@ def _compile(cc: str) -> Path:
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(lib) as tmp:
-            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
+            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                                  timeout=300)
             if done.returncode != 0:
                 raise OSError(f"{Path(cc).name} failed: {done.stderr.strip()[-500:]}")
     return lib
@@ -116,19 +118,13 @@ MAX_MAPS_A_GROUP = 4096  # lrn_kernel.c's buffers
 
 def applies(x: Tensor, size: int, beta: float, groups: int) -> bool:
     """Whether the kernel computes this input: CPU, float32 or bf16, dense channels-last rows (the
-    net's layout on the CPU), the paper's beta, an odd window, at most MAX_MAPS_A_GROUP maps a group, eager (a traced or compiled graph keeps torch
-    operations, which it can export or fuse; a fake or wrapped tensor has no memory to hand to C), and
-    the library built."""
+    net's layout on the CPU), the paper's beta, an odd window, at most MAX_MAPS_A_GROUP maps a group,
+    run eagerly (runtime.capturing_graph; a fake or wrapped tensor has no memory to hand to C either),
+    and the library built."""
     return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and beta == 0.75 and size % 2 == 1 and size <= 129 and x.dim() == 4 and x.shape[1] % groups == 0
             and x.shape[1] // groups <= MAX_MAPS_A_GROUP and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and not _exporting()
-            and load() is not None)
-
-
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting and is_exporting())
+            and not capturing_graph() and load() is not None)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -148,8 +144,9 @@ def _workers(count: int) -> ThreadPoolExecutor:
 
 
 def _forget_pool() -> None:
+    """In a forked child: the parent's threads (and whoever held the lock) do not exist there."""
     global _pool, _pool_size, _lock
-    _pool, _pool_size, _lock = None, 0, threading.Lock()  # a forked child has neither the parent's threads nor its lock holder
+    _pool, _pool_size, _lock = None, 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)

@@ -10,7 +10,16 @@ import torch
 from alexnet.errors import UserError
 from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
 
-__all__ = ["cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device", "use_bf16_autocast"]
+__all__ = ["capturing_graph", "cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device",
+           "use_bf16_autocast"]
+
+
+def capturing_graph() -> bool:
+    """Whether torch is tracing, compiling or exporting the code that runs (rather than running it
+    eagerly): such a graph keeps plain torch operations, which it can export or fuse, and its
+    tensors may have no memory to hand to C."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or bool(exporting and exporting())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
