@@ -220,3 +220,18 @@ def test_a_forked_child_runs_the_kernel_on_threads_of_its_own(monkeypatch):
     if child.exitcode is None:
         child.kill()
     assert child.exitcode == 0 and result.get(timeout=5) == pytest.approx(expected, rel=1e-6)
+
+
+@needs_kernel
+def test_compiled_the_layer_and_the_net_stay_one_graph():
+    """Under torch.compile (`--compile`) applies() says no before it reaches the library, so dynamo
+    traces the torch operations whole: one graph, no break, for the layer and for a net."""
+    from alexnet.config import VARIANTS
+    from alexnet.model import AlexNet
+
+    x = channels_last(torch.rand(2, 96, 3, 3) * 80)
+    for t in (x, x.clone().requires_grad_()):
+        explained = torch._dynamo.explain(lambda t: local_response_norm(t, groups=2))(t)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    explained = torch._dynamo.explain(AlexNet(VARIANTS["tiny"]))(torch.rand(4, 3, 64, 64) * 255)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
