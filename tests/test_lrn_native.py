@@ -235,3 +235,21 @@ def test_compiled_the_layer_and_the_net_stay_one_graph():
         assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
     explained = torch._dynamo.explain(AlexNet(VARIANTS["tiny"]))(torch.rand(4, 3, 64, 64) * 255)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_training_says_when_the_lrn_runs_without_its_kernel(fresh, monkeypatch, demo_store, tmp_path):
+    """Nobody should find out from the clock that the kernel was not built: `alexnet train` on the
+    CPU says so in its log, with the reason; with the kernel it says nothing of it."""
+    from alexnet.config import resolve
+    from alexnet.run import fit
+
+    config = resolve({"variant": "tiny", "train": {"epochs": 1, "max_steps": 2, "batch_size": 32, "device": "cpu"}})
+    monkeypatch.setenv("ALEXNET_LRN_KERNEL", "0")
+    fit(config, demo_store, tmp_path / "off", progress=False, echo=False)
+    log = (tmp_path / "off" / "train.log").read_text()
+    assert "LRN as torch operations" in log and "ALEXNET_LRN_KERNEL=0" in log
+    monkeypatch.setattr(lrn_native, "_status", "not loaded yet")
+    monkeypatch.delenv("ALEXNET_LRN_KERNEL")
+    if lrn_native.load() is not None:
+        fit(config, demo_store, tmp_path / "on", progress=False, echo=False)
+        assert "LRN as torch operations" not in (tmp_path / "on" / "train.log").read_text()

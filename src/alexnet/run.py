@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alexnet import lrn_native
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from alexnet.config import Config, apply, load_toml, resolve, resume_config, to_toml, validate
 from alexnet.data import ImageStore
@@ -311,6 +312,8 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"
             f"{f' x {procs.world} processes' if procs.distributed else ''}, batch {c.train.batch_size}, "
             f"{'bf16 autocast' if trainer.amp else 'fp32'}, {c.train.epochs} epochs -> {out}")
+        if trainer.device.type == "cpu" and c.model.lrn and lrn_native.load() is None:
+            log(f"LRN as torch operations, 1.4-1.75x slower than its fused kernel: {lrn_native.status()}")
         with StopRequest() as stop, _faults_as_user_errors(trainer.device, c.train.batch_size // procs.world, out):
             status = _train_epochs(trainer, stop, out, log)
     finally:
