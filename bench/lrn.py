@@ -12,9 +12,10 @@ speed-ups over the autograd formula, so load from other processes hits all alike
 this package's LRN through torch.compile (inductor fuses its elementwise passes). "alexnet
 local_response_norm" is what the net runs: on the CPU in channels_last, float32 or bf16, the fused C
 kernel (alexnet/lrn_native.py) where it is built; "alexnet, torch operations" the same layer as
-torch operations, as it runs elsewhere; "one chunk, whole band" the torch operations without their two
-CPU refinements (chunks sized for the L2 cache, band products limited to the maps a window reaches); `--chunks` adds a row per
-chunk size (MB per thread) and `--band-block` sets the band products' width for all rows.
+torch operations, as it runs elsewhere; "one chunk, whole band" the torch operations without their
+two CPU refinements (chunks sized for the L2 cache, band products limited to the maps a window
+reaches); `--chunks` adds a row per chunk size (MB per thread) and `--band-block` sets the band
+products' width for all rows.
 """
 
 from __future__ import annotations

@@ -40,6 +40,11 @@ static inline uint16_t float_to_bf16(float f) {
     return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
+/* Whether the buffers below hold a layer of c maps in `groups` groups with a window of `size` maps. */
+static inline int layer_fits(long c, long groups, long size) {
+    return groups > 0 && c % groups == 0 && c / groups <= MAX_MAPS && size % 2 == 1 && size / 2 <= 64;
+}
+
 /* out[i] = sum of in[i + d] for |d| <= half, in[] zero outside [0, n): `in` has `half` zeros each side. */
 static inline void window_sum(const float *restrict padded, float *restrict out, long n, long half) {
     for (long i = 0; i < n; i++) out[i] = padded[i];
@@ -75,8 +80,8 @@ static inline void gradient(const float *restrict a, const float *restrict g, fl
 
 CLONES int lrn_forward_f32(const float *x, float *y, long rows, long c, long groups, long size,
                            float alpha, float k) {
+    if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    if (n * groups != c || n > MAX_MAPS || size % 2 == 0 || half > 64) return -1;
     float padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long g = 0; g < groups; g++) {
@@ -90,8 +95,8 @@ CLONES int lrn_forward_f32(const float *x, float *y, long rows, long c, long gro
 
 CLONES int lrn_backward_f32(const float *x, const float *grad, float *dx, long rows, long c, long groups,
                             long size, float alpha, float k) {
+    if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    if (n * groups != c || n > MAX_MAPS || size % 2 == 0 || half > 64) return -1;
     float padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long g = 0; g < groups; g++) {
@@ -103,8 +108,8 @@ CLONES int lrn_backward_f32(const float *x, const float *grad, float *dx, long r
 
 CLONES int lrn_forward_bf16(const uint16_t *x, uint16_t *y, long rows, long c, long groups, long size,
                             float alpha, float k) {
+    if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    if (n * groups != c || n > MAX_MAPS || size % 2 == 0 || half > 64) return -1;
     float a[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long g = 0; g < groups; g++) {
@@ -118,8 +123,8 @@ CLONES int lrn_forward_bf16(const uint16_t *x, uint16_t *y, long rows, long c, l
 
 CLONES int lrn_backward_bf16(const uint16_t *x, const uint16_t *grad, uint16_t *dx, long rows, long c,
                              long groups, long size, float alpha, float k) {
+    if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    if (n * groups != c || n > MAX_MAPS || size % 2 == 0 || half > 64) return -1;
     float a[MAX_MAPS], g[MAX_MAPS], out[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long q = 0; q < groups; q++) {
