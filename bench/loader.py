@@ -9,7 +9,8 @@ prepares it into a raw store and jpeg stores at quality 90 (prepare's default) a
 times each row interleaved with the naive pipeline (A B A B, --rounds pairs): a row's "vs naive per
 core" is the median of its pair ratios of wall-clock images/s per core, "vs naive per CPU-s" the same
 of images per CPU second of the process (all its threads: steadier than the wall clock when other
-processes share the cores); the naive row gives the median of all baseline runs.
+processes share the cores); the naive row gives the median of all baseline runs. `--codecs` times
+decoding alone instead: the ceiling of a jpeg store per core, by quality and decoder.
   naive   per image: Pillow decode, shorter side to 256, random 224 crop, random flip, float CHW
           tensor minus the mean (what a plain Dataset + transforms does), one process, one core:
           torch at one thread, as in a DataLoader worker (torch sets 1 there); with torch's default
@@ -134,6 +135,60 @@ def codec_rows(pixels: list[np.ndarray], rounds: int) -> list[dict]:
     return rows
 
 
+def _decoders() -> dict:
+    """Decoders of a JPEG's bytes into pixels, by name: the store's (simplejpeg), Pillow's, and others
+    where installed (imagecodecs: libjpeg-turbo 3.1; PyAV: ffmpeg's decoder, YCbCr planes left as they
+    are stored, without chroma upsampling or colour conversion: what a decoder handing the device
+    planes would cost)."""
+    import io
+
+    import simplejpeg
+
+    out = np.empty((256, 256, 3), np.uint8)
+    found = {"simplejpeg (the store's)": lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB", buffer=out),
+             "Pillow": lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))}
+    with contextlib.suppress(ImportError):
+        import imagecodecs
+        found[f"imagecodecs {imagecodecs.__version__}"] = lambda b: imagecodecs.jpeg8_decode(b, out=out)
+    with contextlib.suppress(ImportError):
+        import av
+        mjpeg = av.CodecContext.create("mjpeg", "r")
+        found[f"PyAV {av.__version__}, YCbCr planes"] = lambda b: [np.frombuffer(p, np.uint8) for p in
+                                                                   mjpeg.decode(av.Packet(b))[0].planes]
+    return found
+
+
+def decode_ceiling_rows(pixels: list[np.ndarray], files: list[Path], mean: np.ndarray, rounds: int) -> list[dict]:
+    """A bare loop of decodes over store images (no loader), against the naive pipeline in turn (A B A
+    B, both at one thread): the most a jpeg store can feed per core at each quality and decoder."""
+    import simplejpeg
+
+    rows = []
+
+    def row(quality: int, decoder: str, decode) -> None:
+        blobs = [simplejpeg.encode_jpeg(p, quality, colorspace="RGB", colorsubsampling="420") for p in pixels]
+        ratios = []
+        for r in range(rounds):
+            naive = naive_pipeline(files, mean, np.random.default_rng(r))[0]
+            start = time.perf_counter()
+            for b in blobs:
+                decode(b)
+            ratios.append(len(blobs) / (time.perf_counter() - start) / naive)
+        err = np.mean([np.abs(simplejpeg.decode_jpeg(b).astype(int) - p).mean() for b, p in zip(blobs, pixels)])
+        rows.append({"decoder": decoder, "encoding": f"q{quality} 4:2:0", "KB an image": np.mean([len(b) for b in blobs]) / 1024,
+                     "mean abs error": float(err), "decode alone vs naive per core": f"{np.median(ratios):.2f}x",
+                     "pair range": f"{min(ratios):.2f}-{max(ratios):.2f}"})
+
+    decoders = _decoders()
+    store_decoder = next(iter(decoders))
+    with torch_threads(1):
+        for quality in (95, 90, 85, 80, 75):
+            row(quality, store_decoder, decoders[store_decoder])
+        for name, decode in list(decoders.items())[1:]:
+            row(90, name, decode)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=512)
@@ -148,7 +203,9 @@ def main() -> None:
                    help="the images: generated colour fields with pixel noise, or crops of scikit-learn's sample "
                         "photographs (common.make_folder)")
     p.add_argument("--quick", action="store_true", help="256 images, 2 pairs per row")
-    p.add_argument("--codecs", action="store_true", help="only the table of store encodings and decoder flags")
+    p.add_argument("--codecs", action="store_true",
+                   help="only the tables of store encodings and decoder flags, and of decoding alone against the naive "
+                        "pipeline per quality and decoder (imagecodecs and PyAV where installed)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     if args.quick:
@@ -167,13 +224,16 @@ def main() -> None:
         for q in (args.quality, args.low_quality):
             prepare(src, Path(tmp) / f"jpeg{q}", size=256, fmt="jpeg", quality=q, progress=False, log=lambda *a: None)
         raw, jpg, low = (ImageStore(Path(tmp) / name) for name in ("raw", f"jpeg{args.quality}", f"jpeg{args.low_quality}"))
+        files = sorted((src / "train").rglob("*.JPEG"))
+        mean = raw.mean[16:240, 16:240]
         if args.codecs:
             pixels = [raw.image(i) for i in range(min(len(raw), 128))]
             report("loader-codecs", f"store JPEG encodings at 256, {len(pixels)} images, median of {args.rounds}",
                    codec_rows(pixels, args.rounds), args.out)
+            report("loader-decode-ceiling", f"decode alone, {len(pixels)} {args.source} images at 256, against the "
+                   f"naive pipeline on {len(files)} images, median of {args.rounds} pairs",
+                   decode_ceiling_rows(pixels, files, mean, args.rounds), args.out)
             return
-        files = sorted((src / "train").rglob("*.JPEG"))
-        mean = raw.mean[16:240, 16:240]
         naive_rates: list[float] = []
         rows.append({})  # the naive row, filled in below from every baseline run
 

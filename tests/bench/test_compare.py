@@ -212,3 +212,30 @@ def test_make_folder_draws_photographs_or_noise(bench, tmp_path):
         rgb = [np.asarray(Image.open(f), dtype=float).reshape(-1, 3) for f in files]
         channel_correlation[source] = np.mean([np.corrcoef(p[:, 0], p[:, 1])[0, 1] for p in rgb])
     assert channel_correlation["photos"] > 0.5 > 0.2 > channel_correlation["generated"], channel_correlation
+
+
+def test_decode_ceiling_rows_time_the_same_pixels_at_each_quality(bench, tmp_path):
+    """--codecs' decode-alone table: the decoders it times turn the same bytes into the same pixels
+    (else its ratios compare different work), and lower qualities trade smaller files for error."""
+    import numpy as np
+    import simplejpeg
+    from PIL import Image
+
+    common, loader = bench("common"), bench("loader")
+    common.make_folder(tmp_path / "src", 3, classes=1, source="photos")
+    files = sorted((tmp_path / "src" / "train").rglob("*.JPEG"))
+    rng = np.random.default_rng(0)
+    # resized as prepare does: a crop on the source's own 8x8 grid would re-encode at q90 almost losslessly
+    pixels = [np.asarray(Image.open(f).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)) for f in files]
+    blob = simplejpeg.encode_jpeg(pixels[0], 90, colorspace="RGB", colorsubsampling="420")
+    decoders = loader._decoders()
+    rgb = {name: np.array(decode(blob)) for name, decode in decoders.items() if "planes" not in name}
+    assert {"simplejpeg (the store's)", "Pillow"} <= rgb.keys()
+    for name, got in rgb.items():
+        np.testing.assert_array_equal(got, rgb["simplejpeg (the store's)"], err_msg=name)
+    rows = loader.decode_ceiling_rows(pixels, files, rng.integers(0, 255, (224, 224, 3)).astype(np.float32), 1)
+    by_quality = [r for r in rows if r["decoder"] == "simplejpeg (the store's)"]
+    assert [r["encoding"] for r in by_quality] == [f"q{q} 4:2:0" for q in (95, 90, 85, 80, 75)]
+    sizes, errors = [r["KB an image"] for r in by_quality], [r["mean abs error"] for r in by_quality]
+    assert sizes == sorted(sizes, reverse=True) and errors == sorted(errors)
+    assert all(float(r["decode alone vs naive per core"].rstrip("x")) > 0 for r in rows)
