@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import lrn_native
+from alexnet import lrn_native, native
 from alexnet.lrn import local_response_norm
 
 needs_kernel = pytest.mark.skipif(lrn_native.load() is None, reason=f"LRN kernel: {lrn_native.status()}")
@@ -40,7 +40,7 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 @needs_kernel
 @pytest.mark.parametrize("channels,size,groups", [(12, 5, 2), (7, 3, 1), (96, 5, 1), (256, 5, 2), (3, 7, 1), (8, 1, 2)])
 def test_kernel_matches_the_formula_and_its_gradient(channels, size, groups, monkeypatch):
-    monkeypatch.setattr(lrn_native, "PARALLEL_MIN_ELEMENTS", 1)  # rows split over threads, the last part short
+    monkeypatch.setattr(native, "PARALLEL_MIN_ELEMENTS", 1)  # rows split over threads, the last part short
     torch.manual_seed(channels)
     a = channels_last(torch.rand(3, channels, 5, 7) * 60)
     g = channels_last(torch.randn(a.shape))
@@ -110,8 +110,8 @@ def test_kernel_applies_only_where_it_computes_the_layer():
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """lrn_native as in a new process, with its cache in tmp_path."""
-    monkeypatch.setattr(lrn_native, "_library", None)
-    monkeypatch.setattr(lrn_native, "_status", "not loaded yet")
+    monkeypatch.setattr(lrn_native.KERNEL, "_library", None)
+    monkeypatch.setattr(lrn_native.KERNEL, "_status", "not loaded yet")
     monkeypatch.setenv("ALEXNET_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ALEXNET_LRN_KERNEL", raising=False)
     return tmp_path / "cache"
@@ -144,11 +144,11 @@ def test_built_once_then_loaded_from_the_cache(fresh, monkeypatch):
     assert [p.suffix for p in built] == [".so"] and built[0].name.startswith("lrn-")
     assert str(built[0]) in lrn_native.status()
     # a second process: no compile, the same file
-    monkeypatch.setattr(lrn_native, "_library", None)
-    monkeypatch.setattr(lrn_native, "_status", "not loaded yet")
+    monkeypatch.setattr(lrn_native.KERNEL, "_library", None)
+    monkeypatch.setattr(lrn_native.KERNEL, "_status", "not loaded yet")
     calls = []
     real_run = subprocess.run
-    monkeypatch.setattr(lrn_native.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    monkeypatch.setattr(native.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
     assert lrn_native.load() is not None
     assert calls == [[calls[0][0], "--version"]] and sorted(fresh.iterdir()) == built
 
@@ -197,7 +197,7 @@ def test_a_paper_net_step_is_the_same_with_the_kernel_and_without(monkeypatch):
 
 def _layer_in_threads(x, result):
     torch.set_num_threads(2)
-    lrn_native.PARALLEL_MIN_ELEMENTS = 1
+    native.PARALLEL_MIN_ELEMENTS = 1
     result.put(float(local_response_norm(x).sum()))
 
 
@@ -207,11 +207,11 @@ def test_a_forked_child_runs_the_kernel_on_threads_of_its_own(monkeypatch):
     DataLoader worker, a test that forks) has none of them and must start its own, not wait forever."""
     import multiprocessing
 
-    monkeypatch.setattr(lrn_native, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(native, "PARALLEL_MIN_ELEMENTS", 1)
     torch.set_num_threads(2)
     x = channels_last(torch.rand(2, 8, 3, 3))
     expected = float(local_response_norm(x).sum())
-    assert lrn_native._pool is not None  # the parent's threads exist
+    assert native._pool is not None  # the parent's threads exist
     ctx = multiprocessing.get_context("fork")
     result = ctx.Queue()
     child = ctx.Process(target=_layer_in_threads, args=(x, result))
@@ -248,7 +248,7 @@ def test_training_says_when_the_lrn_runs_without_its_kernel(fresh, monkeypatch, 
     fit(config, demo_store, tmp_path / "off", progress=False, echo=False)
     log = (tmp_path / "off" / "train.log").read_text()
     assert "LRN as torch operations" in log and "ALEXNET_LRN_KERNEL=0" in log
-    monkeypatch.setattr(lrn_native, "_status", "not loaded yet")
+    monkeypatch.setattr(lrn_native.KERNEL, "_status", "not loaded yet")
     monkeypatch.delenv("ALEXNET_LRN_KERNEL")
     if lrn_native.load() is not None:
         fit(config, demo_store, tmp_path / "on", progress=False, echo=False)

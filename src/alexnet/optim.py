@@ -9,16 +9,58 @@ and multiplies the whole buffer by the current lr. With a constant lr the two ar
 lets them decay, while torch's rescales all of them at once: right after a drop by 10, torch's step
 is 10x smaller than the paper's, and the difference fades over ~1/(1-0.9) = 10 steps.
 
+On the CPU the update is one pass of a small C kernel (sgd_kernel.c, built on first use by
+alexnet.native; ALEXNET_SGD_KERNEL=0 turns it off) with the same bits as the four torch passes it
+replaces, 2.4x faster on the paper net (bench/README.md, "The optimizer step").
+
 The schedules are pure functions of the epoch and the validation history, so a resumed run needs no
 scheduler state.
 """
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import torch
 import torch.nn as nn
+from torch import Tensor
 
+from alexnet import native
 from alexnet.config import OptimConfig, ScheduleConfig
+from alexnet.runtime import capturing_graph
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    p, n, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+    lib.paper_sgd_f32.argtypes = [p, p, p, n, f, f, f]
+    lib.paper_sgd_f32.restype = ctypes.c_int
+
+
+KERNEL = native.Kernel(Path(__file__).with_name("sgd_kernel.c"), "sgd", "ALEXNET_SGD_KERNEL", _bind,
+                       "the update runs as torch foreach operations")
+
+
+def _kernel_fits(w: Tensor, v: Tensor, g: Tensor) -> bool:
+    """Whether sgd_kernel.c can update w: float32 CPU tensors that fill their memory in the same order
+    (contiguous, or channels-last as the net's convolution weights on the CPU), run eagerly."""
+    return (w.device.type == "cpu" and w.dtype == v.dtype == g.dtype == torch.float32 and not g.is_sparse
+            and g.device.type == "cpu" and w.stride() == v.stride() == g.stride() and w.shape == g.shape
+            and (w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last))))
+
+
+def _update_with_kernel(params: list[Tensor], velocities: list[Tensor], grads: list[Tensor], momentum: float,
+                        decay: float, rate: float) -> list[int]:
+    """Updates the parameters the kernel fits; returns the indices of the others."""
+    if capturing_graph() or KERNEL.load() is None:
+        return list(range(len(params)))
+    rest = []
+    for i, (w, v, g) in enumerate(zip(params, velocities, grads)):
+        if not _kernel_fits(w, v, g):
+            rest.append(i)
+        elif not native.run_split(KERNEL.load().paper_sgd_f32, [w, v, g], w.numel(), 1, momentum, decay, rate):
+            raise RuntimeError("sgd_kernel.c refused an update")
+    return rest
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -49,6 +91,10 @@ class PaperSGD(torch.optim.Optimizer):
             if not params:
                 continue
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            rest = _update_with_kernel(params, velocities, grads, mu, -wd * lr, -lr)
+            if not rest:
+                continue
+            params, grads, velocities = ([t[i] for i in rest] for t in (params, grads, velocities))
             torch._foreach_mul_(velocities, mu)
             if wd:
                 torch._foreach_add_(velocities, params, alpha=-wd * lr)
