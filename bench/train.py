@@ -53,6 +53,8 @@ CONFIGS = {
     "peer bf16": ("peer", {"amp": "bf16", "keep_freed": False}),
     "peer bf16 (keep freed)": ("peer", {"amp": "bf16", "keep_freed": True}),
     "alexnet fp32": ("alexnet", ["--amp", "off", "--channels-last", "off"]),
+    # §5's update as torch passes, as without a C compiler (alexnet.optim)
+    "alexnet fp32 (torch update)": ("alexnet", ["--amp", "off", "--channels-last", "off"], {"ALEXNET_SGD_KERNEL": "0"}),
     "alexnet fp32 channels_last": ("alexnet", ["--amp", "off", "--channels-last", "on"]),
     "alexnet bf16": ("alexnet", ["--amp", "bf16", "--channels-last", "off"]),
     "alexnet bf16 channels_last": ("alexnet", ["--amp", "bf16", "--channels-last", "on"]),
@@ -60,7 +62,7 @@ CONFIGS = {
     "alexnet bf16 channels_last compile": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--compile"]),
 }
 CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32",
-            "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
+            "alexnet fp32 (torch update)", "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
             "alexnet bf16 channels_last (no LRN)"]
 # where the lead over the peer comes from: the allocator setting, bf16 + channels_last, the LRN's share
 CPU_ATTRIBUTION = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",
@@ -80,6 +82,7 @@ COMPARISONS = [
     ("peer bf16 (keep freed)", "peer bf16", "the allocator setting, peer bf16"),
     ("alexnet bf16", "alexnet fp32", "bf16 autocast, NCHW"),
     ("alexnet fp32 channels_last", "alexnet fp32", "channels_last, fp32"),
+    ("alexnet fp32", "alexnet fp32 (torch update)", "the update rule's kernel, fp32"),
     ("alexnet bf16 channels_last", "alexnet bf16", "channels_last, bf16"),
     ("alexnet bf16 channels_last", "alexnet fp32", "bf16 + channels_last"),
 ]
@@ -104,13 +107,13 @@ def child_env(threads: int, keep_freed: bool | None = None) -> dict:
     return env
 
 
-def run_alexnet(store: Path, scratch: Path, flags: list[str], a: argparse.Namespace) -> float:
+def run_alexnet(store: Path, scratch: Path, flags: list[str], a: argparse.Namespace, env: dict | None = None) -> float:
     out = scratch / "run"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "alexnet.cli", "train", "--data", str(store), "--out", str(out), "--variant", "paper",
            "--model.num-classes", "1000", "--batch-size", str(a.batch), "--max-steps", str(a.warmup + a.steps),
            "--train.log-every", "1", "--schedule", "step", "--device", a.device, "--quiet", *flags]
-    done = subprocess.run(cmd, env=child_env(a.threads), capture_output=True, text=True)
+    done = subprocess.run(cmd, env={**child_env(a.threads), **(env or {})}, capture_output=True, text=True)
     log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
     shutil.rmtree(out, ignore_errors=True)  # the paper net's checkpoint is ~0.5 GB
     if done.returncode:
@@ -216,9 +219,9 @@ def main() -> None:
         scratch.mkdir()
 
         def measure(name: str):
-            side, settings = CONFIGS[name]
+            side, settings, *env = CONFIGS[name]
             run = (lambda: run_peer(src, settings, a)) if side == "peer" else \
-                (lambda: run_alexnet(store, scratch, settings, a))
+                (lambda: run_alexnet(store, scratch, settings, a, *env))
 
             def logged() -> float:
                 rate = run()
