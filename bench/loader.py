@@ -175,8 +175,9 @@ def decode_ceiling_rows(pixels: list[np.ndarray], files: list[Path], mean: np.nd
                 decode(b)
             ratios.append(len(blobs) / (time.perf_counter() - start) / naive)
         err = np.mean([np.abs(simplejpeg.decode_jpeg(b).astype(int) - p).mean() for b, p in zip(blobs, pixels)])
-        rows.append({"decoder": decoder, "encoding": f"q{quality} 4:2:0", "KB an image": np.mean([len(b) for b in blobs]) / 1024,
-                     "mean abs error": float(err), "decode alone vs naive per core": f"{np.median(ratios):.2f}x",
+        rows.append({"decoder": decoder, "encoding": f"q{quality} 4:2:0",
+                     "KB an image": float(np.mean([len(b) for b in blobs])) / 1024, "mean abs error": float(err),
+                     "decode alone vs naive per core": f"{np.median(ratios):.2f}x",
                      "pair range": f"{min(ratios):.2f}-{max(ratios):.2f}"})
 
     decoders = _decoders()

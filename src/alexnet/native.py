@@ -58,8 +58,8 @@ def _compile(cc: str, source_path: Path, name: str) -> Path:
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(lib) as tmp:
-            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(source_path), *LIBRARIES], capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(source_path), *LIBRARIES], capture_output=True,
+                                  text=True, timeout=300)
             if done.returncode != 0:
                 raise OSError(f"{Path(cc).name} failed: {done.stderr.strip()[-500:]}")
     return lib
