@@ -99,7 +99,9 @@ def paper_alexnet_with_lrn_at(rev: str) -> nn.Module:
     net = paper_alexnet()
     for m in net.modules():
         if isinstance(m, LocalResponseNorm):
-            m.forward = lambda x, m=m: module.local_response_norm(x, m.size, m.alpha, m.beta, m.k, m.groups)
+            # relu: the net's ReLU, which this commit's layer takes inside its kernel; before it, in front
+            m.forward = lambda x, relu=False, m=m: module.local_response_norm(
+                torch.relu(x) if relu else x, m.size, m.alpha, m.beta, m.k, m.groups)
     return net
 
 

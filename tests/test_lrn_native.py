@@ -82,6 +82,67 @@ def test_kernel_and_torch_operations_agree_in_float32_and_bf16(monkeypatch):
                                        results[path, torch.float32][i].bfloat16(), rtol=0, atol=0)
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_inside_the_kernel_is_relu_then_the_layer(dtype, monkeypatch):
+    """relu=True (what the net runs: §3.3 normalises the ReLU's output) gives the bits of torch.relu
+    followed by the layer, forward and backward, the gradient zero where the input was not positive,
+    and the float64 formula on max(x, 0); x itself is left as it was. Off the kernel, the same."""
+    monkeypatch.setattr(native, "PARALLEL_MIN_ELEMENTS", 1)
+    torch.manual_seed(1)
+    a = channels_last(torch.randn(3, 12, 5, 7) * 40).to(dtype)
+    a[0, :, 0, 0] = 0.0  # the ReLU's edge: no gradient through an input of exactly 0
+    g = channels_last(torch.randn(a.shape)).to(dtype)
+    alpha, k = 1e-3, 2.0
+    results = {}
+    for path in ("fused", "relu first", "torch operations"):
+        if path == "torch operations":
+            monkeypatch.setattr(lrn_native, "applies", lambda *args: False)
+        x = a.clone().requires_grad_()
+        out = (local_response_norm(torch.relu(x), 5, alpha, 0.75, k, 2) if path == "relu first" else
+               local_response_norm(x, 5, alpha, 0.75, k, 2, relu=True))
+        out.backward(g)
+        results[path] = out.detach(), x.grad
+        assert torch.equal(x.detach(), a)
+    for got, expected in zip(results["fused"], results["relu first"]):
+        assert torch.equal(got, expected)
+    fused_grad = results["fused"][1]
+    assert (fused_grad[a <= 0] == 0).all() and (fused_grad[a > 0] != 0).any()
+    ref, ref_grad = np_lrn_and_gradient(a.double().clamp_min(0).numpy(), g.double().numpy(), 5, alpha, k, 2)
+    ref_grad = ref_grad * (a.double().numpy() > 0)
+    tol = dict(rtol=2e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for path in ("fused", "torch operations"):
+        np.testing.assert_allclose(results[path][0].double().numpy(), ref, **tol)
+        np.testing.assert_allclose(results[path][1].double().numpy(), ref_grad, **{k: v * 10 for k, v in tol.items()})
+
+
+@needs_kernel
+def test_the_net_runs_its_relus_inside_the_lrn_kernel_with_the_same_bits(monkeypatch):
+    from alexnet.config import VARIANTS
+    from alexnet.model import AlexNet
+
+    class ReluThenLayer(AlexNet):
+        def _normalised(self, norm, x):
+            return norm(self.act(x))
+
+    torch.manual_seed(0)
+    net = AlexNet(VARIANTS["tiny"])
+    other = ReluThenLayer(VARIANTS["tiny"])
+    other.load_state_dict(net.state_dict())
+    calls = []
+    real = lrn_native.forward
+    monkeypatch.setattr(lrn_native, "forward", lambda *args: calls.append(args[-1]) or real(*args))
+    x = torch.rand(4, 3, 64, 64) * 255 - 120
+    grads = []
+    for model in (net, other):
+        torch.manual_seed(1)  # the same dropout masks
+        model(x).square().sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert calls == [True, True, False, False]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 def test_kernel_applies_only_where_it_computes_the_layer():
     cl = channels_last(torch.rand(2, 8, 4, 4))
     built = lrn_native.load() is not None

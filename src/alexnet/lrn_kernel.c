@@ -78,15 +78,30 @@ static inline void gradient(const float *restrict a, const float *restrict g, fl
     for (long i = 0; i < n; i++) dx[i] = g[i] * inv[i] + w * a[i] * s[i];
 }
 
+/* relu != 0: the layer's input is max(x, 0) (§3.3 normalises the ReLU's output; fusing it saves the
+   ReLU's own passes over memory, forward and backward). A NaN stays NaN, as torch.relu keeps it. */
+static inline void rectify(const float *x, float *a, long n) { /* a may be x */
+    for (long i = 0; i < n; i++) a[i] = x[i] < 0.0f ? 0.0f : x[i];
+}
+
+/* The ReLU's gradient: zero where its output was not positive (torch's threshold_backward). */
+static inline void mask(const float *restrict x, float *restrict dx, long n) {
+    for (long i = 0; i < n; i++) dx[i] = x[i] <= 0.0f ? 0.0f : dx[i];
+}
+
 CLONES int lrn_forward_f32(const float *x, float *y, long rows, long c, long groups, long size,
-                           float alpha, float k) {
+                           float alpha, float k, long relu) {
     if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    float padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
+    float rectified[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long g = 0; g < groups; g++) {
             const float *a = x + r * c + g * n;
             float *b = y + r * c + g * n;
+            if (relu) {
+                rectify(a, rectified, n);
+                a = rectified;
+            }
             scale_and_inverse(a, padded, s, inv, n, half, alpha, k);
             for (long i = 0; i < n; i++) b[i] = a[i] * inv[i];
         }
@@ -94,20 +109,26 @@ CLONES int lrn_forward_f32(const float *x, float *y, long rows, long c, long gro
 }
 
 CLONES int lrn_backward_f32(const float *x, const float *grad, float *dx, long rows, long c, long groups,
-                            long size, float alpha, float k) {
+                            long size, float alpha, float k, long relu) {
     if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    float padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
+    float rectified[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long g = 0; g < groups; g++) {
             long at = r * c + g * n;
-            gradient(x + at, grad + at, dx + at, padded, s, inv, n, half, alpha, k);
+            if (!relu) {
+                gradient(x + at, grad + at, dx + at, padded, s, inv, n, half, alpha, k);
+                continue;
+            }
+            rectify(x + at, rectified, n);
+            gradient(rectified, grad + at, dx + at, padded, s, inv, n, half, alpha, k);
+            mask(x + at, dx + at, n);
         }
     return 0;
 }
 
 CLONES int lrn_forward_bf16(const uint16_t *x, uint16_t *y, long rows, long c, long groups, long size,
-                            float alpha, float k) {
+                            float alpha, float k, long relu) {
     if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
     float a[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
@@ -115,6 +136,7 @@ CLONES int lrn_forward_bf16(const uint16_t *x, uint16_t *y, long rows, long c, l
         for (long g = 0; g < groups; g++) {
             long at = r * c + g * n;
             for (long i = 0; i < n; i++) a[i] = bf16_to_float(x[at + i]);
+            if (relu) rectify(a, a, n);
             scale_and_inverse(a, padded, s, inv, n, half, alpha, k);
             for (long i = 0; i < n; i++) y[at + i] = float_to_bf16(a[i] * inv[i]);
         }
@@ -122,18 +144,21 @@ CLONES int lrn_forward_bf16(const uint16_t *x, uint16_t *y, long rows, long c, l
 }
 
 CLONES int lrn_backward_bf16(const uint16_t *x, const uint16_t *grad, uint16_t *dx, long rows, long c,
-                             long groups, long size, float alpha, float k) {
+                             long groups, long size, float alpha, float k, long relu) {
     if (!layer_fits(c, groups, size)) return -1;
     long n = c / groups, half = size / 2;
-    float a[MAX_MAPS], g[MAX_MAPS], out[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS], inv[MAX_MAPS];
+    float x32[MAX_MAPS], a[MAX_MAPS], g[MAX_MAPS], out[MAX_MAPS], padded[MAX_MAPS + 128], s[MAX_MAPS],
+        inv[MAX_MAPS];
     for (long r = 0; r < rows; r++)
         for (long q = 0; q < groups; q++) {
             long at = r * c + q * n;
             for (long i = 0; i < n; i++) {
-                a[i] = bf16_to_float(x[at + i]);
+                x32[i] = bf16_to_float(x[at + i]);
                 g[i] = bf16_to_float(grad[at + i]);
             }
-            gradient(a, g, out, padded, s, inv, n, half, alpha, k);
+            if (relu) rectify(x32, a, n);
+            gradient(relu ? a : x32, g, out, padded, s, inv, n, half, alpha, k);
+            if (relu) mask(x32, out, n);
             for (long i = 0; i < n; i++) dx[at + i] = float_to_bf16(out[i]);
         }
     return 0;

@@ -25,10 +25,10 @@ from alexnet.runtime import capturing_graph
 def _bind(lib: ctypes.CDLL) -> None:
     p, n, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
     for name in ("lrn_forward_f32", "lrn_forward_bf16"):
-        getattr(lib, name).argtypes = [p, p, n, n, n, n, f, f]
+        getattr(lib, name).argtypes = [p, p, n, n, n, n, f, f, n]
         getattr(lib, name).restype = ctypes.c_int
     for name in ("lrn_backward_f32", "lrn_backward_bf16"):
-        getattr(lib, name).argtypes = [p, p, p, n, n, n, n, f, f]
+        getattr(lib, name).argtypes = [p, p, p, n, n, n, n, f, f, n]
         getattr(lib, name).restype = ctypes.c_int
 
 
@@ -56,21 +56,22 @@ def _run(function, tensors: list[Tensor], rows: int, row_elements: int, *args) -
         raise ValueError(f"the LRN kernel refused a layer of {row_elements} maps (see applies())")
 
 
-def forward(x: Tensor, size: int, alpha: float, k: float, groups: int) -> Tensor:
-    """The LRN of a channels-last x for which applies() holds, in x's dtype and layout."""
+def forward(x: Tensor, size: int, alpha: float, k: float, groups: int, relu: bool = False) -> Tensor:
+    """The LRN of a channels-last x for which applies() holds (of max(x, 0) with relu), in x's dtype and
+    layout."""
     lib = load()
     b, c, h, w = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last)
     fn = lib.lrn_forward_f32 if x.dtype == torch.float32 else lib.lrn_forward_bf16
-    _run(fn, [x, y], b * h * w, c, c, groups, size, alpha, k)
+    _run(fn, [x, y], b * h * w, c, c, groups, size, alpha, k, int(relu))
     return y
 
 
-def backward(x: Tensor, grad: Tensor, size: int, alpha: float, k: float, groups: int) -> Tensor:
-    """The gradient with respect to x (channels last, as grad must be) of forward(x)."""
+def backward(x: Tensor, grad: Tensor, size: int, alpha: float, k: float, groups: int, relu: bool = False) -> Tensor:
+    """The gradient with respect to x (channels last, as grad must be) of forward(x, ..., relu)."""
     lib = load()
     b, c, h, w = x.shape
     dx = torch.empty_like(x, memory_format=torch.channels_last)
     fn = lib.lrn_backward_f32 if x.dtype == torch.float32 else lib.lrn_backward_bf16
-    _run(fn, [x, grad, dx], b * h * w, c, c, groups, size, alpha, k)
+    _run(fn, [x, grad, dx], b * h * w, c, c, groups, size, alpha, k, int(relu))
     return dx
