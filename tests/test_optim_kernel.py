@@ -128,3 +128,17 @@ def test_switched_off_by_the_environment_and_said_in_the_log(monkeypatch, demo_s
     fit(config, demo_store, tmp_path / "off", progress=False, echo=False)
     log = (tmp_path / "off" / "train.log").read_text()
     assert "update rule as torch operations" in log and "ALEXNET_SGD_KERNEL=0" in log
+
+
+def test_a_cpu_without_fma_keeps_the_torch_passes():
+    """Without FMA the kernel's fmaf would be a library call per element, and torch rounds twice:
+    binding refuses it, and load() says why."""
+    class NoFma:
+        def __init__(self):
+            self.paper_sgd_f32 = type("Function", (), {})()
+            self.paper_sgd_has_fma = lambda: 0
+
+    with pytest.raises(OSError, match="no fused multiply-add"):
+        optim._bind(NoFma())
+    if optim.KERNEL.load() is not None:
+        assert optim.KERNEL.load().paper_sgd_has_fma() == 1  # this machine: AVX2 or better

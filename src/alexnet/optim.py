@@ -35,6 +35,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     p, n, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
     lib.paper_sgd_f32.argtypes = [p, p, p, n, f, f, f]
     lib.paper_sgd_f32.restype = ctypes.c_int
+    lib.paper_sgd_has_fma.restype = ctypes.c_int
+    if not lib.paper_sgd_has_fma():
+        raise OSError("this CPU has no fused multiply-add, which the kernel needs to be fast and to round "
+                      "as torch does")
 
 
 KERNEL = native.Kernel(Path(__file__).with_name("sgd_kernel.c"), "sgd", "ALEXNET_SGD_KERNEL", _bind,

@@ -10,7 +10,8 @@
    gives the same bits (tests/test_optim.py). One pass reads w, v and g and writes w and v once; the
    four passes move the 61 M parameters' worth of memory about ten times (bench/README.md, "The
    optimizer step"). The "fma" clone is for AVX2 machines (GCC's avx2 target has no FMA); on a CPU
-   without FMA, fmaf is a library call: slow, still exact. */
+   without FMA, fmaf would be a library call per element and torch rounds twice, so alexnet.optim
+   asks paper_sgd_has_fma() first and keeps the torch passes there. */
 
 #include <math.h>
 
@@ -19,6 +20,15 @@
 #else
 #define CLONES
 #endif
+
+int paper_sgd_has_fma(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("fma") != 0;
+#else
+    return 1; /* aarch64 and the others this is built on have it in the base instruction set */
+#endif
+}
 
 /* decay 0 (the biases' group): no decay term, as the torch passes skip it. */
 CLONES int paper_sgd_f32(float *restrict w, float *restrict v, const float *restrict g, long n, float momentum,
