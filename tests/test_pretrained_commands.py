@@ -82,6 +82,19 @@ def test_export_onnx_of_an_imported_net_matches_pytorch(narrow_checkpoint, tmp_p
     assert result["max_abs_diff"] <= 1e-4 * max(1.0, result["max_abs_logit"])
 
 
+@pytest.mark.parametrize("absent", [("onnxscript",), ("onnx", "onnxscript")])
+def test_export_without_the_onnx_packages_names_the_missing_one(narrow_checkpoint, tmp_path, monkeypatch, capsys,
+                                                               absent):
+    import sys
+
+    for name in absent:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    assert main(["export", str(narrow_checkpoint), "--onnx", str(tmp_path / "net.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"pip install {' '.join(absent)}" in err, err
+    assert "log" not in err and not (tmp_path / "net.onnx").exists()
+
+
 def test_features_of_an_imported_net_are_its_fc7(narrow_checkpoint, store256, tmp_path):
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data import ImageStore

@@ -7,6 +7,7 @@ WordNet ids and names travel in the model's metadata."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -67,6 +68,11 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: b
     """Write the ONNX file (atomically) and, when onnxruntime is installed, the largest difference
     between its outputs and PyTorch's on random images. `say` hears, once the checkpoint is read, that
     the export (silent, half a minute on a CPU) has begun."""
+    missing = missing_onnx_packages()
+    if missing:
+        raise UserError(f"ONNX export needs the package{'s' * (len(missing) > 1)} {' and '.join(missing)}, which "
+                        f"{'are' if len(missing) > 1 else 'is'} not installed: pip install {' '.join(missing)} "
+                        f"(or pip install 'alexnet[onnx]')")
     wrapped, payload = deployable(checkpoint)
     say(f"exporting {payload['path']} to ONNX{' and checking it with onnxruntime' if verify else ''} "
         "(half a minute on a CPU)...")
@@ -90,28 +96,28 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: b
     return result
 
 
+def missing_onnx_packages() -> list[str]:
+    """The packages torch's ONNX exporter (the dynamo one: torch.export, then onnxscript) needs and this
+    environment lacks. The TorchScript exporter is no fallback: in torch 2.13 it fails on the LRN's log()."""
+    missing = []
+    for name in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def _write_onnx(wrapped: WithMean, payload: dict, path: Path) -> None:
-    """The graph (dynamo exporter when onnxscript is there, else the TorchScript one) with the classes
-    and the expected input in its metadata."""
+    """The graph (torch's dynamo exporter) with the classes and the expected input in its metadata."""
     crop = wrapped.model.config.input_size
     example = torch.rand(2, 3, crop, crop) * 255
     with torch.no_grad(), _quiet_exporter():
-        try:
-            import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+        torch.onnx.export(wrapped, (example,), path, input_names=["image"], output_names=["logits"],
+                          dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True,
+                          external_data=False, verbose=False)
+    import onnx
 
-            torch.onnx.export(wrapped, (example,), path, input_names=["image"], output_names=["logits"],
-                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True,
-                              external_data=False, verbose=False)
-        except ImportError:
-            try:
-                torch.onnx.export(wrapped, (example,), path, input_names=["image"], output_names=["logits"],
-                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-            except Exception as e:  # noqa: BLE001
-                raise UserError(f"ONNX export needs the onnx packages: pip install 'alexnet[onnx]' ({e})") from None
-    try:
-        import onnx
-    except ImportError:
-        return
     proto = onnx.load(path)
     meta = {"classes": json.dumps(payload["classes"]), "class_names": json.dumps(payload["class_names"]),
             "image_size": str(payload["image_size"]), "input": f"(batch, 3, {crop}, {crop}) RGB 0..255, "
