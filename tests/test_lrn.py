@@ -137,3 +137,26 @@ def test_mkl_picks_its_log_and_exp_kernels_on_one_thread_first(monkeypatch):
     local_response_norm(torch.rand(2, 96, 5, 5) * 80, groups=2)
     assert sizes["log"][:2] == [1, 1] and sizes["exp"] == [1, 1]  # float32 and float64, once a process
     assert sizes["log"][2:] == [2 * 96 * 25] * 2
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_compiled_layer_matches_float64_forward_and_backward(relu):
+    """What `torch.compile` runs (`lrn_formula`, differentiated by inductor) against §3.3 in float64,
+    the window stopping at each tower's boundary, in channels_last as the net feeds it."""
+    torch.manual_seed(0)
+    a = (torch.randn(2, 12, 3, 4, dtype=torch.float64) * 40).contiguous(memory_format=torch.channels_last)
+    alpha = 1e-3  # large, so the cross-map term of the gradient matters
+    compiled = torch.compile(lambda t: local_response_norm(t, 5, alpha, 0.75, 2.0, groups=2, relu=relu))
+    x = a.float().requires_grad_()
+    out = compiled(x)
+    b = a.clone().requires_grad_()
+    base = torch.relu(b) if relu else b
+    sq = base * base
+    window = torch.cat([torch.stack([tower[:, max(0, i - 2): i + 3].sum(1) for i in range(6)], 1)
+                        for tower in sq.split(6, 1)], 1)
+    ref = base / (2.0 + alpha * window) ** 0.75
+    torch.testing.assert_close(out.double(), ref, rtol=2e-6, atol=1e-5)
+    g = torch.randn(a.shape, dtype=torch.float64)
+    out.backward(g.float())
+    (ref * g).sum().backward()
+    torch.testing.assert_close(x.grad.double(), b.grad, rtol=1e-5, atol=1e-6)

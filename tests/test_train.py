@@ -344,3 +344,34 @@ def test_validation_and_the_first_compiled_step_show_progress(demo_store, tmp_pa
     assert re.search(r"validation: +\d+%.*\| \d/4 ", err)  # 100 val images, 32 a batch
     fit(tiny_config(max_steps=2), demo_store, tmp_path / "plain", progress=False, echo=False)
     assert "compil" not in (tmp_path / "plain" / "train.log").read_text()
+
+
+def test_compiled_training_follows_eager_training(demo_store, tmp_path):
+    """`--compile` trains, in float32 and in bf16: three steps of `tiny` through torch.compile move the
+    weights as the eager steps do (dropout off: compiled code draws its masks from another generator).
+    float32: within 2% of each tensor's update (fused sums round in another order). bf16: no farther
+    from the eager bf16 run than twice the distance between eager bf16 and eager float32 (inductor
+    keeps fused intermediates in float32 where eager autocast rounds each op's output to bf16).
+    The compiled net's eval-mode logits are the eager net's."""
+    from alexnet.model import AlexNet
+
+    moved = {}
+    for amp in ("off", "bf16"):
+        for compiled in (False, True):
+            config = resolve({"variant": "tiny", "model": {"dropout": 0.0},
+                              "train": {"epochs": 1, "batch_size": 32, "max_steps": 3, "amp": amp,
+                                        "compile": compiled, "device": "cpu", "log_every": 1}})
+            result = fit(config, demo_store, tmp_path / f"{amp}-{compiled}", progress=False, echo=False)
+            assert result["status"] == "stopped at max_steps"
+            moved[amp, compiled] = weights(tmp_path / f"{amp}-{compiled}" / "last.pt")
+    torch.manual_seed(config.train.seed)  # the run's initial weights, as Trainer draws them
+    init = AlexNet(resolve({"variant": "tiny", "model": {"num_classes": 10}}).model).state_dict()
+    for k in init:
+        update = moved["off", False][k] - init[k]
+        assert (moved["off", True][k] - moved["off", False][k]).norm() <= 0.02 * update.norm() + 1e-7, k
+        bf16_noise = (moved["bf16", False][k] - moved["off", False][k]).norm()
+        assert (moved["bf16", True][k] - moved["bf16", False][k]).norm() <= 2 * bf16_noise + 1e-7, k
+    net = model_from_checkpoint(load_checkpoint(tmp_path / "off-True" / "last.pt")).eval()
+    x = torch.randn(4, 3, 64, 64) * 50
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(net)(x), net(x), rtol=1e-4, atol=1e-4)

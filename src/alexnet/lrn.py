@@ -218,6 +218,23 @@ def _gradient(grad: Tensor, x: Tensor, scale: Tensor, inv: Tensor, size: int, al
     return out
 
 
+def lrn_formula(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
+    """§3.3 as plain differentiable torch operations in at least float32: what `torch.compile` traces.
+    The window sum is 2(n/2)+1 shifted slices of the zero-padded squares, so that inductor fuses the
+    whole layer (and the backward it derives) into a few elementwise loops, on the CPU and on CUDA,
+    instead of the eager path's hand-written autograd function, which dynamo cannot trace."""
+    b, c, h, w = x.shape
+    xc = _at_least_float32(x)
+    squares = (xc * xc).unflatten(1, (groups, c // groups))
+    half, n = size // 2, c // groups
+    padded = torch.nn.functional.pad(squares, (0, 0, 0, 0, half, half))
+    window = padded.narrow(2, 0, n)
+    for d in range(1, size):
+        window = window + padded.narrow(2, d, n)
+    scale = window.flatten(1, 2) * alpha + k
+    return (xc * scale.pow(-beta)).to(x.dtype)
+
+
 class _LocalResponseNorm(torch.autograd.Function):
     """The formula with a hand-written backward: autograd through the eager formula keeps five
     intermediates alive and recomputes a pow; this keeps the input, scale and scale^-beta (the fused
@@ -263,6 +280,8 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
     1.01-1.03x in fp32 on the CPU, bench/README.md), else torch.relu first; x is left as it is."""
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
+    if torch.compiler.is_compiling():  # the formula, for inductor to fuse and differentiate
+        return lrn_formula(torch.relu(x) if relu else x, size, alpha, beta, k, groups)
     if relu and not lrn_native.applies(_dense(x), size, beta, groups):
         x, relu = torch.relu(x), False
     if x.requires_grad and torch.is_grad_enabled():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from alexnet.errors import UserError
 from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
 
-__all__ = ["capturing_graph", "cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device",
+__all__ = ["capturing_graph", "cpu_flags", "cpu_bf16_is_default", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device",
            "use_bf16_autocast"]
 
 
@@ -56,14 +57,29 @@ def cpu_has_fast_bf16(flags: Iterable[str]) -> bool:
     return "amx_bf16" in set(flags)
 
 
-def use_bf16_autocast(amp: str, device: torch.device, flags: Iterable[str] | None = None) -> bool:
+# "1" makes "auto" resolve as on a CPU with AMX (bf16), "0" as on one without (float32), whatever this
+# CPU is: to run the suite or a benchmark as the other kind of machine would.
+FAST_BF16_SWITCH = "ALEXNET_CPU_FAST_BF16"
+
+
+def cpu_bf16_is_default(flags: Iterable[str] | None = None, environ: dict | None = None) -> bool:
+    """Whether "auto" means bf16 on this CPU: FAST_BF16_SWITCH where set, else `cpu_has_fast_bf16` of
+    `flags` (this machine's by default)."""
+    forced = (os.environ if environ is None else environ).get(FAST_BF16_SWITCH, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return cpu_has_fast_bf16(cpu_flags() if flags is None else flags)
+
+
+def use_bf16_autocast(amp: str, device: torch.device, flags: Iterable[str] | None = None,
+                      environ: dict | None = None) -> bool:
     """train.amp resolved for `device`: "bf16" and "off" as said; "auto" is bf16 autocast on CUDA and
-    on CPUs with fast bf16 matmuls (`cpu_has_fast_bf16` of `flags`, this machine's by default),
-    float32 elsewhere. tests/test_runtime.py shows bf16 training reaching float32's error on the demo."""
+    on CPUs with fast bf16 matmuls (`cpu_bf16_is_default`), float32 elsewhere. bench/bf16_error.py
+    measures whether bf16 training reaches float32's error (bench/README.md)."""
     if amp != "auto":
         return amp == "bf16"
     if device.type == "cuda":
         return True
     if device.type == "cpu":
-        return cpu_has_fast_bf16(cpu_flags() if flags is None else flags)
+        return cpu_bf16_is_default(flags, environ)
     return False
