@@ -146,6 +146,31 @@ def test_only_flags_given_are_applied_and_set_wins():
     assert setting_overrides(args) == {"train": {"epochs": "2", "device": "cpu"}} and args.device == "cpu"
 
 
+@pytest.mark.parametrize("command", ["train", "experiment"])
+def test_a_boolean_setting_takes_a_true_or_false_word_too(command, capsys):
+    from alexnet.flags import setting_overrides
+
+    def flags(*argv):
+        args = build_parser(command).parse_args([command, *argv])
+        return setting_overrides(args), getattr(args, "names", [])
+
+    for word, value in [("false", False), ("OFF", False), ("no", False), ("0", False),
+                        ("true", True), ("on", True), ("Yes", True), ("1", True)]:
+        assert flags("--data.flip", word) == flags(f"--data.flip={word}") == ({"data": {"flip": value}}, [])
+    assert flags("--no-data.flip") == ({"data": {"flip": False}}, [])
+    assert flags("--data.flip", "--lr", "0.1") == ({"data": {"flip": True}, "optim": {"lr": "0.1"}}, [])
+    assert flags("--channels-last", "on") == ({"train": {"channels_last": "on"}}, [])  # a Literal: its own word
+    if command == "experiment":  # a word that is not true/false stays a positional: an experiment's name
+        assert flags("--model.lrn", "no-lrn") == ({"model": {"lrn": True}}, ["no-lrn"])
+    with pytest.raises(SystemExit):
+        flags("--data.flip=maybe")
+    assert "--data.flip/--no-data.flip: ignored explicit argument 'maybe'" in capsys.readouterr().err
+    if command == "train":  # a negated flag takes no word
+        with pytest.raises(SystemExit):
+            flags("--no-data.flip", "false")
+        assert "unrecognized arguments: false" in capsys.readouterr().err
+
+
 def test_resume_refuses_to_change_the_net_or_the_data(tiny_run, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
     for flags, message in [(["--crop-size", "48"], "model.input_size=48: a resumed run keeps its net and data"),

@@ -8,7 +8,7 @@ import argparse
 
 from alexnet import __version__
 from alexnet.config import EXPERIMENT_SEEDS, VARIANTS
-from alexnet.flags import add_setting_flags
+from alexnet.flags import SettingsParser, add_setting_flags
 
 
 def _device_flag(p: argparse.ArgumentParser) -> None:
@@ -265,7 +265,7 @@ SUBCOMMANDS = {"summary": _summary_parser, "prepare": _prepare_parser, "demo-dat
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with `command` only that subcommand's (every command starts 20-25 ms sooner
     than by building all of them, the setting flags of train and experiment most)."""
-    parser = argparse.ArgumentParser(
+    parser = SettingsParser(  # its subcommands' parsers too: `--data.flip false` (alexnet/flags.py)
         prog="alexnet",
         description="Krizhevsky, Sutskever & Hinton (2012): prepare ImageNet-style data, train and "
         "evaluate the paper's network, and look at what it learned.",

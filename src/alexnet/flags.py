@@ -4,7 +4,10 @@ Every field of every section becomes a flag `--section.key` (plus the short name
 gives it, e.g. `--lr`), typed by the field's annotation (a Literal's values are its choices) and
 documented by the field's own comment in config.py, so a setting is added in config.py alone. Flags
 left out stay None and change nothing (a resumed run keeps its own settings); the values given are
-checked by the config (`resolve`/`apply`), which names the setting in its one-line error.
+checked by the config (`resolve`/`apply`), which names the setting in its one-line error. A boolean
+setting's flag takes `--data.flip` / `--no-data.flip`, and also `--data.flip false` or
+`--data.flip=false` (the words of --set and the TOML file: true/false, yes/no, on/off, 1/0), which
+`SettingsParser` turns into the bare forms before argparse reads them.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import argparse
 import ast
 import functools
 import io
+import sys
 import tokenize
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from alexnet import config as C
-from alexnet.config_text import field_types, parse_overrides, show
+from alexnet.config_text import ConfigError, coerce, field_types, parse_overrides, show
 
 
 @functools.cache
@@ -54,6 +58,54 @@ def setting_docs() -> dict[str, str]:
     return docs
 
 
+class BoolFlag(argparse.BooleanOptionalAction):
+    """`--x` / `--no-x` (argparse's), and `--x WORD` / `--x=WORD` with a true/false word, which
+    `SettingsParser` rewrites to `--x` / `--no-x`."""
+
+    def __init__(self, option_strings, dest, **kw):
+        self.positive = list(option_strings)
+        super().__init__(option_strings, dest, **kw)
+
+
+def _bool_word(text: str) -> bool | None:
+    try:
+        return coerce(text, bool, "")
+    except ConfigError:
+        return None
+
+
+def bool_words(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """`args` with each `--x WORD` and `--x=WORD` of a BoolFlag `--x` (WORD true/false, yes/no, on/off,
+    1/0) written as `--x` or `--no-x`; a next word that is not one stays an argument (a positional)."""
+    out, k = [], 0
+    while k < len(args):
+        arg = args[k]
+        if arg == "--":
+            return out + args[k:]
+        name, eq, word = arg.partition("=")
+        action = parser._option_string_actions.get(name)
+        if isinstance(action, BoolFlag) and name in action.positive:
+            if not eq and k + 1 < len(args):
+                word = args[k + 1]
+            value = _bool_word(word) if (eq or word) else None
+            if value is not None:
+                out.append(name if value else "--no-" + name[2:])
+                k += 1 if eq else 2
+                continue
+        out.append(arg)
+        k += 1
+    return out
+
+
+class SettingsParser(argparse.ArgumentParser):
+    """An ArgumentParser whose BoolFlag flags also take a true/false word (`bool_words`); the
+    subcommands' parsers are of the same class (argparse's add_subparsers)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(bool_words(self, args), namespace)
+
+
 def _metavar(tp: Any, key: str) -> str | None:
     if typing.get_origin(tp) is Literal:
         return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
@@ -80,10 +132,11 @@ def add_setting_flags(parser: argparse.ArgumentParser, variant: bool = True) -> 
             dest = key if names.count(key) == 1 and key not in taken else f"{section}_{key}"
             default = getattr(getattr(defaults, section), key)
             shown = "none" if default == "" else show(default).lower() if tp is bool else show(default)
-            help_ = f"{docs.get(dotted) or dotted} (default: {shown})".replace("%", "%%")
             flags = ([f"--{aliases[dotted]}"] if dotted in aliases else []) + [f"--{section}.{key.replace('_', '-')}"]
+            also = f"; or {flags[-1]} true|false" if tp is bool else ""
+            help_ = f"{docs.get(dotted) or dotted} (default: {shown}{also})".replace("%", "%%")
             if tp is bool:
-                group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, help=help_)
+                group.add_argument(*flags, dest=dest, action=BoolFlag, help=help_)
             else:
                 group.add_argument(*flags, dest=dest, metavar=_metavar(tp, key), help=help_)
             dests[dest] = dotted
