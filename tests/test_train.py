@@ -124,6 +124,41 @@ def test_killed_training_process_resumes_to_the_same_weights(demo_store, tmp_pat
     assert not (tmp_path / "run" / "train.lock").exists()
 
 
+def test_resume_beside_a_cpu_hog_keeps_the_runs_threads_and_precision(demo_store, tmp_path):
+    """The bits of a step depend on the thread count (the order of torch's sums) and on what "auto"
+    precision resolved to; both are chosen from the machine when a run starts (the load, the CPU's
+    flags) and may come out otherwise when it resumes. A run saves them and `--resume` reuses them:
+    cut at 7 steps on an idle machine as if it had AMX (auto: bf16), resumed beside a busy process
+    (auto: 1 thread) as if it had none (auto: float32), it ends bit for bit where the uninterrupted run
+    does. A count the user fixes wins, with a warning in the log."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ALEXNET_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    common = ["--data", str(demo_store), "--variant", "tiny", "--epochs", "1", "--batch-size", "32", "--quiet"]
+
+    def train(args, fast_bf16, threads=()):
+        r = subprocess.run([sys.executable, "-m", "alexnet.cli", *threads, "train", *args], capture_output=True, text=True,
+                           env=dict(env, ALEXNET_CPU_FAST_BF16=fast_bf16), timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    train([*common, "--out", str(tmp_path / "full"), "--max-steps", "12"], "1", ("--threads", "2"))
+    train([*common, "--out", str(tmp_path / "cut"), "--max-steps", "7"], "1", ("--threads", "2"))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(1, (os.cpu_count() or 2) // 2))]
+    try:
+        time.sleep(0.3)
+        train(["--resume", str(tmp_path / "cut"), "--max-steps", "12"], "0")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    log = (tmp_path / "cut" / "train.log").read_text().splitlines()
+    resumed = log[log.index(next(line for line in log if line.startswith("resumed"))) + 1:]
+    assert any("bf16 autocast, 2 threads" in line for line in resumed), log
+    assert not any("warning" in line for line in resumed), log
+    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+    train(["--resume", str(tmp_path / "cut"), "--max-steps", "14"], "0", ("--threads", "1"))
+    assert "trained with 2 threads and resumes with 1" in (tmp_path / "cut" / "train.log").read_text()
+
+
 DDP_SCRIPT = """
 import sys, torch
 from alexnet.config import resolve

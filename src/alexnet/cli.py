@@ -145,6 +145,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     def on_sigterm(signum, frame):  # while the run starts, before fit's own handler: stop, lock released
         raise SystemExit(143)
 
+    if args.resume and not args.threads_fixed:  # the run's own thread count: its bits (README "Resume")
+        from alexnet.run import saved_threads
+        from alexnet.runtime import set_thread_count
+
+        threads = saved_threads(args.resume)
+        if threads and threads != args.threads:
+            set_thread_count(threads)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config,

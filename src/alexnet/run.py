@@ -223,13 +223,17 @@ def _start(config: Config, data, out: Path, resume: bool, finetune, procs, devic
     classes = ImageStore(data, "train").classes  # fails early, with a clear message, on a bad store
     if config.model.num_classes != len(classes):
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(classes)))
-    trainer = Trainer(config, data, out, procs, device, progress)
+    trainer = Trainer(config, data, out, procs, device, progress, runtime=payload.get("runtime") if payload else None)
     for store in (trainer.val_store, trainer.train_store):
         if store is not None:
             check_store_fits(store, len(classes))
     if payload is not None:
         trainer.restore(payload)
         log(f"resumed {out} at epoch {trainer.position.epoch + 1}, step {trainer.position.step}")
+        saved_threads = payload.get("runtime", {}).get("threads")
+        if saved_threads and saved_threads != torch.get_num_threads():
+            log(f"warning: this run trained with {saved_threads} threads and resumes with {torch.get_num_threads()}: "
+                f"it goes on, but not bit for bit as it would have (resume with --threads {saved_threads} for that)")
         repair_best(trainer, out, log)
     elif finetune:
         pretrained = load_checkpoint(finetune)
@@ -311,7 +315,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
         log(f"training {c.variant} ({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on "
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"
             f"{f' x {procs.world} processes' if procs.distributed else ''}, batch {c.train.batch_size}, "
-            f"{'bf16 autocast' if trainer.amp else 'fp32'}, {c.train.epochs} epochs -> {out}")
+            f"{'bf16 autocast' if trainer.amp else 'fp32'}, {torch.get_num_threads()} threads, {c.train.epochs} epochs -> {out}")
         if trainer.device.type == "cpu" and c.model.lrn and lrn_native.load() is None:
             log(f"LRN as torch operations, 1.4-1.75x slower than its fused kernel: {lrn_native.status()}")
         if trainer.device.type == "cpu" and c.optim.rule == "paper" and optim.KERNEL.load() is None:
@@ -338,6 +342,16 @@ def start_or_resume(data: str | os.PathLike | None, out: str | os.PathLike | Non
     """What `alexnet train` does: resolve the run's config and folder (`resolve_run`), then `fit`."""
     config, folder = resolve_run(out, resume, finetune, config_file, overrides or {})
     return fit(config, data, folder, resume=bool(resume), progress=progress, echo=echo, finetune=finetune)
+
+
+def saved_threads(run: str | os.PathLike) -> int | None:
+    """The intra-op thread count the run in folder `run` trained with (None: not recorded, or no run):
+    `alexnet train --resume` keeps it unless the user fixes another."""
+    last = Path(run) / "last.pt"
+    if not last.is_file():
+        return None
+    threads = load_checkpoint(last).get("runtime", {}).get("threads")
+    return threads if isinstance(threads, int) and threads >= 1 else None
 
 
 def summary_line(result: dict) -> str:

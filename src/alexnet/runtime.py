@@ -11,8 +11,8 @@ import torch
 from alexnet.errors import UserError
 from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
 
-__all__ = ["capturing_graph", "cpu_flags", "cpu_bf16_is_default", "cpu_has_fast_bf16", "keep_freed_memory", "resolve_device",
-           "use_bf16_autocast"]
+__all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory",
+           "resolve_device", "set_thread_count", "use_bf16_autocast"]
 
 
 def capturing_graph() -> bool:
@@ -83,3 +83,10 @@ def use_bf16_autocast(amp: str, device: torch.device, flags: Iterable[str] | Non
     if device.type == "cpu":
         return cpu_bf16_is_default(flags, environ)
     return False
+
+
+def set_thread_count(threads: int) -> None:
+    """torch's intra-op threads (OpenMP's and MKL's) from now on, and for child processes. Process-wide:
+    a command's entry only (`alexnet train --resume` taking the run's own count)."""
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)

@@ -74,14 +74,21 @@ class Trainer:
     """The state of a run and the two loops over the data; `alexnet.run.fit` drives it."""
 
     def __init__(self, config: Config, data: str | os.PathLike, out: str | os.PathLike, procs: Processes,
-                 device: torch.device, progress: bool = True):
+                 device: torch.device, progress: bool = True, runtime: dict | None = None):
+        """`runtime`: a resumed run's `runtime()` as its checkpoint saved it: where the config leaves a
+        choice to the machine ("auto"), the run keeps the one it started with, so that its bits do not
+        change with the machine it resumes on."""
         self.config, self.procs, self.device = config, procs, device
         self.out = Path(out)
         self.progress = progress and procs.main
         self._open_stores(data)
-        t = config.train
+        t, saved = config.train, runtime or {}
         self.amp = use_bf16_autocast(t.amp, device)
         self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
+        if t.amp == "auto" and "bf16_autocast" in saved:
+            self.amp = bool(saved["bf16_autocast"])
+        if t.channels_last == "auto" and "channels_last" in saved:
+            self.channels_last = bool(saved["channels_last"])
         torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = self._place(AlexNet(config.model))
         self.optimizer = make_optimizer(self.model, config.optim)
@@ -157,7 +164,13 @@ class Trainer:
              "mean": torch.from_numpy(self.train_store.mean), "data": str(self.train_store.root.resolve())}
         if with_optimizer:
             p["optimizer"] = self.optimizer.state_dict()
+        p["runtime"] = self.runtime()
         return p
+
+    def runtime(self) -> dict:
+        """What decides the bits of a step besides the config: the precision and memory format "auto"
+        resolved to, and the intra-op thread count (the order of torch's sums). `--resume` reuses them."""
+        return {"bf16_autocast": self.amp, "channels_last": self.channels_last, "threads": torch.get_num_threads()}
 
     def load_pretrained(self, payload: dict) -> None:
         """§6 fine-tuning: every layer from a checkpoint trained on other data except fc8, which keeps
