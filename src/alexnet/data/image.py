@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,15 @@ from PIL import Image, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.LANCZOS
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# The most memory one image may take decoded, in its own mode, checked from its header before any pixel is
+# decoded: 256 MiB is Pillow's own warning size (MAX_IMAGE_PIXELS, 89 M pixels) for 24-bit RGB, here
+# counted as Pillow stores each mode (3 and 4 bands in 4 bytes a pixel, 16-bit in 2): an 8192x8192 RGB
+# or a 16384x8192 16-bit image is read, a 13000x13000 RGBA or 16-bit PNG (a few hundred KB of file,
+# 0.3-0.7 GB decoded, 3-4 GB with its conversions) is refused. A JPEG counts at the scale its decoder
+# draws it (`draft`), so a large photo is read at 1/2 to 1/8 of its size as before. The conversions
+# after decoding take at most about 3 times this.
+MAX_DECODED_BYTES = 256 << 20
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # else 4 (Pillow's)
 
 try:  # libjpeg-turbo without Pillow's image objects: the same pixels, 2.7x faster at 256x256 (bench/README.md)
     import simplejpeg
@@ -69,11 +79,15 @@ def to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
         return img
     notes.append(f"{img.mode} converted to RGB")
     if img.mode in SIXTEEN_BIT_MODES:
-        # 16-bit samples: keep the top byte (Pillow's own conversion would clip them at 255).
-        wide = np.asarray(img).astype(np.int64)
-        return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
+        # 16-bit samples: keep the top byte (Pillow's own conversion would clip them at 255). In the
+        # samples' own type (mode I is int32, clipped first): no int64 copy 4 times the image's size.
+        wide = np.asarray(img)
+        if wide.dtype.kind == "i":
+            wide = np.clip(wide, 0, 65535)
+        return Image.fromarray((wide >> 8).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")  # composite transparency on white, not on black
+        if img.mode != "RGBA":  # (an RGBA image is not copied first)
+            img = img.convert("RGBA")  # composite transparency on white, not on black
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img)
     return img.convert("RGB")
@@ -105,8 +119,27 @@ def _pixels_of(img: Image.Image, data: bytes, size: int, draft: bool) -> Image.I
     return img
 
 
+def _amount(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def decoded_bytes(img: Image.Image, size: int, draft: bool) -> int:
+    """The memory `img` (opened, not yet decoded) takes once decoded, at the scale `_pixels_of` decodes it."""
+    width, height = img.size
+    if img.format == "JPEG" and draft:
+        scale = _draft_scale(width, height, size)
+        width, height = -(-width // scale), -(-height // scale)
+    return width * height * BYTES_PER_PIXEL.get(img.mode, 4)
+
+
 def _decode_file(data: bytes, suffix: str, size: int, draft: bool) -> tuple[Image.Image, list[str]]:
-    img = Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():  # Pillow's warning at 89 M pixels: MAX_DECODED_BYTES decides instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    need = decoded_bytes(img, size, draft)
+    if need > MAX_DECODED_BYTES:
+        raise BadImage(f"too large: {img.size[0]}x{img.size[1]} {img.mode} would take {_amount(need)} decoded, "
+                       f"more than the {_amount(MAX_DECODED_BYTES)} allowed for one image")
     notes = []
     if (img.format == "JPEG") != (suffix.lower() in (".jpeg", ".jpg")):
         notes.append(f"{img.format} data in a '{suffix}' file")
