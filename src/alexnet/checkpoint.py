@@ -3,13 +3,13 @@
 
 A checkpoint holds only plain dicts, lists, strings, numbers and tensors, so it is read with
 `torch.load(weights_only=True)`: a file that would need code to load (a pickle naming a function or
-a class) is refused, never run."""
+a class) is refused, never run; its sizes are checked before it is loaded (alexnet.torch_file) and
+its weights must be finite."""
 
 from __future__ import annotations
 
 import errno
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from alexnet.config import Config, ConfigError, from_dict
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.model import AlexNet
+from alexnet.torch_file import read_torch_file
 
 CHECKPOINT_VERSION = 1
 
@@ -54,19 +55,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise UserError(f"{path} holds no checkpoint (best.pt or last.pt)")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} is not an alexnet checkpoint (it would need code to load; refused)") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{path} cannot be read as a checkpoint: {str(e).splitlines()[0]}") from None
+    payload = read_torch_file(path, "an alexnet checkpoint", map_location)  # sizes checked first (torch_file)
     if not isinstance(payload, dict) or payload.get("format") != "alexnet-checkpoint":
         raise UserError(f"{path} is not an alexnet checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path} is a version {payload.get('version')} checkpoint; this alexnet reads version "
                         f"{CHECKPOINT_VERSION}")
+    check_weights(payload.get("model"), str(path))
     payload["path"] = str(path)
     return payload
+
+
+def check_weights(state: Any, where: str) -> None:
+    """A state dict of named floating-point tensors with finite values: a NaN or an infinity in one
+    weight makes every output NaN, and `predict` would print 'nan%' beside arbitrary labels."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise UserError(f"{where}: its weights are not a mapping of layer names to tensors")
+    for name, value in state.items():
+        if not value.dtype.is_floating_point:
+            raise UserError(f"{where}: weight {name} holds {value.dtype} values, not floating-point ones")
+        bad = value.numel() - int(torch.isfinite(value).sum())
+        if bad:
+            raise UserError(f"{where}: weight {name} holds {bad:,} NaN or infinite values; refused")
 
 
 def checkpoint_config(payload: dict[str, Any]) -> Config:

@@ -105,6 +105,10 @@ class _BatchRunner:
             with torch.no_grad():
                 probs = view_outputs(self.model, images, self.transforms, self.views, "probabilities",
                                      autocast_for(self.device, self.device.type == "cuda")).cpu()
+            broken = (~torch.isfinite(probs).all(1)).nonzero()
+            if len(broken):  # finite weights whose sums overflow float32: every label would be arbitrary
+                raise UserError(f"the net's outputs for {good[int(broken[0])][0]['file']} are not finite (NaN or "
+                                f"infinite): its weights overflow float32; no labels printed")
             values, indices = probs.topk(min(self.top, probs.shape[1]), 1)
             for (result, _), v, i in zip(good, values, indices):
                 result["top"] = [{"label": int(c), "wnid": self.classes[c], "name": self.names[c],

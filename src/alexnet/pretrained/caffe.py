@@ -16,6 +16,7 @@ hold; each convention becomes a ModelConfig value:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -28,11 +29,15 @@ from alexnet.config import ModelConfig
 from alexnet.errors import UserError
 from alexnet.pretrained.caffe_proto import V1_TYPES, parse_binary, parse_text
 from alexnet.pretrained.classes import class_list
-from alexnet.pretrained.common import build_payload, read_bytes, state_shapes
+from alexnet.pretrained.common import build_payload, checked_model, read_bytes, state_shapes
 
 # Caffe's ImageNet mean per channel (models/bvlc_reference_caffenet: mean_value 104, 117, 123, in BGR).
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 IMAGE_SIZE = 256  # Caffe's ImageNet images and mean are 256x256; the net sees their centre 227
+MAX_BLOB_AXES = 4  # num, channels, height, width: every blob of an AlexNet (Caffe allows 32)
+# The largest input side imported. bvlc_alexnet's is 227; at 4096 fc6 alone would be 4096 x 256 x 127^2
+# = 17 G weights, so no real file is refused, and a crafted 2^63-1 never reaches the geometry.
+MAX_INPUT_SIZE = 4096
 CONVS, FCS = ("conv1", "conv2", "conv3", "conv4", "conv5"), ("fc6", "fc7", "fc8")
 # §3.5 in Caffe's layer types, bvlc_alexnet's order (CaffeNet pools before it normalises: refused).
 SEQUENCE = (("Convolution", "conv1"), ("ReLU", ""), ("LRN", "norm1"), ("Pooling", "pool1"),
@@ -89,6 +94,8 @@ def input_size(net, layers: list[Layer], where: str) -> int:
         raise UserError(f"{where} declares no input size (give the deploy.prototxt, which does)")
     if len(dims) != 4 or dims[1] != 3 or dims[2] != dims[3]:
         raise UserError(f"{where}: input {'x'.join(map(str, dims))} is not square 3-channel images")
+    if not 1 <= dims[2] <= MAX_INPUT_SIZE:
+        raise UserError(f"{where}: input size {dims[2]} is not between 1 and {MAX_INPUT_SIZE} (bvlc_alexnet's is 227)")
     return int(dims[2])
 
 
@@ -142,6 +149,9 @@ def model_config(body: list[Layer], size: int, where: str) -> ModelConfig:
     shapes = [g[1:3] for g in geometry]
     if shapes != [(11, 4), (5, 1), (3, 1), (3, 1), (3, 1)] or [g[3] for g in geometry[1:]] != [2, 1, 1, 1]:
         raise UserError(f"{where}: conv kernels/strides/padding {[g[1:4] for g in geometry]} are not AlexNet's")
+    if any(g[4] < 1 or g[0] % g[4] for g in geometry):  # Caffe's own rule: outputs a multiple of group
+        raise UserError(f"{where}: conv num_output {[g[0] for g in geometry]} are not multiples of their groups "
+                        f"{[g[4] for g in geometry]}")
     towers = geometry[1][4]
     if [g[4] for g in geometry] != [1, towers, 1, towers, towers] or towers not in (1, 2):
         raise UserError(f"{where}: conv groups {[g[4] for g in geometry]} are not AlexNet's (1, g, 1, g, g), g 1 or 2")
@@ -174,13 +184,22 @@ def model_config(body: list[Layer], size: int, where: str) -> ModelConfig:
 
 
 def blob_array(blob, where: str) -> np.ndarray:
-    """A BlobProto's values in its shape (new `shape`, or the legacy num/channels/height/width)."""
+    """A BlobProto's values in its shape (new `shape`, or the legacy num/channels/height/width), finite
+    in float32. The shape is checked against the values the file holds before anything is allocated."""
     dims = list(blob.shape.dim) if blob.HasField("shape") else [blob.num, blob.channels, blob.height, blob.width]
-    count = int(np.prod(dims)) if dims else 0
-    values = np.array(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
-    if values.size != count:
-        raise UserError(f"{where} holds {values.size} values for its shape {'x'.join(map(str, dims))} "
-                        f"({count}): the file is truncated or damaged")
+    shape = "x".join(map(str, dims)) if len(dims) <= 8 else f"of {len(dims)} axes"
+    if len(dims) > MAX_BLOB_AXES or any(d < 0 for d in dims):
+        raise UserError(f"{where} has shape {shape}: a blob of AlexNet has at most {MAX_BLOB_AXES} axes, none negative")
+    count = math.prod(dims) if dims else 0  # Python integers: no overflow
+    stored = blob.double_data if len(blob.double_data) else blob.data
+    if len(stored) != count:
+        raise UserError(f"{where} holds {len(stored)} values for its shape {shape} ({count}): the file is truncated "
+                        f"or damaged")
+    with np.errstate(over="ignore"):  # a double beyond float32's range becomes inf, refused just below
+        values = np.array(stored, dtype=np.float32)
+    bad = values.size - int(np.isfinite(values).sum())
+    if bad:
+        raise UserError(f"{where} holds {bad:,} NaN or infinite values (or doubles beyond float32's range); refused")
     return values.reshape(dims)
 
 
@@ -236,9 +255,12 @@ def import_caffe(prototxt: str | os.PathLike, weights: str | os.PathLike, mean: 
         spec = parse_text(read_bytes(prototxt, "prototxt").decode("utf-8", "replace"))
     except text_format.ParseError as e:
         raise UserError(f"{prototxt} is not a Caffe prototxt: {e}") from None
+    except RecursionError:  # protobuf's text parser recurses once per nested message
+        raise UserError(f"{prototxt} is not a Caffe prototxt: its messages are nested too deeply") from None
     layers = net_layers(spec)
     body = _check_sequence(layers, str(prototxt))
     config = model_config(body, input_size(spec, layers, str(prototxt)), str(prototxt))
+    config = checked_model("caffe-alexnet", config, str(prototxt))  # the config's own rules, before any net is built
     try:
         shapes = state_shapes(config)
     except ValueError as e:

@@ -7,7 +7,8 @@ ImageNet's per-channel mean m and std s. (x/255 - m)/s = (x - 255 m) / (255 s): 
 255 m is the checkpoint's mean and 1/(255 s) the net's `input_scale`, so the project's pipeline (RGB
 0..255 minus the mean) feeds it unchanged.
 
-Only the state dict is read, with torch.load(weights_only=True): a .pth is data, never code. At test
+Only the state dict is read, with torch.load(weights_only=True) after its sizes are checked
+(alexnet.torch_file): a .pth is data, never code, and never more memory than its bytes. At test
 time dropout does nothing, so torchvision's placement (before fc6 and fc7) and this net's (after fc6
 and fc7, §4.2) compute the same; fine-tuning drops fc6's and fc7's outputs as the paper does.
 """
@@ -15,8 +16,6 @@ and fc7, §4.2) compute the same; fine-tuning drops fc6's and fc7's outputs as t
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from alexnet.config import ModelConfig
 from alexnet.errors import UserError
 from alexnet.pretrained.classes import class_list
 from alexnet.pretrained.common import build_payload, state_shapes
+from alexnet.torch_file import read_torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's Normalize for its ImageNet weights, RGB on 0..1
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,15 +46,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path} is not a PyTorch state dict that loads without code: {first}") from None
+    state = read_torch_file(path, "a PyTorch state dict that loads without code")  # sizes checked first
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state dict (a mapping of names to tensors)")
+    named = next((k for k in state if not isinstance(k, str)), None)
+    if named is not None:
+        raise UserError(f"{path} is not a state dict: its key {named!r} is not a layer name (a string)")
     return state
 
 
@@ -71,6 +70,8 @@ def convert_state(state: dict[str, torch.Tensor], where: str) -> dict[str, torch
             value, want = state[key], expected[f"{ours}.{kind}"]
             if tuple(value.shape) != want:
                 raise UserError(f"{where}: {key} has shape {tuple(value.shape)}, torchvision's alexnet has {want}")
+            if not value.dtype.is_floating_point:
+                raise UserError(f"{where}: {key} holds {value.dtype} values, not floating-point weights")
             out[f"{ours}.{kind}"] = value.detach().to(torch.float32)
     extra = sorted(set(state) - {f"{k}.{kind}" for k in KEYS for kind in ("weight", "bias")})
     if extra:
