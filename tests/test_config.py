@@ -253,3 +253,17 @@ def test_variant_help_shows_each_recipe():
 def test_bad_recipes_are_refused(recipes, message):
     with pytest.raises(C.ConfigError, match=message):
         C.check_recipes(recipes)
+
+
+def test_a_toml_value_nested_100000_arrays_deep_is_one_line(tmp_path, capsys):
+    """tomllib recurses once per array: 100,000 deep is a RecursionError, not a traceback."""
+    from alexnet.cli import main
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[optim]\nlr = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(C.ConfigError, match="deep.toml is not a config: its values are nested too deeply"):
+        C.load_toml(deep)
+    assert main(["train", "--config", str(deep), "--data", str(tmp_path / "store"), "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("alexnet train: error: ") and "nested too deeply" in err

@@ -1,5 +1,6 @@
 """Exact nearest neighbours against NumPy float64 brute force; binary codes against brute force."""
 
+import io
 import json
 
 import numpy as np
@@ -148,3 +149,61 @@ def test_neighbors_says_what_codes_cost_and_bounds_their_sample(tiny_run, tmp_pa
     (tmp_path / "other.json").write_text(json.dumps({**meta, "checkpoint": "/elsewhere/best.pt"}))
     assert main([*base[:2], str(tmp_path / "other.npy"), *base[3:]]) == 2
     assert "distances between two nets' features mean nothing" in capsys.readouterr().err
+
+
+class OpensAFile:
+    """Unpickled, it would create `marker`: a feature file's object array must never be unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_crafted_feature_files_are_refused_in_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    good = rng.normal(size=(20, 8)).astype(np.float32)
+    marker = tmp_path / "unpickled"
+
+    def refused(database=good, queries=good, meta=None, extra=()) -> str:
+        for name, value in (("db", database), ("q", queries)):
+            path = tmp_path / f"{name}.npy"
+            path.write_bytes(value) if isinstance(value, bytes) else np.save(path, value, allow_pickle=True)
+        (tmp_path / "db.json").unlink(missing_ok=True)
+        if meta is not None:
+            (tmp_path / "db.json").write_text(meta)
+        argv = ["neighbors", "--database", str(tmp_path / "db.npy"), "--queries", str(tmp_path / "q.npy"), "--quiet"]
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.removeprefix(f"training a 8-bit auto-encoder on 20 of the 20 database rows x 8 "
+                                                  f"for 30 epochs (30 steps of 256; --code-sample sets the rows), "
+                                                  f"then encoding 25 rows\n")  # --codes says what it will cost
+        assert err.startswith("alexnet neighbors: error: ") and err.count("\n") == 1, err
+        return err
+
+    objects = np.empty((2, 8), dtype=object)
+    objects[:] = OpensAFile(marker)
+    assert "is not a feature file" in refused(database=objects) and not marker.exists()
+    assert "holds int64 values" in refused(database=good.astype(np.int64))
+    assert "holds complex64 values" in refused(queries=good.astype(np.complex64))
+    assert "holds a 3-d array" in refused(database=good[None])
+    assert "holds a 1-d array" in refused(queries=good[0])
+    assert "holds rows of 0 features" in refused(database=good[:, :0], queries=good[:, :0])
+    assert "queries have 7 features, the database 8" in refused(queries=good[:, :7])
+    header = io.BytesIO()  # a header that declares 10^6 rows over a file of 20
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 8)})
+    assert "is not a feature file" in refused(database=header.getvalue() + good.tobytes())
+    # values that are not finite in float32: named by row, never '-1 (inf)' for every neighbour
+    nan = good.copy()
+    nan[7, 3] = np.nan
+    assert "db.npy: row 7 holds NaN or infinite values" in refused(database=nan)
+    assert "db.npy: row 7 holds NaN" in refused(database=nan, extra=["--codes", "8", "--code-sample", "20"])
+    assert "q.npy: query row 7 holds NaN" in refused(queries=nan, extra=["--query-index", "7"])
+    beyond = good.astype(np.float64)
+    beyond[11, 0] = 1e300  # a double that is inf in float32 (and no overflow warning on stderr)
+    assert "db.npy: row 11 holds NaN or infinite values" in refused(database=beyond)
+    assert "distances between" in refused(database=good * np.float32(1e30))  # finite, but squares overflow
+    # the sidecar .json names the store whose files are printed: its values must be what features wrote
+    assert "cannot be read" in refused(meta="[" * 100_000 + "]" * 100_000)
+    assert "'data' is int, not a string" in refused(meta=json.dumps({"data": 5, "split": "train"}))
+    assert "says n = 999, but the features have 20" in refused(meta=json.dumps({"n": 999, "dim": 8}))

@@ -84,11 +84,27 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path} is not a feature file: {e}") from None
     if array.ndim != 2:
         raise UserError(f"{path} holds a {array.ndim}-d array, not (images, features)")
-    if array.dtype.kind != "f":
-        raise UserError(f"{path} holds {array.dtype} values, not floating-point features")
+    if array.dtype.kind != "f" or array.dtype.itemsize > 8:
+        raise UserError(f"{path} holds {array.dtype} values, not float16/32/64 features")
+    if array.shape[1] == 0:
+        raise UserError(f"{path} holds rows of 0 features")
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise UserError(f"{meta_path} cannot be read: {e}") from None
-    return array, meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{meta_path} cannot be read: {why}") from None
+    return array, _checked_meta(meta if isinstance(meta, dict) else {}, array, meta_path)
+
+
+def _checked_meta(meta: dict, array: np.ndarray, meta_path: Path) -> dict:
+    """What `extract_features` recorded, each value of the type it wrote and agreeing with the array:
+    the store it names is opened and its files printed, so a crafted sidecar is refused here."""
+    for key in ("data", "split", "checkpoint", "dtype", "layer"):
+        if key in meta and not isinstance(meta[key], str):
+            raise UserError(f"{meta_path}: '{key}' is {type(meta[key]).__name__}, not a string")
+    for key, actual in (("n", array.shape[0]), ("dim", array.shape[1])):
+        if key in meta and (type(meta[key]) is not int or meta[key] != actual):
+            raise UserError(f"{meta_path} says {key} = {meta[key]!r}, but the features have {actual}: the files do "
+                            f"not belong together")
+    return meta

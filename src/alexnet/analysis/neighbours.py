@@ -26,6 +26,23 @@ from tqdm import tqdm
 # ---------------------------------------------------------------------------------------------------
 
 
+class NonFiniteRow(ValueError):
+    """A feature row holding NaN or infinity: every distance to it is NaN or infinite, and the search
+    would return arbitrary rows (or none: index -1) as the nearest."""
+
+    def __init__(self, row: int):
+        super().__init__(f"row {row} holds NaN or infinite values")
+        self.row = row
+
+
+def check_finite(rows: np.ndarray, start: int = 0) -> np.ndarray:
+    """`rows` (rows start, start+1, ...) if all are finite, else NonFiniteRow naming the first that is not."""
+    bad = ~np.isfinite(rows).all(axis=1)
+    if bad.any():
+        raise NonFiniteRow(start + int(bad.argmax()))
+    return rows
+
+
 class RunningNearest:
     """The k nearest database rows of each query among those seen so far, for a database that arrives
     in chunks (a memory map read piece by piece, or features computed batch by batch and never kept)."""
@@ -34,7 +51,7 @@ class RunningNearest:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.device = torch.device(device)
-        self.queries = torch.as_tensor(np.array(queries, dtype=np.float32), device=self.device)
+        self.queries = torch.as_tensor(check_finite(np.array(queries, dtype=np.float32)), device=self.device)
         self.k, self.query_block = k, query_block
         self.q_sq = (self.queries * self.queries).sum(1)
         self.best_d = torch.full((len(self.queries), k), math.inf, device=self.device)
@@ -68,7 +85,7 @@ def nearest_neighbours(queries, database, k: int = 6, device: torch.device | str
     n = len(database)
     nearest = RunningNearest(queries, min(k, n), device, query_block)
     for start in tqdm(range(0, n, chunk), desc="neighbours", unit="chunk", disable=not progress, leave=False):
-        nearest.add(np.array(database[start : start + chunk], dtype=np.float32), start)
+        nearest.add(check_finite(np.array(database[start : start + chunk], dtype=np.float32), start), start)
     return nearest.result()
 
 
@@ -142,7 +159,8 @@ class BinaryCoder(nn.Module):
         out = []
         for start in tqdm(range(0, len(features), batch), desc="encoding", unit="chunk", disable=not progress,
                           leave=False):
-            x = torch.from_numpy(np.array(features[start : start + batch], dtype=np.float32)).to(device)
+            x = torch.from_numpy(check_finite(np.array(features[start : start + batch], dtype=np.float32), start))
+            x = x.to(device)
             out.append(pack_codes((self.encoder(self.normalise(x)) > 0).cpu().numpy()))
         return np.concatenate(out) if out else np.empty((0, (self.bits + 7) // 8), np.uint8)
 
@@ -161,7 +179,12 @@ def train_binary_coder(features, bits: int = 64, epochs: int = CODER_EPOCHS, bat
     device = torch.device(device)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(features), min(len(features), max_rows), replace=False))
-    x = torch.as_tensor(np.asarray(features[rows], dtype=np.float32), device=device)
+    sample = np.asarray(features[rows], dtype=np.float32)
+    try:
+        check_finite(sample)
+    except NonFiniteRow as e:  # named by its row of `features`, not of the sample
+        raise NonFiniteRow(int(rows[e.row])) from None
+    x = torch.as_tensor(sample, device=device)
     torch.manual_seed(seed)
     coder = BinaryCoder(x.shape[1], bits).to(device)
     coder.mean.copy_(x.mean(0))

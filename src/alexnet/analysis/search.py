@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 
 from alexnet.analysis.features import load_features
-from alexnet.analysis.neighbours import (CODER_EPOCHS, CODER_SAMPLE, hamming_neighbours, label_precision,
-                                         nearest_neighbours, train_binary_coder)
+from alexnet.analysis.neighbours import (CODER_EPOCHS, CODER_SAMPLE, NonFiniteRow, check_finite, hamming_neighbours,
+                                         label_precision, nearest_neighbours, train_binary_coder)
 from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from alexnet.runtime import resolve_device
@@ -67,26 +67,27 @@ def find_neighbours(database: str | os.PathLike, queries: str | os.PathLike, k: 
     """{"rows": one entry per query, "how": the distance used, "database_rows", "precision"}. Each
     entry: query, neighbours, distances (and file, label, neighbour_files, neighbour_labels when the
     feature files name their stores). With `codes`, Hamming distance between auto-encoder codes
-    trained on a sample of `code_sample` database rows; `log` hears what that will cost first."""
+    trained on a sample of `code_sample` database rows; `log` hears what that will cost first. Features
+    that are not finite (in float32) are refused, naming the row, as are distances that overflow."""
     db, db_meta = load_features(database)
     q_all, q_meta = load_features(queries)
     _check_search(db, q_all, db_meta, q_meta, k, codes, code_sample)
     rows = _query_rows(len(q_all), query_index, num_queries)
     db_store, q_store = _store_of(db_meta, len(db), "database"), _store_of(q_meta, len(q_all), "query")
     dev = resolve_device(device)
-    q = np.asarray(q_all[rows], dtype=np.float32)
-    if codes is not None:
-        sample = min(code_sample, len(db))
-        steps = CODER_EPOCHS * -(-sample // 256)
-        log(f"training a {codes}-bit auto-encoder on {sample:,} of the {len(db):,} database rows x {db.shape[1]} "
-            f"for {CODER_EPOCHS} epochs ({steps:,} steps of 256; --code-sample sets the rows), then encoding "
-            f"{len(db) + len(q):,} rows")
-        coder = train_binary_coder(db, bits=codes, device=dev, max_rows=sample, progress=progress)
-        dist, idx = hamming_neighbours(coder.encode(q, device=dev), coder.encode(db, device=dev, progress=progress), k)
-        how = f"Hamming distance between {codes}-bit auto-encoder codes"
-    else:
-        dist, idx = nearest_neighbours(q, db, k, dev, progress=progress)
-        how = "Euclidean distance of the fc7 vectors (§6.1)"
+    with np.errstate(over="ignore", invalid="ignore"):  # a float64 beyond float32 becomes inf: refused below
+        q = np.asarray(q_all[rows], dtype=np.float32)
+        try:
+            check_finite(q)
+        except NonFiniteRow as e:
+            raise UserError(f"{queries}: query row {rows[e.row]} holds NaN or infinite values; refused") from None
+        try:
+            dist, idx, how = _search(q, db, k, codes, code_sample, dev, progress, log)
+        except NonFiniteRow as e:  # the queries are checked: this is a database row
+            raise UserError(f"{database}: {e}; refused (no distance to it means anything)") from None
+    if not np.isfinite(dist).all() or (idx < 0).any():
+        raise UserError(f"the distances between {queries} and {database} overflow float32: their features are too "
+                        f"large to compare")
     entries = []
     for r, d, i in zip(rows, dist, idx):
         entry = {"query": int(r), "neighbours": [int(j) for j in i], "distances": [float(x) for x in d]}
@@ -100,3 +101,19 @@ def find_neighbours(database: str | os.PathLike, queries: str | os.PathLike, k: 
     if q_store is not None and db_store is not None:
         precision = label_precision(np.array([e["neighbour_labels"] for e in entries]), [e["label"] for e in entries])
     return {"rows": entries, "how": how, "database_rows": len(db), "k": k, "precision": precision}
+
+
+def _search(q: np.ndarray, db: np.ndarray, k: int, codes: int | None, code_sample: int, dev, progress: bool,
+            log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(distances, indices, how) of the k nearest database rows of each query."""
+    if codes is not None:
+        sample = min(code_sample, len(db))
+        steps = CODER_EPOCHS * -(-sample // 256)
+        log(f"training a {codes}-bit auto-encoder on {sample:,} of the {len(db):,} database rows x {db.shape[1]} "
+            f"for {CODER_EPOCHS} epochs ({steps:,} steps of 256; --code-sample sets the rows), then encoding "
+            f"{len(db) + len(q):,} rows")
+        coder = train_binary_coder(db, bits=codes, device=dev, max_rows=sample, progress=progress)
+        dist, idx = hamming_neighbours(coder.encode(q, device=dev), coder.encode(db, device=dev, progress=progress), k)
+        return dist, idx, f"Hamming distance between {codes}-bit auto-encoder codes"
+    dist, idx = nearest_neighbours(q, db, k, dev, progress=progress)
+    return dist, idx, "Euclidean distance of the fc7 vectors (§6.1)"
