@@ -14,7 +14,7 @@ import pytest
 
 from alexnet.errors import UserError
 from alexnet.files import (FolderLock, atomic_path, atomic_write, run_lock, save_npy_atomic, save_npz_atomic,
-                           store_lock, write_json_atomic, write_text_atomic)
+                           store_lock, write_bytes_atomic, write_json_atomic, write_text_atomic)
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -119,3 +119,176 @@ def test_release_leaves_a_lock_that_is_no_longer_its_own(tmp_path):
     lock.path.write_text(json.dumps(other))  # taken over meanwhile by a process that thought we were gone
     lock.release()
     assert json.loads(lock.path.read_text()) == other and not lock.held
+
+
+# ---------------------------------------------------------------------------------------------------
+# A folder another user can write into (the shared-machine issue): planted links, devices, FIFOs
+# ---------------------------------------------------------------------------------------------------
+
+OTHER_UID = 2002  # another local user of a shared machine
+
+
+def _as_other_user(path):
+    """Make `path` (a planted symbolic link) another user's where the test runs as root."""
+    if os.geteuid() == 0:
+        os.lchown(path, OTHER_UID, OTHER_UID)
+
+
+def _shared_folder(tmp_path):
+    """A folder everyone may write into (a group's project folder: no sticky bit, so the kernel's
+    protected_symlinks does not step in), and a file of the victim's elsewhere."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    victim = tmp_path / "home" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"the victim's own file\n")
+    return shared, victim
+
+
+def _plant(shared, victim, name):
+    """Symbolic links to the victim's file at every name a writer of `name` could have predicted: NAME.tmp,
+    NAME.partial, and NAME.PID.tmp / .partial / .partial.onnx / .partial.png for the next pids."""
+    suffixes = (".tmp", ".partial", ".partial.onnx", ".partial.png", ".partial.npy")
+    names = [f"{name}{s}" for s in suffixes]
+    names += [f"{name}.{pid}{s}" for pid in range(os.getpid(), os.getpid() + 3) for s in suffixes]
+    for n in names:
+        (shared / n).symlink_to(victim)
+        _as_other_user(shared / n)
+    return names
+
+
+def test_a_symbolic_link_planted_at_any_predictable_temporary_name_changes_nothing(tmp_path):
+    import torch
+
+    from alexnet.analysis.canvas import new_figure, save_figure
+    from alexnet.checkpoint import save_checkpoint
+
+    shared, victim = _shared_folder(tmp_path)
+    writers = {
+        "a.bin": lambda p: write_text_atomic(p, "text"),
+        "a.json": lambda p: write_json_atomic(p, {"k": 1}),
+        "a.npy": lambda p: save_npy_atomic(p, np.arange(3)),
+        "a.pt": lambda p: save_checkpoint(p, {"weights": torch.arange(3.0)}),
+        "a.png": lambda p: save_figure(new_figure(figsize=(1, 1))[0], p),
+    }
+    planted = {name: _plant(shared, victim, name) for name in [*writers, "a.onnx", "a.mem"]}
+    for name, write in writers.items():
+        write(shared / name)
+    with atomic_path(shared / "a.onnx", tmp_suffix=".partial.onnx") as tmp:  # an exporter's way: by name
+        assert tmp.name.endswith(".partial.onnx") and not tmp.is_symlink()
+        tmp.write_bytes(b"graph")
+    with atomic_path(shared / "a.mem", tmp_suffix=".partial") as tmp:  # features' memory map
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(2, 2))[:] = 1
+    assert victim.read_bytes() == b"the victim's own file\n"
+    for name, links in planted.items():
+        assert (shared / name).is_file() and not (shared / name).is_symlink(), name
+        assert all((shared / n).is_symlink() for n in links), name  # neither followed nor renamed
+    assert (shared / "a.onnx").read_bytes() == b"graph" and np.load(shared / "a.mem").sum() == 4
+    left = {p.name for p in shared.iterdir()} - set(writers) - {"a.onnx", "a.mem"}
+    assert left == {n for links in planted.values() for n in links}  # no temporary file of ours is left
+
+
+def test_a_temporary_file_is_private_until_it_is_renamed_with_the_ordinary_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_write(tmp_path / "x.bin") as f:
+            (tmp,) = [p for p in tmp_path.iterdir()]
+            assert tmp.name.startswith("x.bin.") and tmp.name.endswith(".tmp")
+            assert tmp.stat().st_mode & 0o777 == 0o600  # no one else reads a checkpoint half-written
+            f.write(b"x")
+        assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o640  # 0666 less the umask, as open() gives
+    finally:
+        os.umask(old)
+
+
+def _one_line(e) -> str:
+    assert "\n" not in str(e)
+    return str(e)
+
+
+def test_an_output_that_is_a_device_a_fifo_or_a_folder_is_refused_and_left_as_it_is(tmp_path):
+    import stat
+
+    from alexnet.files import check_output_path
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link-to-fifo").symlink_to(fifo)
+    for path, kind in [(fifo, "a FIFO"), ("/dev/null", "a character device"), (tmp_path / "folder", "a folder"),
+                       (tmp_path / "link-to-fifo", "a FIFO")]:
+        with pytest.raises(UserError, match=f"{path} is {kind}.*not a regular file") as e:
+            check_output_path(path)
+        _one_line(e.value)
+        with pytest.raises(UserError, match="not a regular file"):  # the writers check too, after the work
+            write_bytes_atomic(path, b"data")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder", "link-to-fifo"]  # no temporary left
+    (tmp_path / "old.pt").write_bytes(b"old")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "old.pt")
+    for fine in (tmp_path / "new.pt", tmp_path / "old.pt", tmp_path / "link.pt", tmp_path / "sub" / "new.pt"):
+        assert check_output_path(fine) == fine
+
+
+def test_an_output_under_a_file_is_one_line(tmp_path):
+    from alexnet.files import check_output_folder, check_output_path
+
+    (tmp_path / "file").write_text("x")
+    for path in (tmp_path / "file" / "x.pt", tmp_path / "file" / "deeper" / "x.pt"):
+        with pytest.raises(UserError, match=f"cannot write {path}: {tmp_path / 'file'} is a file, not a folder"):
+            check_output_path(path)
+        with pytest.raises(UserError, match="file is a file, not a folder"):
+            write_bytes_atomic(path, b"")  # mkstemp's NotADirectoryError, as one line
+        with pytest.raises(UserError, match="is a file, not a folder"):
+            check_output_folder(path)
+    with pytest.raises(UserError, match="is a file, not a folder; give a folder"):
+        check_output_folder(tmp_path / "file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="is a symbolic link to nothing"):
+        check_output_path(tmp_path / "dangling" / "x.pt")
+
+
+def test_an_output_that_is_an_input_is_refused_by_name_link_or_hard_link(tmp_path):
+    from alexnet.files import check_output_path
+
+    weights = tmp_path / "m.caffemodel"
+    weights.write_bytes(b"weights")
+    os.link(weights, tmp_path / "hard.pt")
+    (tmp_path / "soft.pt").symlink_to(weights)
+    (tmp_path / "input-link").symlink_to(tmp_path / "target.pt")
+    (tmp_path / "target.pt").write_bytes(b"the input, through the link")
+    cases = [(weights, weights, ""), (tmp_path / "hard.pt", weights, f" ({weights})"),
+             (tmp_path / "soft.pt", weights, f" ({weights})"), (tmp_path / "target.pt", tmp_path / "input-link", "")]
+    for out, source, named in cases:
+        with pytest.raises(UserError, match="is also an input of this command") as e:
+            check_output_path(out, [None, tmp_path / "absent", source], what="--out")
+        assert _one_line(e.value).startswith(f"--out {out} is also an input") and (not named or named in str(e.value))
+    assert weights.read_bytes() == b"weights"
+    assert check_output_path(tmp_path / "new.pt", [weights]) == tmp_path / "new.pt"
+
+
+def test_signals_during_a_write_act_when_it_is_over(tmp_path):
+    import signal
+
+    from alexnet.files import signals_held
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with signals_held():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)  # held: no KeyboardInterrupt inside the block
+            assert got == []
+            inside = True
+        assert False, "the held Ctrl-C raises when the block ends"  # noqa: B011
+    except KeyboardInterrupt:
+        assert inside and got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(KeyboardInterrupt):  # and an interrupted write leaves nothing behind
+        with atomic_write(tmp_path / "x.pt") as f:
+            f.write(b"part")
+            signal.raise_signal(signal.SIGINT)
+            f.write(b" and the rest")
+    assert list(tmp_path.iterdir()) == []

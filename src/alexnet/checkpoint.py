@@ -26,8 +26,9 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write to PATH.PID.tmp, flush, fsync, then rename over PATH (alexnet.files.atomic_write): a crash or
-    a full disk leaves either the previous checkpoint or the new one, never half of one."""
+    """Write to a new PATH.<random>.tmp, flush, fsync, then rename over PATH (alexnet.files.atomic_write):
+    a crash or a full disk leaves either the previous checkpoint or the new one, never half of one; a
+    Ctrl-C or SIGTERM during torch.save acts once it has returned, and leaves the previous one."""
     path = Path(path)
     payload = {"format": "alexnet-checkpoint", "version": CHECKPOINT_VERSION, "alexnet": __version__, **payload}
     try:

@@ -1,8 +1,13 @@
-"""Writing files so that a crash never leaves one half-written, and a lock on a folder being written.
+"""Writing files so that a crash never leaves one half-written, nor another user of a shared folder
+a way in; and a lock on a folder being written.
 
-Every file is written to a temporary name beside it (`NAME.PID.tmp` unless told otherwise), flushed and
-fsync'ed, then renamed over NAME and the folder fsync'ed: NAME is either the old file or the whole new
-one, even after a power cut. On an error the temporary file is removed. This module is the one place
+Every file is written to a temporary name beside it, flushed and fsync'ed, then renamed over NAME and
+the folder fsync'ed: NAME is either the old file or the whole new one, even after a power cut. On an
+error, Ctrl-C or SIGTERM the temporary file is removed. It is created exclusively (mkstemp:
+NAME.<random>.tmp, O_EXCL, mode 0600, then 0666 less the umask on the rename): in a folder others can
+write (/tmp), a symbolic link planted at a predictable name (NAME.PID.tmp) had the write go to a file
+of their choosing. `check_output_path` refuses, before any work, an output that is not a file to
+replace (a device, a FIFO, a folder) or that is the command's own input. This module is the one place
 that does it (checkpoints, metrics, stores, figures, exports); it imports nothing of alexnet but its
 errors, so every layer may use it.
 """
@@ -15,15 +20,18 @@ import fcntl
 import io
 import json
 import os
+import signal
 import socket
+import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 
 # errors of a filesystem that cannot fsync a folder at all: the rename is still atomic there
 _NO_DIR_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EISDIR}
@@ -50,37 +58,104 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def _tmp_path(path: Path, tmp_suffix: str) -> Path:
-    """NAME.PID.tmp: two processes writing the same file (two `experiment` commands rewriting one
-    results table) each rename their own whole file, and neither removes the other's."""
-    return path.with_name(f"{path.name}.{os.getpid()}{tmp_suffix}")
+def new_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 less the process's umask."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        os.umask(umask := os.umask(0o022))  # no /proc: read it by setting it, and put it straight back
+    return 0o666 & ~umask
+
+
+def create_temp(path: str | os.PathLike, tmp_suffix: str = ".tmp") -> tuple[int, Path]:
+    """(fd, name) of a new, empty, mode-0600 file NAME.<random><tmp_suffix> beside `path`, made with
+    O_EXCL (never an existing name, never through a symbolic link); two processes writing one file (two
+    `experiment` commands rewriting one results table) each rename their own whole file."""
+    path = Path(path)
+    _check_replaceable(path)  # before any work: never a temporary file beside /dev/null
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=tmp_suffix)
+    except NotADirectoryError:  # FILE/x.pt: no folder there to write into
+        _check_folders_above(path)  # which one, where it can tell
+        raise UserError(f"cannot write {printable(path)}: {printable(path.parent)} is not a folder") from None
+    return fd, Path(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Make the written temporary file durable and the new `path`: checked to be a regular file (the
+    writer's, not something swapped in), fsync'ed, given the ordinary mode, renamed over `path` (only
+    a file or a symbolic link: never a device or a FIFO), and the folder fsync'ed."""
+    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{printable(tmp)} is no longer the file being written; nothing was replaced")
+        os.fsync(fd)
+        os.fchmod(fd, new_file_mode())
+    finally:
+        os.close(fd)
+    _check_replaceable(path)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, tmp_suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path beside `path` for a writer that wants a file name (an exporter, a saver that
-    picks the format from the suffix); when the block ends it is fsync'ed and renamed over `path`."""
+    """The name of a new, empty temporary file beside `path` (create_temp, ending in `tmp_suffix` for a
+    writer that picks its format by suffix) for a writer that wants a name to overwrite (an exporter, a
+    compiler, a memory map); when the block ends it is fsync'ed and renamed over `path`."""
     path = Path(path)
-    tmp = _tmp_path(path, tmp_suffix)
+    fd, tmp = create_temp(path, tmp_suffix)
+    os.close(fd)
     try:
         yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", tmp_suffix: str = ".tmp",
                  **open_kwargs) -> Iterator[IO]:
-    """`open(path, mode)` that writes a temporary file and, when the block ends without an error,
-    fsyncs and renames it over `path`, then fsyncs the folder (atomic_path)."""
+    """`open(path, mode)` that writes a temporary file (create_temp) and, when the block ends without
+    an error, fsyncs and renames it over `path`, then fsyncs the folder. Ctrl-C and SIGTERM wait while
+    the block writes and act at its end (signals_held), so a writer that calls back into Python from
+    C (torch.save) is never cut in the middle (it reported that as a RuntimeError)."""
     if not mode.startswith("w"):
         raise ValueError(f"atomic_write writes a whole new file; mode {mode!r} is not a 'w' mode")
-    with atomic_path(path, tmp_suffix) as tmp, open(tmp, mode, **open_kwargs) as f:
-        yield f
+    path = Path(path)
+    fd, tmp = create_temp(path, tmp_suffix)
+    try:
+        with signals_held(), os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+        _publish(tmp, path)  # after a held Ctrl-C's KeyboardInterrupt, the new file is not published
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def signals_held(signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold `signals` while the block runs, then deliver them to the handlers that were there (whose
+    exception the caller's cleanup then sees); a default SIGTERM, which would kill the process with its
+    temporary file, as SystemExit(143). Only the main thread can hold signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                raise SystemExit(128 + sig)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -108,6 +183,84 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------
+# What an output path may be
+# ---------------------------------------------------------------------------------------------------
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFREG: "a file", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket"}
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _check_replaceable(path: Path) -> os.stat_result | None:
+    """The stat of what `path` names (through a link), None when nothing; a UserError unless a regular file:
+    a rename would put a file in place of a device (as root, --out /dev/full), a FIFO or a socket."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{printable(path)} is {_kind(st.st_mode)}, not a regular file: refusing to write "
+                        "there; give the name of a file")
+    return st
+
+
+def _check_folders_above(path: Path) -> None:
+    """The nearest existing folder above `path` must be a folder (--out FILE/x.pt: FILE is a file)."""
+    for parent in path.parents:
+        try:
+            kind = None if stat.S_ISDIR((st := os.stat(parent)).st_mode) else _kind(st.st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.islink(parent):
+                continue
+            kind = "a symbolic link to nothing"
+        if kind:
+            raise UserError(f"cannot write {printable(path)}: {printable(parent)} is {kind}, not a folder")
+        return
+
+
+def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
+                      what: str = "the output") -> Path:
+    """Refuse in one line (UserError), before any work, an output path that writing would misuse: one
+    under a file (FILE/x.pt), one naming anything but a regular file or a symbolic link to one (a
+    device, a FIFO, a socket, a folder), or a file among `inputs` (the same name, a symbolic link
+    either way, a hard link: the same device and inode), which the write would destroy."""
+    path = Path(path)
+    _check_folders_above(path)
+    st = _check_replaceable(path)
+    if st is None:
+        return path  # nothing there yet: no input can be lost
+    for source in inputs:
+        if source is None:
+            continue
+        try:
+            other = os.stat(source)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            same = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({printable(source)})"
+            raise UserError(f"{what} {printable(path)} is also an input of this command{same}: writing it "
+                            "would destroy it; give another file name")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Refuse in one line a folder to write into that is not one (a file, a device) or that sits under
+    a file (--out FILE/run); a folder not there yet is fine (it will be made). Returns it as a Path."""
+    path = Path(path)
+    _check_folders_above(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return path
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{printable(path)} is {_kind(st.st_mode)}, not a folder; give a folder to write into")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from alexnet.data.image import BadImage, encode_jpeg, load_image
-from alexnet.files import fsync_dir, fsync_file
+from alexnet.files import create_temp, fsync_dir, fsync_file, new_file_mode
 
 PR_SET_PDEATHSIG = 1
 
@@ -113,10 +113,15 @@ def npy_header_bytes(path: Path) -> int:
 def _write_shard(path: Path, blobs: list[bytes]) -> None:
     """Written whole under a temporary name and renamed; fsync'ed later by `sync_chunks`, before the
     progress record that lists it (a shard lost in a crash belongs to a chunk that is done again)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.writelines(blobs)
-    os.replace(tmp, path)
+    fd, tmp = create_temp(path)  # a new name, never one planted beforehand (alexnet.files)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.writelines(blobs)
+            os.fchmod(f.fileno(), new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def shard_path(work: str | os.PathLike, split: str, index: int) -> Path:

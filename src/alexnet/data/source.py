@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable  # noqa: F401 (printable: re-exported, its old home)
 
 CLASS_NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "words.txt")
 VAL_LABEL_FILES = ("LOC_val_solution.csv", "val_labels.txt", "val.txt", "ILSVRC2012_val_labels.txt")
@@ -36,11 +36,6 @@ def name_from_json(entry) -> str:
     if isinstance(entry, dict) and isinstance(entry.get("hex"), str):
         return os.fsdecode(bytes.fromhex(entry["hex"]))
     raise ValueError(f"a file name entry is {type(entry).__name__}, not a string or {{'hex': ...}}")
-
-
-def printable(name: str) -> str:
-    """A name for a terminal or a log: undecodable bytes shown as \\xNN."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
