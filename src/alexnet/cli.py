@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from alexnet.cli_args import build_parser  # noqa: F401 (part of this module's interface)
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 from alexnet.flags import setting_overrides
 
 
@@ -101,8 +101,8 @@ def print_prepare_report(report) -> None:
     for w in report.warnings:
         print(f"warning   {printable(w)}")
     counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
-    print(f"wrote {report.dst}: {counts} images in {report.seconds:.1f} s; "
-          f"{len(report.skipped)} skipped, {len(report.converted)} converted (listed in {report.dst}/prepare.log)")
+    print(f"wrote {printable(report.dst)}: {counts} images in {report.seconds:.1f} s; {len(report.skipped)} skipped, "
+          f"{len(report.converted)} converted (listed in {printable(report.dst)}/prepare.log)")
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
@@ -170,15 +170,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    import json
-
     from alexnet.evaluate import evaluate
+    from alexnet.files import write_json_atomic
 
     result = evaluate(args.checkpoints, args.data, args.split, args.crops, args.batch_size, args.device,
                       progress=not args.quiet)
     print_eval(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
 
 
@@ -240,13 +239,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for i, r in enumerate(results):
         if "error" in r:
             failed += 1
-            print(f"alexnet predict: cannot read {r['file']}: {r['error']}", file=sys.stderr, flush=True)
+            print(f"alexnet predict: cannot read {printable(r['file'])}: {printable(r['error'])}", file=sys.stderr)
         if args.json:
             print(("," if i else "") + json.dumps(r), flush=True)
         elif "error" not in r:
-            print(r["file"])
+            print(printable(r["file"]))
             for t in r["top"]:
-                print(f"  {t['probability']:6.1%}  {t['name']} ({t['wnid']})")
+                print(f"  {t['probability']:6.1%}  {printable(t['name'])} ({printable(t['wnid'])})")
             sys.stdout.flush()
     if args.json:
         print("]")
@@ -262,21 +261,20 @@ def _cmd_features(args: argparse.Namespace) -> None:
 
 
 def _cmd_neighbors(args: argparse.Namespace) -> None:
-    import json
-
     from alexnet.analysis.search import find_neighbours
+    from alexnet.files import write_json_atomic
 
     r = find_neighbours(args.database, args.queries, args.k, args.query_index, args.num_queries, args.codes,
                         args.code_sample, args.device, progress=not args.quiet,
                         log=lambda message: print(message, file=sys.stderr, flush=True))
     print(f"{len(r['rows'])} queries, {r['k']} nearest of {r['database_rows']} by {r['how']}:")
     for e in r["rows"]:
-        print(f"query {e['query']}" + (f" ({e['file']})" if "file" in e else "") + ": " +
+        print(f"query {e['query']}" + (f" ({printable(e['file'])})" if "file" in e else "") + ": " +
               ", ".join(f"{j} ({x:.3g})" for j, x in zip(e["neighbours"], e["distances"])))
     if r["precision"] is not None:
         print(f"neighbours with the query's label: {r['precision']:.1%}")
     if args.json:
-        Path(args.json).write_text(json.dumps(r["rows"], indent=1) + "\n")
+        write_json_atomic(args.json, r["rows"])
         print(f"wrote {args.json}")
 
 
@@ -392,14 +390,16 @@ def main(argv: list[str] | None = None, started=None) -> int:
     if threads is None and args.command in NO_TORCH_COMPUTE:  # no probe of the load for a count unused
         threads = fixed_thread_count() or usable_cores()
     args.threads = configure_process(threads, started=started)  # before torch is imported (alexnet.machine)
+    from alexnet.cli_guard import guarded
     try:
-        code = COMMANDS[args.command](args)
+        with guarded(args):  # outputs checked first; SIGTERM raises like Ctrl-C, so temporaries are removed
+            code = COMMANDS[args.command](args)
     except UserError as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"alexnet {args.command}: error: {printable(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cli_guard.Terminated: 143)
+        print(f"alexnet {args.command}: {getattr(e, 'said', 'interrupted')}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     return code or 0
 
 
