@@ -9,7 +9,8 @@ pickle may declare a storage of any size. So, in this order:
    A compressed entry is refused before it is inflated (what it would inflate to is the file's word);
    the stored entries must add up to at most the file's own size and to at most MAX_BYTES. Files in
    torch's older formats (a pickle stream, a tar) allocate what they declare before reading it, so they
-   are refused too; torchvision's alexnet-owt-7be5be79.pth and every checkpoint of this project are zips.
+   are refused too: every checkpoint of this project is a zip, and an older .pth becomes one when a
+   current torch loads and saves it again.
 2. the load, memory-mapped (`mmap=True`): each storage is a slice of the mapped file, never a
    buffer of the size the pickle declares, and torch refuses a tensor that runs past its storage.
 3. the tensors: dense (no sparse, quantized or nested ones), with values (not on the meta device),
