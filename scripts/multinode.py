@@ -154,7 +154,7 @@ def compare(two: Path, one: Path, rtol: float = 1e-4, atol: float = 1e-6) -> dic
 
 def common_args(store: Path, steps: int) -> list[str]:
     return ["--data", str(store), "--variant", "tiny", "--epochs", "1", "--batch-size", "16",
-            "--max-steps", str(steps), "--set", "model.dropout=0", "--device", "cpu", "--quiet"]
+            "--max-steps", str(steps), "--set", "model.dropout=0", "--device", "cpu", "--amp", "off", "--quiet"]
 
 
 def prove(work: Path, steps: int, rendezvous: str, timeout: float) -> dict:

@@ -62,7 +62,7 @@ def test_training_with_model_parallel_matches_one_device(demo_store, tmp_path):
 
     def config(mp):
         return resolve({"variant": "tiny", "model": {"dropout": 0.0},
-                        "train": {"epochs": 1, "batch_size": 32, "max_steps": 5, "model_parallel": mp,
+                        "train": {"epochs": 1, "batch_size": 32, "max_steps": 5, "model_parallel": mp, "amp": "off",
                                   "device": "cpu"}})
 
     fit(config(1), demo_store, tmp_path / "one", progress=False, echo=False)
@@ -74,7 +74,7 @@ def test_training_with_model_parallel_matches_one_device(demo_store, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     model_from_checkpoint(load_checkpoint(tmp_path / "two" / "last.pt"))  # the usual single-device format
     fit(resolve({"variant": "tiny", "model": {"dropout": 0.0},
-                 "train": {"epochs": 1, "batch_size": 32, "model_parallel": 2, "device": "cpu"}}),
+                 "train": {"epochs": 1, "batch_size": 32, "model_parallel": 2, "device": "cpu", "amp": "off"}}),
         None, tmp_path / "two", resume=True, progress=False, echo=False)
 
 

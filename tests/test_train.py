@@ -165,7 +165,7 @@ from alexnet.config import resolve
 from alexnet.run import fit
 out = sys.argv[1]
 config = resolve({{"variant": "tiny", "model": {{"dropout": 0.0}},
-                  "train": {{"epochs": 1, "batch_size": 32, "max_steps": 6, "device": "cpu"}}}})
+                  "train": {{"epochs": 1, "batch_size": 32, "max_steps": 6, "device": "cpu", "amp": "off"}}}})
 fit(config, {store!r}, out, progress=False, echo=False)
 rank = torch.distributed.get_rank()
 torch.save({{k: v.clone() for k, v in torch.load(out + "/last.pt", weights_only=True)["model"].items()}}, out + f"/rank{{rank}}.pt")
@@ -183,7 +183,7 @@ def test_two_processes_under_torchrun_stay_in_sync_and_match_one(demo_store, tmp
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt")
     assert_same_weights(rank0, rank1)
     config = resolve({"variant": "tiny", "model": {"dropout": 0.0},
-                      "train": {"epochs": 1, "batch_size": 32, "max_steps": 6, "device": "cpu"}})
+                      "train": {"epochs": 1, "batch_size": 32, "max_steps": 6, "device": "cpu", "amp": "off"}})
     fit(config, demo_store, tmp_path / "single", progress=False, echo=False)
     single = weights(tmp_path / "single" / "last.pt")
     for k in single:

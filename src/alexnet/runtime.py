@@ -63,12 +63,14 @@ FAST_BF16_SWITCH = "ALEXNET_CPU_FAST_BF16"
 
 
 def cpu_bf16_is_default(flags: Iterable[str] | None = None, environ: dict | None = None) -> bool:
-    """Whether "auto" means bf16 on this CPU: FAST_BF16_SWITCH where set, else `cpu_has_fast_bf16` of
-    `flags` (this machine's by default)."""
+    """Whether "auto" means bf16 on a CPU with these `flags`; for this machine (flags None),
+    FAST_BF16_SWITCH where set, else `cpu_has_fast_bf16` of its own flags."""
+    if flags is not None:
+        return cpu_has_fast_bf16(flags)
     forced = (os.environ if environ is None else environ).get(FAST_BF16_SWITCH, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    return cpu_has_fast_bf16(cpu_flags() if flags is None else flags)
+    return cpu_has_fast_bf16(cpu_flags())
 
 
 def use_bf16_autocast(amp: str, device: torch.device, flags: Iterable[str] | None = None,
