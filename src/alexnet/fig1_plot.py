@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.analysis.figures import new_figure, save_figure
+from alexnet.analysis.figures import drawable, new_figure, save_figure
 
 STYLE = {"relu": ("-", "black"), "tanh": ("--", "tab:blue")}  # Fig. 1: ReLU solid, tanh dashed
 
@@ -43,7 +43,7 @@ def save_fig1(result: dict, path: Path) -> Path:
     ax.set_xlabel("epochs")
     ax.set_ylabel(f"training error rate (running mean of {result['runs']['relu'][0]['window']} batches)"
                   if result["runs"]["relu"] else "training error rate")
-    ax.set_title(f"Fig. 1: four-layer CNN on {Path(result['data']).name}, "
+    ax.set_title(f"Fig. 1: four-layer CNN on {drawable(Path(result['data']).name)}, "
                  f"{len(result['runs']['relu'])} seed(s)")
     ax.text(0.98, 0.97, f"epochs to {result['target']:.0%}: tanh / ReLU =\n{ratio_text(result['ratio'])}",
             transform=ax.transAxes, ha="right", va="top", fontsize=9,

@@ -81,12 +81,34 @@ class MetricsLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_files()
         self.writer = None
+        self._folder_fd: int | None = None
         writer_class = _summary_writer_class() if tensorboard else None
-        if writer_class is not None:
+        logdir = self._logdir() if writer_class is not None else None
+        if logdir is not None:
             # Steps are logged at the count of optimizer steps done, so a checkpoint at `global_step`
             # holds steps 1..global_step: events an earlier session logged after it are hidden (this
             # session repeats them); a fresh run hides those of a run killed before its first checkpoint.
-            self.writer = writer_class(str(self.run_dir / TENSORBOARD_DIR), purge_step=global_step + 1)
+            self.writer = writer_class(logdir, purge_step=global_step + 1)
+
+    def _logdir(self) -> str | None:
+        """RUN/tensorboard as a name TensorBoard can take. It encodes its paths as UTF-8, which a folder
+        named with other bytes (b"\\xff", kept by Python as a lone surrogate) is not: that folder is
+        then reached through this process's open handle on it (/proc/self/fd/N), or, where there is no
+        /proc, not logged to TensorBoard (the metrics files are written all the same)."""
+        folder = self.run_dir / TENSORBOARD_DIR
+        try:
+            str(folder).encode("utf-8")
+            return str(folder)
+        except UnicodeEncodeError:
+            pass
+        folder.mkdir(exist_ok=True)
+        self._folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        alias = f"/proc/self/fd/{self._folder_fd}"
+        if os.path.isdir(alias):
+            return alias
+        os.close(self._folder_fd)
+        self._folder_fd = None
+        return None
 
     @property
     def tensorboard_dir(self) -> Path | None:
@@ -124,6 +146,9 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self._folder_fd is not None:
+            os.close(self._folder_fd)
+            self._folder_fd = None
 
     def __enter__(self) -> MetricsLog:
         return self

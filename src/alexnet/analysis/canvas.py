@@ -2,8 +2,9 @@
 pyplot's backend), PNGs written whole or not at all, and text from data drawn as text.
 
 `PLAIN` turns off mathtext and LaTeX on the artists whose strings come from data (class names, store
-and run names), so a synset name with `$` or `_` prints as written; `wrap_name` wraps a name onto
-more lines instead of cutting it."""
+and run names), so a synset name with `$` or `_` prints as written; `drawable` gives such a string
+the \\xNN of the bytes of a name that is not UTF-8 (a class folder b"\\xff"), which the font
+renderer refuses; `wrap_name` makes a name drawable and wraps it onto more lines instead of cutting it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import textwrap
 from pathlib import Path
 
+from alexnet.errors import utf8_text
 from alexnet.files import atomic_write
 
 # keyword arguments for every text artist whose string comes from data, not from this code
@@ -66,7 +68,13 @@ def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
 pyplot, save_figure = _pyplot, _save  # public: the figure modules and the experiment layer (alexnet/fig1.py)
 
 
+def drawable(text) -> str:
+    """`text` as a string matplotlib can draw: undecodable bytes of a file name as \\xNN."""
+    return utf8_text(str(text))
+
+
 def wrap_name(name: str, width: int) -> str:
     """A class name on lines of at most `width` characters where it has spaces (a longer word stays
-    whole): wrapped, never cut."""
-    return "\n".join(textwrap.wrap(str(name), width, break_long_words=False, break_on_hyphens=False)) or str(name)
+    whole): wrapped, never cut; drawable."""
+    name = drawable(name)
+    return "\n".join(textwrap.wrap(name, width, break_long_words=False, break_on_hyphens=False)) or name

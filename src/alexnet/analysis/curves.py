@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.analysis.canvas import PLAIN, new_figure, save_figure
+from alexnet.analysis.canvas import PLAIN, drawable, new_figure, save_figure
 
 
 def lr_drops(history: list[dict]) -> list[tuple[float, float]]:
@@ -113,7 +113,7 @@ def curves_figure(history: list[dict], title: str = ""):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title, **PLAIN)
+        fig.suptitle(drawable(title), **PLAIN)
     fig.tight_layout()
     return fig
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.analysis.canvas import PLAIN, new_figure, png_bytes, pyplot, save_figure, wrap_name
+from alexnet.analysis.canvas import PLAIN, drawable, new_figure, png_bytes, pyplot, save_figure, wrap_name
 from alexnet.analysis.curves import curves_figure, lr_drops, percent_ticks, plot_curves, run_title
 
-__all__ = ["PLAIN", "new_figure", "png_bytes", "pyplot", "save_figure", "wrap_name", "curves_figure", "lr_drops",
-           "percent_ticks", "plot_curves", "run_title", "scale_kernels", "kernel_blocks", "kernel_mosaic",
+__all__ = ["PLAIN", "drawable", "new_figure", "png_bytes", "pyplot", "save_figure", "wrap_name", "curves_figure",
+           "lr_drops", "percent_ticks", "plot_curves", "run_title", "scale_kernels", "kernel_blocks", "kernel_mosaic",
            "kernel_figure", "save_kernel_mosaic", "top5_figure", "save_top5_figure", "neighbours_figure",
            "save_neighbours_figure"]
 
@@ -90,7 +90,7 @@ def kernel_figure(weight, towers: int = 2, title: str = "", scale: str = "shared
     fig, _ = new_figure(figsize=(width / dpi, height / dpi))
     fig.set_dpi(dpi)
     if title:
-        fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=11, **PLAIN)
+        fig.text(0.5, 1 - 8 / height, drawable(title), ha="center", va="top", fontsize=11, **PLAIN)
     top = title_h + pad  # pixels from the top of the figure
     for t, block in enumerate(blocks):
         fig.text(pad / width, 1 - (top + label_h - 6) / height, tower_label(t, towers, k // towers),
@@ -174,8 +174,8 @@ def top5_figure(images, probs, labels, class_names: list[str], columns: int = 4,
         if wrong[j]:
             ax_img.set_title("top-1 guess wrong", fontsize=9, color="tab:orange", pad=3)
         _five_bars(ax_bar, probs[j], labels[j], class_names)
-    fig.suptitle(title or f"Top-5 predictions (§6.1, Fig. 4 left): {int(wrong.sum())} of {n} are top-1 mistakes\n"
-                 "the correct label is under each image; its bar is red when it is among the five",
+    fig.suptitle(drawable(title) or f"Top-5 predictions (§6.1, Fig. 4 left): {int(wrong.sum())} of {n} are top-1 "
+                 "mistakes\nthe correct label is under each image; its bar is red when it is among the five",
                  fontsize=11, **PLAIN)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / ((image_h + panel) * rows + 0.7)))
     return fig
@@ -208,7 +208,8 @@ def neighbours_figure(queries, neighbours, query_titles=None, neighbour_titles=N
                 for side in ax.spines.values():
                     side.set_edgecolor("tab:red")
                     side.set_linewidth(2.5)
-    fig.suptitle(title or "Nearest training images in fc7 space (§6.1, Fig. 4 right); first column: the query",
+    fig.suptitle(drawable(title) or "Nearest training images in fc7 space (§6.1, Fig. 4 right); first column: the "
+                 "query",
                  fontsize=10, **PLAIN)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (row_h * q + 0.5)), h_pad=1.6)
     return fig

@@ -4,8 +4,11 @@ The page holds the run's config, its training curves, a per-class error table so
 confusion matrix, top-5 predictions (Fig. 4 left), nearest neighbours in fc7 space (Fig. 4 right) and
 conv1's kernels (Fig. 3). Figures are embedded as PNG data URIs and the style is inline: no script, no
 server, no network. Every string that comes from data (class names, paths, config values) is
-HTML-escaped, so it shows as the text it is. A piece that cannot be made (no val split, no metrics yet,
-no checkpoint) is said in its section; only a folder that is not a run is an error.
+HTML-escaped, so it shows as the text it is, and a name that is not UTF-8 shows its odd bytes as \\xNN.
+A piece that cannot be made (no val split, no metrics yet, no checkpoint) is said in its section; only
+a folder that is not a run is an error. The run's own files are read only when they are plain files of
+the run folder (alexnet.analysis.run_files: a symbolic link planted there is not followed); one that
+is not is said in its section and on stderr.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from alexnet.analysis import report_sections as sections
 from alexnet.analysis.report_sections import RunData, esc
+from alexnet.analysis.run_files import NotReadHere, open_run_file, read_run_file
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from alexnet.evaluate import error_rates, predict_probabilities
-from alexnet.files import write_text_atomic
+from alexnet.files import write_bytes_atomic
 from alexnet.runtime import resolve_device
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")
@@ -43,26 +48,41 @@ def run_folder(run_dir: str | os.PathLike) -> Path:
     return run
 
 
+def _run_file(d: RunData, name: str, key: str) -> bytes | None:
+    """RUN/name's bytes, or None: missing (no note), or not a plain file of the run (a note under `key`
+    and in `d.refused`)."""
+    try:
+        return read_run_file(d.run, name)[0]
+    except FileNotFoundError:
+        return None
+    except NotReadHere as e:
+        d.refused.append(str(e))
+        d.notes[key] = str(e)
+    except OSError as e:
+        d.notes[key] = f"{name} cannot be read: {e.strerror or e}"
+    return None
+
+
 def _read_config(d: RunData) -> None:
-    path = d.run / "config.toml"
-    if not path.is_file():
-        d.notes["config"] = f"{path.name} is missing from the run folder."
+    data = _run_file(d, "config.toml", "config")
+    if data is None:
+        d.notes.setdefault("config", "config.toml is missing from the run folder.")
         return
     try:
-        d.config_text = path.read_text(encoding="utf-8")
+        d.config_text = data.decode("utf-8")
         d.config = tomllib.loads(d.config_text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         d.config = None
-        d.notes["config"] = f"{path.name} cannot be read: {e}"
+        d.notes["config"] = f"config.toml cannot be read: {e}"
 
 
 def _read_history(d: RunData) -> None:
-    path = d.run / "metrics.jsonl"
-    if not path.is_file():
-        d.notes["curves"] = "No metrics yet: the run has not finished an epoch (metrics.jsonl is missing)."
+    data = _run_file(d, "metrics.jsonl", "curves")
+    if data is None:
+        d.notes.setdefault("curves", "No metrics yet: the run has not finished an epoch (metrics.jsonl is missing).")
         return
     bad = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:
@@ -77,13 +97,32 @@ def _read_history(d: RunData) -> None:
 
 
 def _load_model(d: RunData) -> None:
-    try:
-        d.payload = load_checkpoint(d.run)
-        d.model_config = checkpoint_config(d.payload)
-        d.model = model_from_checkpoint(d.payload)
-    except UserError as e:
-        d.payload = d.model = None
-        d.notes["model"] = str(e)
+    """best.pt, else last.pt, each read only as a plain file of the run (through its open descriptor,
+    so the file checked is the file read)."""
+    for name in ("best.pt", "last.pt"):
+        try:
+            fd = open_run_file(d.run, name)
+        except FileNotFoundError:
+            continue
+        except (NotReadHere, OSError) as e:
+            d.refused += [str(e)] if isinstance(e, NotReadHere) else []
+            d.notes["model"] = str(e) if isinstance(e, NotReadHere) else f"{name}: {e.strerror or e}"
+            continue
+        alias = f"/proc/self/fd/{fd}"
+        try:
+            d.payload = load_checkpoint(alias if os.path.exists(alias) else d.run / name)
+            d.payload["path"] = str(d.run / name)
+            d.model_config = checkpoint_config(d.payload)
+            d.model = model_from_checkpoint(d.payload)
+            d.notes.pop("model", None)
+            return
+        except UserError as e:
+            d.payload = d.model = None
+            d.notes["model"] = str(e).replace(alias, str(d.run / name))
+            return
+        finally:
+            os.close(fd)
+    d.notes.setdefault("model", f"{d.run} holds no checkpoint (best.pt or last.pt)")
 
 
 def _open_stores(d: RunData, data: str | os.PathLike | None) -> None:
@@ -182,10 +221,11 @@ def render_page(title: str, subtitle: str, parts: list[tuple[str, str, str]]) ->
 
 def write_run_report(run_dir: str | os.PathLike, out_html: str | os.PathLike | None = None,
                      data: str | os.PathLike | None = None, device: str = "cpu", max_classes: int = 100,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Write the run's report page (default RUN/report.html) and return its path. `data` overrides the
     store the checkpoint names; the confusion matrix shows all classes up to `max_classes`, else the
-    `max_classes` with the highest error."""
+    `max_classes` with the highest error. `log` hears of each file of the run left unread (default: a
+    line on stderr)."""
     if max_classes < 2:
         raise UserError(f"--max-classes must be at least 2, got {max_classes}")
     d = gather(run_dir, data, device, progress)
@@ -200,5 +240,8 @@ def write_run_report(run_dir: str | os.PathLike, out_html: str | os.PathLike | N
             bar.set_postfix_str(heading)
             parts.append((key, heading, builder(d, max_classes)))
     where = d.run.resolve()
-    write_text_atomic(out, render_page(f"Run report: {where.parent.name}/{where.name}", sections.run_title(d), parts))
+    page = render_page(f"Run report: {where.parent.name}/{where.name}", sections.run_title(d), parts)
+    write_bytes_atomic(out, page.encode("utf-8", "backslashreplace"))  # esc made it UTF-8; this is a belt
+    for note in dict.fromkeys(d.refused):
+        (log or (lambda m: print(f"note: {m}", file=sys.stderr)))(f"{sections.shown(d.run)}: {note}")
     return out

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from alexnet.analysis.canvas import PLAIN, new_figure, png_bytes
+from alexnet.analysis.canvas import PLAIN, drawable, new_figure, png_bytes
 from alexnet.analysis.curves import curves_figure, lr_drops, percent_ticks
 
 __all__ = ["confusion_matrix", "confusion_png", "curves_png", "lr_drops", "percent_ticks"]
@@ -43,7 +43,7 @@ def confusion_png(counts: np.ndarray, names: list[str], labels: list[int], title
     fig, ax = new_figure(figsize=(side + 1.2, side), nrows=1, ncols=1)
     image = ax.imshow(shares, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
     if labelled:
-        shown = [n if len(n) <= 28 else n[:27] + "…" for n in names]  # a matrix axis has no room for wrapping
+        shown = [n if len(n) <= 28 else n[:27] + "…" for n in map(drawable, names)]  # no room for wrapping
         ax.set_xticks(range(c), shown, rotation=90, fontsize=8, **PLAIN)
         ax.set_yticks(range(c), shown, fontsize=8, **PLAIN)
         if c <= 15:
@@ -59,7 +59,7 @@ def confusion_png(counts: np.ndarray, names: list[str], labels: list[int], title
         ax.set_yticks(ticks, [str(labels[t]) for t in ticks], fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=10, **PLAIN)
+    ax.set_title(drawable(title), fontsize=10, **PLAIN)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="share of the true class's images")
     fig.tight_layout()
     return png_bytes(fig)

@@ -1,8 +1,10 @@
 """The run report's page: its data (`RunData`), one builder per section, and the HTML around them.
 
 Every builder takes the gathered `RunData` and returns the section's body as HTML; a piece it cannot
-make is said in the section (`missing`). Strings from data only reach the page through `esc`, and
-matplotlib as plain text (`alexnet.analysis.figures.PLAIN`).
+make is said in the section (`missing`). Strings from data only reach the page through `esc` (names
+that are not UTF-8 with their bytes as \\xNN), and matplotlib as plain text
+(`alexnet.analysis.figures.PLAIN`). Files of the run folder are read through
+`alexnet.analysis.run_files` (no symbolic link followed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from alexnet.analysis.figures import save_kernel_mosaic, save_neighbours_figure,
 from alexnet.analysis.neighbours import nearest_neighbours
 from alexnet.analysis.report import example_indices, spread_sample
 from alexnet.analysis.report_figures import confusion_matrix, confusion_png, curves_png, lr_drops
+from alexnet.analysis.run_files import NotReadHere, read_run_file
+from alexnet.errors import printable, utf8_text
 from alexnet.evaluate import store_outputs
 
 @dataclass
@@ -42,12 +46,19 @@ class RunData:
     device: Any = None
     notes: dict[str, str] = field(default_factory=dict)
     progress: bool = False  # progress bars for the slow pieces (on stderr)
+    refused: list[str] = field(default_factory=list)  # files of the run not read (run_files), and why
 
 
 
 def esc(value: Any) -> str:
-    """Any value as HTML text: it shows as itself, never as markup."""
-    return html.escape(str(value), quote=True)
+    """Any value as HTML text: it shows as itself, never as markup; the bytes of a name that is not
+    UTF-8 as \\xNN (the page is UTF-8)."""
+    return html.escape(utf8_text(str(value)), quote=True)
+
+
+def shown(path: Any) -> str:
+    """A path for a line on the terminal (alexnet.errors.printable)."""
+    return printable(str(path))
 
 
 def image_tag(png: bytes, alt: str) -> str:
@@ -114,7 +125,8 @@ def _summary(d: RunData, max_classes: int) -> str:
                          f"on {d.rates['n']} validation images of {len(d.val.classes)} classes")])
     said = {"model": "No trained weights", "store": "No store", "val": "No evaluation"}
     notes = "".join(missing(f"{said[k]}: {d.notes[k]}.") for k in said if k in d.notes)
-    return table(None, rows) + notes
+    refused = "".join(missing(f"Not read: {why}.") for why in dict.fromkeys(d.refused))
+    return table(None, rows) + notes + refused
 
 
 def _value(v: Any) -> str:
@@ -252,15 +264,32 @@ def _top5(d: RunData, max_classes: int) -> str:
 NEIGHBOUR_DATABASE = 2000  # training images searched: a few seconds on a CPU; `alexnet figures` searches all
 
 
+def _made_neighbours(d: RunData) -> tuple[bytes | None, str]:
+    """RUN/figures/neighbours.png when `alexnet figures` drew it after the checkpoint was written and it
+    is a PNG, a plain file of the run (run_files); else None and what is wrong with it (or "")."""
+    try:
+        png, st = read_run_file(d.run, "figures/neighbours.png")
+    except FileNotFoundError:
+        return None, ""
+    except (NotReadHere, OSError) as e:
+        d.refused += [str(e)] if isinstance(e, NotReadHere) else []
+        return None, str(e)
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None, "figures/neighbours.png is not a PNG image; not shown"
+    return (png if st.st_mtime >= Path(d.payload["path"]).stat().st_mtime else None), ""
+
+
 def _neighbours(d: RunData, max_classes: int) -> str:
     made = d.run / "figures" / "neighbours.png"
-    if d.payload is not None and made.is_file() and made.stat().st_mtime >= Path(d.payload["path"]).stat().st_mtime:
-        return (image_tag(made.read_bytes(), "nearest neighbours") + f'<p class="caption">From '
+    png, why = _made_neighbours(d) if d.payload is not None else (None, "")
+    note = missing(why + ".") if why else ""
+    if png is not None:
+        return (image_tag(png, "nearest neighbours") + f'<p class="caption">From '
                 f"{esc(made)} (written by “alexnet figures”): each query image and its nearest training images "
                 f"in fc7 space (§6.1, Fig. 4 right).</p>")
     if d.payload is None or d.val is None or d.train is None:
-        return missing(f"Needs the trained net and the store's train and val splits, not possible here: "
-                       f"{reason(d, 'model', 'store', 'val', 'train')}.")
+        return note + missing(f"Needs the trained net and the store's train and val splits, not possible here: "
+                              f"{reason(d, 'model', 'store', 'val', 'train')}.")
     database = np.sort(spread_sample(d.train.labels, NEIGHBOUR_DATABASE, seed=0))
     queries = spread_sample(d.val.labels, 5, seed=1)
     data_config = d.model_config.data
@@ -275,7 +304,7 @@ def _neighbours(d: RunData, max_classes: int) -> str:
         d.val.get_batch(queries), [d.train.get_batch(r) for r in rows], path,
         query_titles=[names[d.val.labels[q]] for q in queries],
         neighbour_titles=[[names[d.train.labels[j]] for j in r] for r in rows]))
-    return (image_tag(png, "nearest neighbours") + '<p class="caption">First column (red frame): validation '
+    return (note + image_tag(png, "nearest neighbours") + '<p class="caption">First column (red frame): validation '
             "images; after each, the six training images whose last-hidden-layer (fc7) vectors are nearest in "
             "Euclidean distance (§6.1, Fig. 4 right), searched among "
             + (f"all {len(d.train)} training images.</p>" if len(database) == len(d.train) else

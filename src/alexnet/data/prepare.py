@@ -194,9 +194,9 @@ def convert(chunks: list[Chunk], state: Progress, settings: Settings, pool, work
             if time.time() - last_save >= CHECKPOINT_SECONDS:
                 _save(state, settings, unsynced)
                 last_save = time.time()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as alexnet.cli_guard.Terminated (a subclass): kept
         _save_quietly(state, settings, unsynced)
-        raise KeyboardInterrupt(f"prepare interrupted; run the same command again to continue ({work})") from None
+        raise type(e)(f"prepare interrupted; run the same command again to continue ({work})") from None
     except BrokenProcessPool:
         _save_quietly(state, settings, unsynced)
         raise UserError(f"a worker process died (out of memory?); run the same command again to continue, "
