@@ -269,3 +269,53 @@ def test_prepare_prints_class_folder_names_escaped(tree, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "class folder train/cat\\x1b[2J\\x1b]0;owned\\x07x is empty" in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files written straight into a shared folder, not through a temporary name
+# ---------------------------------------------------------------------------------------------------
+
+def _victim(tmp_path):
+    victim = tmp_path / "home" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("the victim's own file\n")
+    return victim
+
+
+def _planted(link, target):
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    if os.geteuid() == 0:
+        os.lchown(link, 2002, 2002)  # another user's link
+
+
+def test_demo_data_into_a_shared_folder_writes_through_no_planted_link(tmp_path, capsys):
+    victim = _victim(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    planted = [shared / "demo" / "train" / "n90000000" / "n90000000_0000.JPEG",
+               shared / "demo" / "val" / "n90000001" / "n90000001_0001.JPEG",
+               shared / "demo" / "LOC_synset_mapping.txt"]
+    for link in planted:
+        _planted(link, victim)
+    assert main(["demo-data", str(shared / "demo"), "--classes", "2", "--train-per-class", "2",
+                 "--val-per-class", "2", "--quiet"]) == 0
+    assert victim.read_text() == "the victim's own file\n"
+    assert all(p.is_file() and not p.is_symlink() for p in planted)  # the link replaced, its target untouched
+    assert not [p for p in (shared / "demo").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_experiment_results_are_not_appended_through_a_planted_link(tmp_path):
+    from alexnet.errors import UserError
+    from alexnet.experiments import _append_row
+
+    victim = _victim(tmp_path)
+    _planted(tmp_path / "results" / "results.jsonl", victim)
+    with pytest.raises(UserError, match="results.jsonl is a symbolic link, not followed"):
+        _append_row(tmp_path / "results", {"run": "x"})
+    os.unlink(tmp_path / "results" / "results.jsonl")
+    os.mkfifo(tmp_path / "results" / "results.jsonl")
+    with pytest.raises(UserError, match="results.jsonl is a FIFO, not a regular file"):
+        _append_row(tmp_path / "results", {"run": "x"})  # and not blocked on the FIFO
+    assert victim.read_text() == "the victim's own file\n"

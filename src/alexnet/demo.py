@@ -8,7 +8,6 @@ running it again is cheap (and an interrupted training resumes).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from alexnet.config import resolve
 from alexnet.data.demo import make_demo_data
 from alexnet.data.prepare import prepare
 from alexnet.evaluate import evaluate
+from alexnet.files import write_json_atomic
 from alexnet.run import fit
 
 DEMO_SIZE = 72  # store side: 64x64 patches of 72x72 images, as 224 of 256 (the ratio is 0.89 vs 0.875)
@@ -71,7 +71,7 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
     results = {}
     for views in (1, 10):
         r = evaluate([run / "best.pt"], store, "val", views, device=device, progress=progress)
-        (run / f"eval_{views}crop.json").write_text(json.dumps(r, indent=1) + "\n")
+        write_json_atomic(run / f"eval_{views}crop.json", r)
         results[views] = r
         label = "centre patch" if views == 1 else f"{r['patches']} patches"
         echo(f"{label}: top-1 error {r['top1_err']:.1%}, top-5 error {r['top5_err']:.1%} on {r['n']} images "

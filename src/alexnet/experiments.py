@@ -17,10 +17,12 @@ Fig. 1, on CIFAR-10 (alexnet/fig1.py).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -122,7 +124,17 @@ def _append_row(results: Path, row: dict) -> None:
     """Append the row and rewrite the table under an exclusive lock on results.jsonl: two commands
     that share a results folder (arms split over two processes) each leave a table with every row."""
     results.mkdir(parents=True, exist_ok=True)
-    with open(results / "results.jsonl", "a") as f:
+    path = results / "results.jsonl"  # appended to, never through a link planted there, nor into a FIFO
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        why = {errno.ELOOP: "is a symbolic link, not followed", errno.ENXIO: "is a FIFO, not a regular file"}.get(
+            e.errno, f"cannot be written ({e.strerror})")
+        raise UserError(f"{path} {why}: the results cannot be recorded there") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file: the results cannot be recorded there")
+    with os.fdopen(fd, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f closes
         f.write(json.dumps(row) + "\n")
         f.flush()

@@ -1,15 +1,13 @@
-"""Writing files so that a crash never leaves one half-written, nor another user of a shared folder
-a way in; and a lock on a folder being written.
+"""Writing files so that a crash never leaves one half-written, nor another user a way in; and a lock
+on a folder being written.
 
 Every file is written to a temporary name beside it, flushed and fsync'ed, then renamed over NAME and
-the folder fsync'ed: NAME is either the old file or the whole new one, even after a power cut. On an
-error, Ctrl-C or SIGTERM the temporary file is removed. It is created exclusively (mkstemp:
-NAME.<random>.tmp, O_EXCL, mode 0600, then 0666 less the umask on the rename): in a folder others can
-write (/tmp), a symbolic link planted at a predictable name (NAME.PID.tmp) had the write go to a file
-of their choosing. `check_output_path` refuses, before any work, an output that is not a file to
-replace (a device, a FIFO, a folder) or that is the command's own input. This module is the one place
-that does it (checkpoints, metrics, stores, figures, exports); it imports nothing of alexnet but its
-errors, so every layer may use it.
+the folder fsync'ed: NAME is the old file or the whole new one, even after a power cut. On an error,
+Ctrl-C or SIGTERM the temporary file is removed. It is created exclusively (mkstemp, O_EXCL, 0600):
+in a folder others write (/tmp), a link planted at a predictable NAME.PID.tmp had the write go to a
+file of their choosing. `check_output_path` refuses an output that is not a file to replace (a
+device, a FIFO, a folder) or is the command's own input. The one place that does it (checkpoints,
+metrics, stores, figures, exports): it imports only alexnet.errors, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -82,21 +80,23 @@ def create_temp(path: str | os.PathLike, tmp_suffix: str = ".tmp") -> tuple[int,
     return fd, Path(tmp)
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Make the written temporary file durable and the new `path`: checked to be a regular file (the
-    writer's, not something swapped in), fsync'ed, given the ordinary mode, renamed over `path` (only
-    a file or a symbolic link: never a device or a FIFO), and the folder fsync'ed."""
+def _publish(tmp: Path, path: Path, durable: bool = True) -> None:
+    """Make the written temporary file the new `path`: checked to be a regular file (the writer's, not
+    something swapped in), fsync'ed (`durable`), given the ordinary mode, renamed over `path` (only a
+    file or a symbolic link: never a device or a FIFO), and the folder fsync'ed (`durable`)."""
     fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UserError(f"{printable(tmp)} is no longer the file being written; nothing was replaced")
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         os.fchmod(fd, new_file_mode())
     finally:
         os.close(fd)
     _check_replaceable(path)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -116,10 +116,11 @@ def atomic_path(path: str | os.PathLike, tmp_suffix: str = ".tmp") -> Iterator[P
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", tmp_suffix: str = ".tmp",
+def atomic_write(path: str | os.PathLike, mode: str = "wb", tmp_suffix: str = ".tmp", durable: bool = True,
                  **open_kwargs) -> Iterator[IO]:
     """`open(path, mode)` that writes a temporary file (create_temp) and, when the block ends without
-    an error, fsyncs and renames it over `path`, then fsyncs the folder. Ctrl-C and SIGTERM wait while
+    an error, fsyncs and renames it over `path`, then fsyncs the folder (both only when `durable`: not
+    for files made again in a moment, such as generated demo images). Ctrl-C and SIGTERM wait while
     the block writes and act at its end (signals_held), so a writer that calls back into Python from
     C (torch.save) is never cut in the middle (it reported that as a RuntimeError)."""
     if not mode.startswith("w"):
@@ -129,7 +130,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", tmp_suffix: str = ".
     try:
         with signals_held(), os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
-        _publish(tmp, path)  # after a held Ctrl-C's KeyboardInterrupt, the new file is not published
+        _publish(tmp, path, durable)  # after a held Ctrl-C's KeyboardInterrupt, not published
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -137,9 +138,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", tmp_suffix: str = ".
 
 @contextlib.contextmanager
 def signals_held(signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
-    """Hold `signals` while the block runs, then deliver them to the handlers that were there (whose
-    exception the caller's cleanup then sees); a default SIGTERM, which would kill the process with its
-    temporary file, as SystemExit(143). Only the main thread can hold signals."""
+    """Hold `signals` while the block runs, then deliver them to the handlers that were there; a default
+    SIGTERM (which would kill the process, its temporary file left) as SystemExit(143). Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -158,14 +158,14 @@ def signals_held(signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> It
                 raise SystemExit(128 + sig)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_write(path) as f:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_write(path, durable=durable) as f:
         f.write(data)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) -> None:
     """UTF-8, line ends as given (newline="": a CSV's \\r\\n stays \\r\\n)."""
-    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+    with atomic_write(path, "w", durable=durable, encoding="utf-8", newline="") as f:
         f.write(text)
 
 

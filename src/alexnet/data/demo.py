@@ -29,6 +29,7 @@ from tqdm import tqdm
 from alexnet.data.cifar import write_cifar_batches
 from alexnet.data.image import resize_and_center_crop
 from alexnet.errors import UserError
+from alexnet.files import write_bytes_atomic, write_text_atomic
 
 CLASSES = ["disc", "square", "triangle", "ring", "cross", "horizontal stripes", "vertical stripes",
            "checkerboard", "diagonal stripes", "dots", "star", "hexagon", "crescent", "arrow",
@@ -225,10 +226,11 @@ def make_demo_data(root: str | os.PathLike, classes: int = 10, train_per_class: 
                 for i in range(n):
                     kind = next((o for c, o in odd if c == k and split == "train" and i == 0), "")
                     img = draw_example(k, rng, hard)
-                    (folder / f"{wnid(k)}_{i:04d}.JPEG").write_bytes(_encode(img, kind, rng))
+                    # a new file renamed into place: never written through a link planted in a shared folder
+                    write_bytes_atomic(folder / f"{wnid(k)}_{i:04d}.JPEG", _encode(img, kind, rng), durable=False)
                     bar.update()
     # written last: its presence says the tree is whole (`alexnet demo` skips generation when it is there)
-    (root / "LOC_synset_mapping.txt").write_text("".join(f"{wnid(k)} {class_name(k)}\n" for k in range(classes)))
+    write_text_atomic(root / "LOC_synset_mapping.txt", "".join(f"{wnid(k)} {class_name(k)}\n" for k in range(classes)))
     return root
 
 

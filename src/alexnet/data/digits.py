@@ -19,6 +19,7 @@ from PIL import Image
 
 from alexnet.data.cifar import write_cifar_batches
 from alexnet.errors import UserError
+from alexnet.files import write_bytes_atomic, write_text_atomic
 
 CLASSES = [str(d) for d in range(10)]
 MAX_VALUE = 16  # load_digits counts set pixels of a 4x4 block of the 32x32 bitmap: 0..16
@@ -79,8 +80,9 @@ def make_digits_tree(root: str | os.PathLike, val_fraction: float = 0.2, seed: i
             img = upscale(images[i], int(rng.integers(sides[0], sides[1] + 1)))
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=int(rng.integers(80, 96)))
-            (root / split / wnid(labels[i]) / f"{wnid(labels[i])}_{i:04d}.JPEG").write_bytes(buf.getvalue())
-    (root / "LOC_synset_mapping.txt").write_text("".join(f"{wnid(c)} digit {c}\n" for c in range(len(CLASSES))))
+            write_bytes_atomic(root / split / wnid(labels[i]) / f"{wnid(labels[i])}_{i:04d}.JPEG", buf.getvalue(),
+                               durable=False)  # a new file renamed into place, never through a planted link
+    write_text_atomic(root / "LOC_synset_mapping.txt", "".join(f"{wnid(c)} digit {c}\n" for c in range(len(CLASSES))))
     return root
 
 
