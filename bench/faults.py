@@ -3,7 +3,7 @@ and compare with an uninterrupted run, bit for bit. Apart from the unit tests (w
 once); this is the randomized, repeated version (issue 10).
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/faults.py [--rounds N] [--seed S]
-                                                        [--only train|prepare|writers|disk] [--no-tmpfs]
+                                                        [--only train|prepare|writers|disk|shared] [--no-tmpfs]
 
 train    SIGKILL / SIGINT / SIGTERM of `alexnet train` (the `tiny` net on a small demo store) at random
          moments and the instant a checkpoint's .tmp appears, up to three kills in a row; and, in a
@@ -20,6 +20,10 @@ writers  two prepares into one DST, two trains into one --out, two resumes of on
 disk     prepare and train on a small tmpfs filled to leave a random amount of space (real ENOSPC;
          where mounting is not allowed, or with --no-tmpfs, an ENOSPC raised at an exact call): one line,
          exit 2, the earlier checkpoint / the progress kept, then the same result once space is freed.
+shared   another user of a folder the commands write into (bench/faults_shared.py): symbolic links to a
+         victim's file planted at every predictable temporary name, a FIFO and /dev/null at the output,
+         the output naming an input (by name and by hard link), SIGINT/SIGTERM during a write there:
+         nothing outside written, nothing replaced, no temporary file left, one line and exit 2.
 
 Prints each fault and a summary (faults injected; survived = resumed to the identical result; data
 lost = a mismatch, a half-written file under its real name, a process or lock left behind; misbehaved
@@ -46,6 +50,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import faults_prepare  # noqa: E402
+import faults_shared  # noqa: E402
 import faults_train  # noqa: E402
 from common import environment  # noqa: E402
 from faults_lib import (PREPARE_SIZE, TRAIN_FLAGS, Tally, child, cli, run_proc, store_diff, tree_files,  # noqa: E402
@@ -229,11 +234,21 @@ def run_disk(ws, tally, rng, use_tmpfs: bool, n: int = 3) -> None:
         faults_prepare.exact_fault(ws, tally, p, f"prepare-enospc{i}", family="disk")
 
 
+def run_shared(ws, tally, rng, signals: int = 4) -> None:
+    ws.ref_run
+    print("shared", flush=True)
+    faults_shared.planted_links(ws, tally, "shared-links")
+    faults_shared.special_outputs(ws, tally, "shared-special")
+    faults_shared.output_is_input(ws, tally, "shared-same")
+    for i in range(signals):
+        faults_shared.signal_during_write(ws, tally, rng, f"shared-signal{i}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1, help="repeat every family this many times")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random moments (default: time)")
-    parser.add_argument("--only", choices=["train", "prepare", "writers", "disk"], action="append")
+    parser.add_argument("--only", choices=["train", "prepare", "writers", "disk", "shared"], action="append")
     parser.add_argument("--no-tmpfs", action="store_true", help="fill the disk by raising ENOSPC, not with tmpfs")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--out", default=str(HERE / "results" / "faults.jsonl"))
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     rng = random.Random(seed)
-    families = args.only or ["train", "prepare", "writers", "disk"]
+    families = args.only or ["train", "prepare", "writers", "disk", "shared"]
     tally = Tally()
     root = Path(tempfile.mkdtemp(prefix="alexnet-faults-"))
     ws = Workspace(root, tally)
@@ -262,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_prepare(ws, tally, rng)
                 elif fam == "writers":
                     run_writers(ws, tally, rng)
+                elif fam == "shared":
+                    run_shared(ws, tally, rng)
                 else:
                     run_disk(ws, tally, rng, not args.no_tmpfs)
     finally:

@@ -24,6 +24,7 @@ import errno
 import io
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -117,7 +118,8 @@ def train(arg: str) -> int:
             inj.inject(str(path))
 
     def torch_save(obj, f, *a, **k):
-        name = Path(getattr(f, "name", "?")).name
+        # PATH.<random>.tmp (alexnet.files.create_temp) as PATH.tmp: the same name in every run
+        name = re.sub(r"\.[^.]+\.tmp$", ".tmp", Path(str(getattr(f, "name", "?"))).name)
         if not inj.tick("torch.save", name):
             return real_torch_save(obj, f, *a, **k)
         buf = io.BytesIO()

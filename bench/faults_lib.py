@@ -114,7 +114,7 @@ def run_two(argvs: list[list[str]], stagger: float) -> list[tuple[str, str, int]
 def run_proc(argv: list[str], kill: tuple[str, float] | None = None, watch: Path | None = None,
              timeout: float = 300) -> Outcome:
     """Run `argv`; with `kill` = (signal name, seconds), send that signal after that delay (or, with
-    `watch`, as soon as that file appears, the delay being the give-up time)."""
+    `watch`, as soon as a file matching that glob appears, the delay being the give-up time)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(argv, env=child_env(), stdout=out, stderr=err, text=True)
@@ -123,7 +123,7 @@ def run_proc(argv: list[str], kill: tuple[str, float] | None = None, watch: Path
             sig, delay = kill
             while p.poll() is None:
                 now = time.perf_counter()
-                fire = watch.exists() if watch is not None else now - start >= delay
+                fire = any(watch.parent.glob(watch.name)) if watch is not None else now - start >= delay
                 if fire or now - start >= delay:
                     if fire and p.poll() is None:
                         if watch is None:  # aiming at a file's short life: no time for /proc
@@ -256,7 +256,7 @@ def whole_files_in_run(run: Path) -> list[str]:
 
 @dataclass
 class Fault:
-    family: str  # train, prepare, writers, disk
+    family: str  # train, prepare, writers, disk, shared
     kind: str  # what was done, e.g. "SIGKILL at 1.3 s", "os._exit before os.replace #7"
     lost: list[str] = field(default_factory=list)  # data: mismatch, half-written file, process or lock left
     misbehaved: list[str] = field(default_factory=list)  # exit code, not one line, traceback
@@ -283,7 +283,7 @@ class Tally:
 
     def summary(self) -> dict:
         out = {}
-        for fam in ("train", "prepare", "writers", "disk"):
+        for fam in ("train", "prepare", "writers", "disk", "shared"):
             fs = [f for f in self.faults if f.family == fam]
             if fs:
                 out[fam] = {"injected": len(fs), "survived": sum(not f.lost for f in fs),

@@ -93,7 +93,7 @@ def random_chain(ws, tally: Tally, rng: random.Random, name: str) -> None:
         what = "resume" if "--resume" in args else "new run"
         sig = rng.choice(["SIGKILL", "SIGINT", "SIGTERM"])
         if rng.random() < 0.35:
-            watch = out / rng.choice(["last.pt.tmp", "best.pt.tmp"])
+            watch = out / rng.choice(["last.pt.*.tmp", "best.pt.*.tmp"])  # mkstemp's name (alexnet.files)
             o = run_proc(cli(*args), kill=(sig, ws.t_train * 2), watch=watch)
             kind = f"{sig} as {watch.name} appears ({what})"
         else:

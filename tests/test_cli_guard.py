@@ -3,6 +3,7 @@ no command writes into a device or a FIFO, over its own input, or under a file; 
 leave no temporary file and exit 130 and 143; names reach the terminal escaped."""
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -142,7 +143,7 @@ def test_an_output_under_a_file_is_one_line_not_a_traceback(tmp_path, capsys, n)
 def test_figures_into_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "FILE").write_text("x")
     assert main(["figures", str(tmp_path / "m.pt"), "--out", str(tmp_path / "FILE")]) == 2
-    assert "FILE is a file, not a folder; give a folder to write into" in error_line(capsys, "figures")
+    assert "FILE is not a folder but a file; give a folder to write into" in error_line(capsys, "figures")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def test_predict_prints_file_and_class_names_escaped(tiny_run, tmp_path, capsys)
     captured = capsys.readouterr()
     for stream in (captured.out, captured.err):
         assert "\x1b" not in stream and "\x07" not in stream
-    assert "cat\\x1b[2J\\x1b]0;owned\\x07x" in captured.out and "(n0\\x1b[1A)" in captured.out
+    assert "cat\\x1b[2J\\x1b]0;owned\\x07x" in captured.out and re.search(r"\(n\d+\\x1b\[1A\)", captured.out)
     assert f"cannot read {tmp_path}/badcat\\x1b[2J" in captured.err
 
 
@@ -319,3 +320,18 @@ def test_experiment_results_are_not_appended_through_a_planted_link(tmp_path):
     with pytest.raises(UserError, match="results.jsonl is a FIFO, not a regular file"):
         _append_row(tmp_path / "results", {"run": "x"})  # and not blocked on the FIFO
     assert victim.read_text() == "the victim's own file\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the folder to another user")
+def test_prepare_does_not_resume_into_another_users_partial_store(tree, tmp_path, capsys):
+    victim = _victim(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    partial = shared / "store.partial"  # made first by another user, with a link where images.npy goes
+    (partial / "train").mkdir(parents=True)
+    _planted(partial / "train" / "images.npy", victim)
+    os.chown(partial, 2002, 2002)
+    assert main(["prepare", str(tree), str(shared / "store"), "--size", "32", "--quiet", "--workers", "1"]) == 2
+    assert f"{partial} is owned by uid 2002, not a partial store of yours" in error_line(capsys, "prepare")
+    assert victim.read_text() == "the victim's own file\n" and (partial / "train" / "images.npy").is_symlink()

@@ -242,7 +242,7 @@ def test_an_output_under_a_file_is_one_line(tmp_path):
             write_bytes_atomic(path, b"")  # mkstemp's NotADirectoryError, as one line
         with pytest.raises(UserError, match="is a file, not a folder"):
             check_output_folder(path)
-    with pytest.raises(UserError, match="is a file, not a folder; give a folder"):
+    with pytest.raises(UserError, match="is not a folder but a file; give a folder"):
         check_output_folder(tmp_path / "file")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(UserError, match="is a symbolic link to nothing"):

@@ -128,7 +128,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", tmp_suffix: str = ".
     path = Path(path)
     fd, tmp = create_temp(path, tmp_suffix)
     try:
-        with signals_held(), os.fdopen(fd, mode, **open_kwargs) as f:
+        with signals_held(), open(tmp, mode, opener=lambda *_: fd, **open_kwargs) as f:  # f.name: tmp
             yield f
         _publish(tmp, path, durable)  # after a held Ctrl-C's KeyboardInterrupt, not published
     except BaseException:
@@ -259,7 +259,7 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     except (FileNotFoundError, NotADirectoryError):
         return path
     if not stat.S_ISDIR(st.st_mode):
-        raise UserError(f"{printable(path)} is {_kind(st.st_mode)}, not a folder; give a folder to write into")
+        raise UserError(f"{printable(path)} is not a folder but {_kind(st.st_mode)}; give a folder to write into")
     return path
 
 

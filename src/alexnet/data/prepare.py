@@ -151,7 +151,12 @@ def _read_json(path: Path) -> dict:
 
 def _resume_or_start(work: Path, source: Source, settings: Settings, key: str, src: Path) -> Progress | None:
     """The progress of an interrupted run of this plan, a fresh partial store, or None when the partial
-    store is already finalised and only waits to be renamed."""
+    store is already finalised and only waits to be renamed. Only a partial store of this user's own
+    is resumed: another user's DST.partial in a shared folder could hold links that the writes follow."""
+    if os.path.lexists(work) and (work.is_symlink() or os.lstat(work).st_uid != os.geteuid()):
+        whose = "a symbolic link" if work.is_symlink() else f"owned by uid {os.lstat(work).st_uid}"
+        raise UserError(f"{work} is {whose}, not a partial store of yours: prepare will not write into it; "
+                        "delete it or choose another DST")
     if work.exists():
         meta, plan = _read_json(work / "meta.json"), _read_json(work / "plan.json")
         if meta.get("plan") == key:
