@@ -1,7 +1,6 @@
 """LRN (§3.3) forward+backward: torch.nn.LocalResponseNorm vs this package's, at the paper's shapes.
 
     python bench/lrn.py [--batch 64] [--layout cl|nchw] [--dtypes float32,bfloat16] [--rounds 7] [--compile]
-                        [--chunks 0.5,1,2] [--band-block 128]
 
 torch's module is given alpha*n (it divides alpha by n) so all compute the paper's formula, within
 towers for ours (groups=2, as the paper net's norm1 and norm2). "autograd formula" is the formula
@@ -9,13 +8,8 @@ with shifted adds over the channels and torch.pow, differentiated by autograd: w
 backward, the band-matrix window sum and exp(-beta log s) replace. The implementations run in turn,
 `--rounds` times (A B C C B A ...); each row gives the median time and the median of the per-round
 speed-ups over the autograd formula, so load from other processes hits all alike. `--compile` adds
-this package's LRN through torch.compile (inductor fuses its elementwise passes). "alexnet
-local_response_norm" is what the net runs: on the CPU in channels_last, float32 or bf16, the fused C
-kernel (alexnet/lrn_native.py) where it is built; "alexnet, torch operations" the same layer as
-torch operations, as it runs elsewhere; "one chunk, whole band" the torch operations without their
-two CPU refinements (chunks sized for the L2 cache, band products limited to the maps a window
-reaches); `--chunks` adds a row per chunk size (MB per thread) and `--band-block` sets the band
-products' width for all rows.
+this package's LRN through torch.compile (inductor fuses its elementwise passes); "alexnet
+local_response_norm" is what the net runs eagerly.
 """
 
 from __future__ import annotations
@@ -32,7 +26,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(__file__))
 from common import report, sync  # noqa: E402
 
-from alexnet import lrn, lrn_native  # noqa: E402
+from alexnet import lrn  # noqa: E402
 from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
@@ -45,24 +39,6 @@ def autograd_formula(x):
         window.narrow(2, d, n - d).add_(towers.narrow(2, 0, n - d))
         window.narrow(2, 0, n - d).add_(towers.narrow(2, d, n - d))
     return x * window.flatten(1, 2).mul_(1e-4).add_(2.0).pow(-0.75)
-
-
-def ours(chunk_mb: float | None = None, band_block: int | None = None, kernel: bool = True):
-    """This package's LRN with its chunk size (MB per thread; 0: one chunk) and band width set; without
-    `kernel`, as torch operations even where the fused C kernel (alexnet.lrn_native) is built."""
-    def run(x):
-        saved = lrn.CHUNK_BYTES_PER_THREAD, lrn.BAND_BLOCK, lrn_native.applies
-        if not kernel:
-            lrn_native.applies = lambda *a: False
-        if chunk_mb is not None:
-            lrn.CHUNK_BYTES_PER_THREAD = int(chunk_mb * 2**20) if chunk_mb > 0 else 2**62
-        if band_block is not None:
-            lrn.BAND_BLOCK = band_block
-        try:
-            return lrn.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)
-        finally:
-            lrn.CHUNK_BYTES_PER_THREAD, lrn.BAND_BLOCK, lrn_native.applies = saved
-    return run
 
 
 def interleaved(steps: dict, device: torch.device, rounds: int) -> dict[str, list[float]]:
@@ -87,8 +63,6 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--compile", action="store_true", help="also this package's LRN through torch.compile")
-    p.add_argument("--chunks", default="", help="also these chunk sizes, MB per thread (0: one chunk)")
-    p.add_argument("--band-block", type=int, default=None, help="maps per band product (default: the package's)")
     p.add_argument("--out", default="", help="append results to this JSON-lines file")
     args = p.parse_args()
     kept = keep_freed_memory()
@@ -96,11 +70,7 @@ def main() -> None:
     fmt = torch.channels_last if args.layout == "cl" else torch.contiguous_format
     torch_lrn = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
     impls = {"torch.nn.LocalResponseNorm": torch_lrn, "autograd formula": autograd_formula,
-             "alexnet, one chunk, whole band": ours(0, 2**30, kernel=False),
-             "alexnet, torch operations": ours(band_block=args.band_block, kernel=False),
-             "alexnet local_response_norm": ours(band_block=args.band_block)}
-    for mb in filter(None, args.chunks.split(",")):
-        impls[f"alexnet, chunks of {mb} MB a thread"] = ours(float(mb), args.band_block, kernel=False)
+             "alexnet local_response_norm": lambda x: lrn.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)}
     if args.compile:
         impls["alexnet local_response_norm, torch.compile"] = torch.compile(impls["alexnet local_response_norm"])
     rows = []
@@ -126,9 +96,7 @@ def main() -> None:
                 rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "layout": args.layout,
                              "impl": name, "ms": statistics.median(t) * 1000,
                              "speed-up over autograd formula": f"{statistics.median(b / s for b, s in zip(base, t)):.2f}x"})
-    lrn_native.load()
-    report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}, "
-           f"kernel: {lrn_native.status()}", rows, args.out)
+    report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
 
 
 if __name__ == "__main__":

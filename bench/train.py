@@ -53,16 +53,13 @@ CONFIGS = {
     "peer bf16": ("peer", {"amp": "bf16", "keep_freed": False}),
     "peer bf16 (keep freed)": ("peer", {"amp": "bf16", "keep_freed": True}),
     "alexnet fp32": ("alexnet", ["--amp", "off", "--channels-last", "off"]),
-    # §5's update as torch passes, as without a C compiler (alexnet.optim)
-    "alexnet fp32 (torch update)": ("alexnet", ["--amp", "off", "--channels-last", "off"], {"ALEXNET_SGD_KERNEL": "0"}),
     "alexnet fp32 channels_last": ("alexnet", ["--amp", "off", "--channels-last", "on"]),
     "alexnet bf16": ("alexnet", ["--amp", "bf16", "--channels-last", "off"]),
     "alexnet bf16 channels_last": ("alexnet", ["--amp", "bf16", "--channels-last", "on"]),
     "alexnet bf16 channels_last (no LRN)": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--no-model.lrn"]),
     "alexnet bf16 channels_last compile": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--compile"]),
 }
-CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32",
-            "alexnet fp32 (torch update)", "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
+CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32", "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
             "alexnet bf16 channels_last (no LRN)"]
 # where the lead over the peer comes from: the allocator setting, bf16 + channels_last, the LRN's share
 CPU_ATTRIBUTION = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",

@@ -391,3 +391,28 @@ def test_layer_spec_and_config_geometry_are_what_the_net_computes(changes):
             assert (layer.in_features, layer.out_features) == spec and shapes[name] == (spec[1],)
     for pool in ("pool1", "pool2", "pool5"):
         assert shapes[pool][1:] == (sizes[pool], sizes[pool])
+
+
+def test_layers_are_named_modules_in_the_papers_order_and_hooks_see_each_ones_own_output():
+    """No layer works in place, so a hook on conv3 keeps its values before the ReLU and relu3's after;
+    the net traces with torch.fx (no branch on the device in forward) and the trace computes the same."""
+    net = create_model("paper").eval()
+    names = [n for n, _ in net.named_children()]
+    assert names[:8] == ["conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2"]
+    assert names[-7:] == ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+    seen = {}
+    for name in ("pool2", "conv3", "relu3"):
+        getattr(net, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.clone()))
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        logits = net(x)
+        want = torch.nn.functional.conv2d(seen["pool2"], net.conv3.weight, net.conv3.bias, padding=1)
+    torch.testing.assert_close(seen["conv3"], want, rtol=1e-4, atol=1e-4)
+    assert (seen["conv3"] < 0).any()
+    torch.testing.assert_close(seen["relu3"], seen["conv3"].clamp(min=0))
+    traced = torch.fx.symbolic_trace(net)
+    calls = [n.target if n.op == "call_module" else n.target.__name__ for n in traced.graph.nodes
+             if n.op in ("call_module", "call_function")]
+    assert calls[:5] == ["conv1", "relu1", "local_response_norm", "pool1", "conv2"]  # the LRN: one call
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), logits)

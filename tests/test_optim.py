@@ -82,3 +82,32 @@ def test_learning_rate_schedules():
     assert [learning_rate(0.01, e, [], step) for e in range(6)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4])
     assert warmup_factor(0, 10, 0) == 1.0
     assert warmup_factor(4, 10, 1) == pytest.approx(0.5) and warmup_factor(50, 10, 1) == 1.0
+
+
+def test_paper_sgd_resumes_from_a_checkpoint_that_held_the_velocity_itself():
+    """Checkpoints written before PaperSGD was torch's SGD kept v (weight units) as `momentum_buffer`
+    and no `applied_lr`: loading one converts it, and the rule goes on as NumPy's."""
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(size=(4, 3))
+    grads = [rng.normal(size=(4, 3)) for _ in range(12)]
+    lrs = [0.01] * 6 + [0.001] * 6
+    w, v = w0.copy(), np.zeros_like(w0)
+    for g, lr in zip(grads[:6], lrs[:6]):
+        v = 0.9 * v - 0.0005 * lr * w - lr * g
+        w = w + v
+    p = nn.Parameter(torch.tensor(w, dtype=torch.float64))
+    old_format = {"state": {0: {"momentum_buffer": torch.tensor(v)}},
+                  "param_groups": [{"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005, "params": [0]}]}
+    opt = PaperSGD([p], lr=0.01, momentum=0.9, weight_decay=0.0005)
+    opt.load_state_dict(old_format)
+    for g, lr in zip(grads[6:], lrs[6:]):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(p.detach().numpy(), paper_rule_numpy(w0, grads, lrs), rtol=1e-12)
+
+
+def test_paper_sgd_is_torchs_fused_sgd_on_float_tensors():
+    model = nn.Linear(3, 2)
+    opt = make_optimizer(model, OptimConfig())
+    assert isinstance(opt, torch.optim.SGD) and all(g["fused"] for g in opt.param_groups)

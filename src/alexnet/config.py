@@ -131,7 +131,7 @@ class TrainConfig:
     seed: int = 0  # seeds the init, the data order and the augmentation (a run repeats exactly)
     device: str = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on CUDA and AMX CPUs (runtime.use_bf16_autocast)
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA; on CPU the net computes in it anyway
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on (CPU and CUDA: max pooling 3-6x faster on the CPU)
     compile: bool = False  # torch.compile the model
     model_parallel: int = 1  # §3.2: 2 puts one tower on each of two devices, as the paper's two GPUs
     devices: str = ""  # for model_parallel 2: "cuda:0,cuda:1" (default: the first two GPUs)

@@ -216,23 +216,20 @@ def store_batches(model: torch.nn.Module, store, device: torch.device, *, output
                   amp: bool | None = None, data_config: DataConfig | None = None, progress: bool = False,
                   desc: str = "eval") -> Iterator[tuple[Tensor, Tensor, np.ndarray]]:
     """`batch_outputs` over the store's images `indices` (default: all, in store order), `batch_size`
-    patches at a time, with the net's test views of the store. bf16 autocast and channels_last memory
-    on CUDA unless `amp` says otherwise, as training's "auto" (each is slower on the CPU)."""
+    patches at a time, with the net's test views of the store, in channels_last (as training's "auto").
+    bf16 autocast on CUDA unless `amp` says otherwise."""
     if views not in (1, 10):
         raise UserError(f"the test views must be 1 or 10, got {views}")
     if batch_size < 1:
         raise UserError(f"the batch size must be at least 1, got {batch_size}")
     indices = np.arange(len(store)) if indices is None else np.asarray(indices)
     transforms = store_transforms(model, store, data_config, device)
-    channels_last = device.type == "cuda"
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     per_batch = max(1, batch_size // views)
     plan = [indices[i : i + per_batch] for i in range(0, len(indices), per_batch)]
     amp = device.type == "cuda" if amp is None else amp
     yield from batch_outputs(model, store, transforms, device, plan, views, output, autocast=autocast_for(device, amp),
-                             channels_last=channels_last, progress=progress, desc=desc)
+                             channels_last=True, progress=progress, desc=desc)
 
 
 def store_outputs(model: torch.nn.Module, store, device: torch.device, *, output: str = "probabilities",

@@ -15,11 +15,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from alexnet.config import VARIANTS, ModelConfig, conv_channels, map_sizes, variant_config  # noqa: F401 (re-exported)
-from alexnet.conv import Conv2d
 from alexnet.lrn import LocalResponseNorm, local_response_norm  # noqa: F401 (§3.3; re-exported)
 
 __all__ = ["VARIANTS", "AlexNet", "ConvSpec", "LocalResponseNorm", "PaperDropout", "conv_layer", "count_parameters",
@@ -97,9 +95,8 @@ def layer_spec(config: ModelConfig) -> dict[str, ConvSpec | tuple[int, int] | No
 
 
 def conv_layer(spec: ConvSpec | None) -> nn.Conv2d | None:
-    """nn.Conv2d, conv1's CPU weight gradient in slices of the batch (alexnet/conv.py: measured)."""
-    return None if spec is None else Conv2d(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.padding,
-                                            groups=spec.groups)
+    return None if spec is None else nn.Conv2d(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.padding,
+                                               groups=spec.groups)
 
 
 def _input_scale(config: ModelConfig) -> Tensor | None:
@@ -111,7 +108,14 @@ def _input_scale(config: ModelConfig) -> Tensor | None:
 
 class AlexNet(nn.Module):
     """§3.5, Fig. 2. `forward` gives the logits of the 1000-way softmax; `embed` the 4096-d last hidden
-    layer (fc7 after its ReLU, §6.1); `forward_features` the last conv stage's pooled maps."""
+    layer (fc7 after its ReLU, §6.1); `forward_features` the last conv stage's pooled maps.
+
+    Every layer is a named module in the paper's order (conv1, relu1, norm1, pool1, conv2, ..., fc8),
+    and none works in place, so a forward hook sees each layer's own output: conv3's hook its values
+    before the ReLU, relu3's after. The net traces with torch.fx and compiles whole. The memory format
+    is the caller's: channels_last (`net.to(memory_format=torch.channels_last)` and the same for the
+    input) is what the trainer and the commands use on the CPU and on CUDA (max pooling 3-6x and the
+    convolutions up to 1.2x faster on the CPU, bench/README.md)."""
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()
@@ -132,7 +136,9 @@ class AlexNet(nn.Module):
         spec = layer_spec(config)
         t = config.towers
         z, s = config.pool_size, config.pool_stride
-        self.act = {"relu": F.relu_, "tanh": torch.tanh_}[config.nonlinearity]  # in place: conv's output is free
+
+        def act(conv: nn.Module | None = True) -> nn.Module | None:  # §3.1: ReLU (tanh for Fig. 1)
+            return None if conv is None else {"relu": nn.ReLU, "tanh": nn.Tanh}[config.nonlinearity]()
 
         def norm() -> nn.Module:
             if not config.lrn:
@@ -143,53 +149,57 @@ class AlexNet(nn.Module):
 
         # Shapes below are the paper's net's; `layer_spec` gives every layer's sizes and §3.5's reasons.
         self.conv1 = conv_layer(spec["conv1"])  # (B, 96, 55, 55): 11x11x3, stride 4
-        self.norm1 = norm()
+        self.relu1 = act()
+        self.norm1 = norm()  # §3.3: after the ReLU
         self.pool1 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 96, 27, 27)
         self.conv2 = conv_layer(spec["conv2"])  # (B, 256, 27, 27): 5x5x48, within each tower
+        self.relu2 = act()
         self.norm2 = norm()
         self.pool2 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 13, 13)
         self.conv3 = conv_layer(spec["conv3"])  # (B, 384, 13, 13): 3x3x256, across the towers
+        self.relu3 = act(self.conv3)
         self.conv4 = conv_layer(spec["conv4"])  # (B, 384, 13, 13): 3x3x192, within each tower
+        self.relu4 = act(self.conv4)
         self.conv5 = conv_layer(spec["conv5"])  # (B, 256, 13, 13): 3x3x192, within each tower
+        self.relu5 = act(self.conv5)
         self.pool5 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 6, 6)
         self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool) if config.adaptive_pool else None  # torchvision's
         self.register_buffer("input_scale", _input_scale(config), persistent=False)  # config, not state dict
         self.conv6 = conv_layer(spec["conv6"])  # (B, 256, 6, 6), §6 only
+        self.relu_conv6 = act(self.conv6)
         self.feature_dim = spec["fc6"][0]  # 9216 for the paper's net
         self.fc6 = nn.Linear(*spec["fc6"])  # (B, 4096)
+        self.relu6 = act()
         self.drop6 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc7 = nn.Linear(*spec["fc7"])  # (B, 4096)
+        self.relu7 = act()
         self.drop7 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc8 = nn.Linear(*spec["fc8"])  # (B, 1000), into the softmax
         init_paper_(self, config.init_std, config.init_bias, config.init_scheme)
 
-    def _conv(self, conv: nn.Module | None, x: Tensor) -> Tensor:
-        return x if conv is None else self.act(conv(x))
-
-    def _normalised(self, norm: nn.Module, x: Tensor) -> Tensor:
-        """§3.3: the LRN of the ReLU's output; the ReLU inside the LRN's kernel where that runs."""
-        if isinstance(norm, LocalResponseNorm) and self.act is F.relu_:
-            return norm(x, relu=True)
-        return norm(self.act(x))
-
     def forward_features(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu":  # max pooling 3-6x and the convs up to 1.2x faster (bench/README.md, peer)
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.input_scale is not None:
             x = x * self.input_scale
-        x = self.pool1(self._normalised(self.norm1, self.conv1(x)))
-        x = self.pool2(self._normalised(self.norm2, self.conv2(x)))
-        x = self._conv(self.conv5, self._conv(self.conv4, self._conv(self.conv3, x)))
+        x = self.pool1(self.norm1(self.relu1(self.conv1(x))))
+        x = self.pool2(self.norm2(self.relu2(self.conv2(x))))
+        if self.conv3 is not None:
+            x = self.relu3(self.conv3(x))
+        if self.conv4 is not None:
+            x = self.relu4(self.conv4(x))
+        if self.conv5 is not None:
+            x = self.relu5(self.conv5(x))
         x = self.pool5(x)
         if self.avgpool is not None:
             x = self.avgpool(x)
-        return self._conv(self.conv6, x)
+        if self.conv6 is not None:
+            x = self.relu_conv6(self.conv6(x))
+        return x
 
     def embed(self, x: Tensor) -> Tensor:
         """The last hidden layer (fc7 after ReLU): §6.1's feature vector for retrieval."""
         x = torch.flatten(self.forward_features(x), 1)
-        x = self.drop6(self.act(self.fc6(x)))
-        return self.act(self.fc7(x))
+        x = self.drop6(self.relu6(self.fc6(x)))
+        return self.relu7(self.fc7(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc8(self.drop7(self.embed(x)))

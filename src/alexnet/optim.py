@@ -9,9 +9,9 @@ and multiplies the whole buffer by the current lr. With a constant lr the two ar
 lets them decay, while torch's rescales all of them at once: right after a drop by 10, torch's step
 is 10x smaller than the paper's, and the difference fades over ~1/(1-0.9) = 10 steps.
 
-On the CPU the update is one pass of a small C kernel (sgd_kernel.c, built on first use by
-alexnet.native; ALEXNET_SGD_KERNEL=0 turns it off) with the same bits as the four torch passes it
-replaces, 2.4x faster on the paper net (bench/README.md, "The optimizer step").
+`PaperSGD` is torch's own SGD (fused where torch has the kernel: one pass over each parameter, on the
+CPU and on CUDA) with the buffer multiplied by lr_old / lr_new whenever the rate changes, which makes
+-lr * buf the paper's v at every step (tests/test_optim.py checks it against NumPy across a drop).
 
 The schedules are pure functions of the epoch and the validation history, so a resumed run needs no
 scheduler state.
@@ -19,92 +19,62 @@ scheduler state.
 
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
-
 import torch
 import torch.nn as nn
-from torch import Tensor
 
-from alexnet import native
 from alexnet.config import OptimConfig, ScheduleConfig
-from alexnet.runtime import capturing_graph
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    p, n, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-    lib.paper_sgd_f32.argtypes = [p, p, p, n, f, f, f]
-    lib.paper_sgd_f32.restype = ctypes.c_int
-    lib.paper_sgd_has_fma.restype = ctypes.c_int
-    if not lib.paper_sgd_has_fma():
-        raise OSError("this CPU has no fused multiply-add, which the kernel needs to be fast and to round "
-                      "as torch does")
+def _fusable(params: list) -> bool:
+    """torch's fused SGD kernel takes floating-point CPU and CUDA tensors (it refuses others)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
-KERNEL = native.Kernel(Path(__file__).with_name("sgd_kernel.c"), "sgd", "ALEXNET_SGD_KERNEL", _bind,
-                       "the update runs as torch foreach operations")
-
-
-def _kernel_fits(w: Tensor, v: Tensor, g: Tensor) -> bool:
-    """Whether sgd_kernel.c can update w: float32 CPU tensors that fill their memory in the same order
-    (contiguous, or channels-last as the net's convolution weights on the CPU), run eagerly."""
-    return (w.device.type == "cpu" and w.dtype == v.dtype == g.dtype == torch.float32 and not g.is_sparse
-            and g.device.type == "cpu" and w.stride() == v.stride() == g.stride() and w.shape == g.shape
-            and (w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last))))
-
-
-def _update_with_kernel(params: list[Tensor], velocities: list[Tensor], grads: list[Tensor], momentum: float,
-                        decay: float, rate: float) -> list[int]:
-    """Updates the parameters the kernel fits; returns the indices of the others."""
-    if capturing_graph() or KERNEL.load() is None:
-        return list(range(len(params)))
-    rest = []
-    for i, (w, v, g) in enumerate(zip(params, velocities, grads)):
-        if not _kernel_fits(w, v, g):
-            rest.append(i)
-        elif not native.run_split(KERNEL.load().paper_sgd_f32, [w, v, g], w.numel(), 1, momentum, decay, rate):
-            raise RuntimeError("sgd_kernel.c refused an update")
-    return rest
-
-
-class PaperSGD(torch.optim.Optimizer):
-    """SGD with momentum and weight decay exactly as §5 writes it (`momentum_buffer` is v)."""
+class PaperSGD(torch.optim.SGD):
+    """SGD with momentum and weight decay exactly as §5 writes it: torch.optim.SGD, whose buffer is in
+    gradient units (v = -lr * buf), with the buffer rescaled by lr_old / lr_new when the rate changes,
+    so that the velocity the paper keeps carries over a drop unchanged. `applied_lr` in each param
+    group is the rate the buffers are scaled for (saved in the optimizer's state_dict)."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0005):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError("lr, momentum and weight_decay must be non-negative")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        if lr <= 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError("lr must be positive, momentum and weight_decay non-negative")
+        params = list(params)
+        flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=_fusable(flat) or None)
+        for group in self.param_groups:
+            group.setdefault("applied_lr", group["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
         for group in self.param_groups:
-            params, grads, velocities = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                velocities.append(state["momentum_buffer"])
-            if not params:
-                continue
-            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            rest = _update_with_kernel(params, velocities, grads, mu, -wd * lr, -lr)
-            if not rest:
-                continue
-            params, grads, velocities = ([t[i] for i in rest] for t in (params, grads, velocities))
-            torch._foreach_mul_(velocities, mu)
-            if wd:
-                torch._foreach_add_(velocities, params, alpha=-wd * lr)
-            torch._foreach_add_(velocities, grads, alpha=-lr)
-            torch._foreach_add_(params, velocities)
-        return loss
+            old, new = group["applied_lr"], group["lr"]
+            if new <= 0:
+                raise ValueError(f"§5's rule as torch's SGD needs a positive learning rate, got {new}")
+            if new != old:
+                buffers = [self.state[p]["momentum_buffer"] for p in group["params"]
+                           if self.state[p].get("momentum_buffer") is not None]
+                if buffers:
+                    torch._foreach_mul_(buffers, old / new)
+                group["applied_lr"] = new
+        return super().step(closure)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A checkpoint of an earlier version held the paper's velocity v itself ("applied_lr" absent,
+        and none of torch's SGD settings): converted to torch's buffer, buf = -v / lr."""
+        earlier = ["applied_lr" not in g for g in state_dict["param_groups"]]
+        if any(earlier):
+            groups = [{**{k: v for k, v in mine.items() if k != "params"}, **saved}
+                      for mine, saved in zip(self.param_groups, state_dict["param_groups"])]
+            state_dict = {**state_dict, "param_groups": groups}
+        super().load_state_dict(state_dict)
+        for group, converted in zip(self.param_groups, earlier):
+            if converted:
+                group["applied_lr"] = group["lr"]
+                for p in group["params"]:
+                    buf = self.state[p].get("momentum_buffer")
+                    if buf is not None:
+                        buf.mul_(-1.0 / group["lr"])
 
 
 def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:

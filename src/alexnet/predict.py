@@ -61,7 +61,7 @@ def iter_predictions(checkpoint: str | os.PathLike, inputs: Iterable[str | os.Pa
     check_fits(payload)
     config = checkpoint_config(payload)
     dev = resolve_device(device)
-    model = model_from_checkpoint(payload).to(dev)
+    model = model_from_checkpoint(payload).to(dev, memory_format=torch.channels_last)
     transforms = BatchTransforms(payload["mean"].numpy(), np.ones(3), np.eye(3), config.model.input_size,
                                  config.data, dev)
     run = _BatchRunner(model, transforms, views, top, payload["classes"], payload["class_names"], dev)
@@ -104,7 +104,7 @@ class _BatchRunner:
             images = torch.from_numpy(np.stack([pixels for _, pixels in good])).to(self.device)
             with torch.no_grad():
                 probs = view_outputs(self.model, images, self.transforms, self.views, "probabilities",
-                                     autocast_for(self.device, self.device.type == "cuda")).cpu()
+                                     autocast_for(self.device, self.device.type == "cuda"), channels_last=True).cpu()
             broken = (~torch.isfinite(probs).all(1)).nonzero()
             if len(broken):  # finite weights whose sums overflow float32: every label would be arbitrary
                 raise UserError(f"the net's outputs for {good[int(broken[0])][0]['file']} are not finite (NaN or "

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alexnet import lrn_native, optim
 from alexnet.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from alexnet.config import Config, apply, load_toml, resolve, resume_config, to_toml, validate
 from alexnet.data import ImageStore
@@ -316,10 +315,6 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"
             f"{f' x {procs.world} processes' if procs.distributed else ''}, batch {c.train.batch_size}, "
             f"{'bf16 autocast' if trainer.amp else 'fp32'}, {torch.get_num_threads()} threads, {c.train.epochs} epochs -> {out}")
-        if trainer.device.type == "cpu" and c.model.lrn and lrn_native.load() is None:
-            log(f"LRN as torch operations, 1.4-1.75x slower than its fused kernel: {lrn_native.status()}")
-        if trainer.device.type == "cpu" and c.optim.rule == "paper" and optim.KERNEL.load() is None:
-            log(f"the update rule as torch operations, 2.4x slower than its kernel: {optim.KERNEL.status()}")
         with StopRequest() as stop, _faults_as_user_errors(trainer.device, c.train.batch_size // procs.world, out):
             status = _train_epochs(trainer, stop, out, log)
     finally:

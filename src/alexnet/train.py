@@ -84,7 +84,7 @@ class Trainer:
         self._open_stores(data)
         t, saved = config.train, runtime or {}
         self.amp = use_bf16_autocast(t.amp, device)
-        self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
+        self.channels_last = t.channels_last != "off"  # "auto": on, on the CPU and on CUDA (AlexNet's docstring)
         if t.amp == "auto" and "bf16_autocast" in saved:
             self.amp = bool(saved["bf16_autocast"])
         if t.channels_last == "auto" and "channels_last" in saved:
