@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import stat
 from pathlib import Path
 
+import numpy as np
 from faults_lib import Fault, Outcome, Tally, cli, expected_codes, one_line_error, run_proc
 
 OTHER_UID = 2002
@@ -79,11 +81,14 @@ def planted_links(ws, tally: Tally, name: str) -> None:
 
 def special_outputs(ws, tally: Tally, name: str) -> None:
     """A FIFO, and /dev/null where this runs as root (a rename would turn the device into a file), at
-    every command's output: one line, exit 2, the FIFO or device as it was."""
+    every command's output: one line, exit 2, the FIFO or device as it was. (Not /dev/null for
+    features, which writes FILE.npy beside a FILE without that suffix: /dev/null.npy.)"""
     shared, _ = _folder(ws, name)
-    for what, argv, out in _outputs(ws, ws.ref_run, shared):
+    outputs = _outputs(ws, ws.ref_run, shared)
+    for what, argv, out in outputs:
         os.mkfifo(out)
-        specials = [(out, stat.S_ISFIFO)] + ([(Path("/dev/null"), stat.S_ISCHR)] if os.geteuid() == 0 else [])
+        device = os.geteuid() == 0 and what != "features"
+        specials = [(out, stat.S_ISFIFO)] + ([(Path("/dev/null"), stat.S_ISCHR)] if device else [])
         for special, kind in specials:
             fault = Fault("shared", f"{what} {special.name if special == out else special}: a "
                                     f"{'FIFO' if special == out else 'device'} at the output")
@@ -91,7 +96,7 @@ def special_outputs(ws, tally: Tally, name: str) -> None:
             fault.misbehaved += one_line_error(o)
             if not kind(os.stat(special).st_mode):
                 fault.lost.append(f"{special} was replaced")
-            fault.lost += _left(shared, {out.name})
+            fault.lost += _left(shared, {o.name for _, _, o in outputs})
             tally.add(fault)
 
 
@@ -124,15 +129,22 @@ def signal_during_write(ws, tally: Tally, rng: random.Random, name: str) -> None
     (or 0 when it finished first), and no temporary file left."""
     shared, _ = _folder(ws, name)
     sig = rng.choice(["SIGINT", "SIGTERM"])
-    delay = rng.uniform(0.5, 4.0)
+    delay = rng.uniform(0.8, 2.2)  # startup ~1 s, the write of the train split ~1 s on a busy 2-core machine
     o: Outcome = run_proc(cli("features", ws.ref_run, "--data", ws.store, "--split", "train", "--out",
                               shared / "f.npy", "--quiet"), kill=(sig, delay))
     fault = Fault("shared", f"features: {sig} at {delay:.2f} s")
     if o.killed is None:
         fault.kind += " (finished first)"
+    elif o.rc == -getattr(signal, sig):  # still starting (imports): nothing written yet, the shell says 130/143
+        fault.kind += " (died of it before its handler)"
     elif o.rc not in expected_codes(sig) and o.rc != 0:
         fault.misbehaved.append(f"exit {o.rc} after {sig}, not {sorted(expected_codes(sig))}")
     if "Traceback" in o.err:
         fault.misbehaved.append("traceback: " + o.error_lines()[-1][:160])
-    fault.lost += _left(shared, {"f.npy", "f.json"} if o.rc == 0 else set())
+    fault.lost += _left(shared, {"f.npy", "f.json"})  # those two only whole: renamed into place complete
+    if (shared / "f.npy").exists():
+        try:
+            np.load(shared / "f.npy", mmap_mode="r")
+        except ValueError as e:
+            fault.lost.append(f"f.npy is not whole: {e}")
     tally.add(fault)
