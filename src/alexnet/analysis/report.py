@@ -33,6 +33,7 @@ from alexnet.config import Config
 from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from alexnet.evaluate import check_fits, predict_probabilities, store_batches, store_outputs
+from alexnet.files import check_output_path
 from alexnet.runtime import resolve_device
 
 
@@ -90,7 +91,7 @@ def write_figures(checkpoint: str | os.PathLike, data: str | os.PathLike | None,
         out.mkdir(exist_ok=True)
         paths = {}
         for name, path in drawn.items():
-            paths[name] = out / path.name
+            paths[name] = check_output_path(out / path.name)  # never over a device or a FIFO put there
             os.replace(path, paths[name])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
