@@ -335,3 +335,25 @@ def test_prepare_does_not_resume_into_another_users_partial_store(tree, tmp_path
     assert main(["prepare", str(tree), str(shared / "store"), "--size", "32", "--quiet", "--workers", "1"]) == 2
     assert f"{partial} is owned by uid 2002, not a partial store of yours" in error_line(capsys, "prepare")
     assert victim.read_text() == "the victim's own file\n" and (partial / "train" / "images.npy").is_symlink()
+
+
+SLOW_START = """
+    import os
+    import time
+    import alexnet.run as run
+
+    def fit(config, data, out, **k):  # the run's start (store opened, net built, lock taken) takes a while
+        os.makedirs(out, exist_ok=True)
+        with run.run_lock(out):
+            print("writing", flush=True)
+            time.sleep(30)
+
+    run.fit = fit
+"""
+
+
+def test_sigterm_while_a_run_starts_exits_143_and_releases_its_lock(demo_store, tmp_path):
+    r = _signalled(tmp_path, SLOW_START, ["train", "--data", demo_store, "--out", tmp_path / "run", "--variant",
+                                          "tiny", "--quiet"], signal.SIGTERM)
+    assert r.returncode == 143 and r.stderr.strip() == "alexnet train: terminated", r.stderr
+    assert not (tmp_path / "run" / "train.lock").exists()

@@ -137,13 +137,8 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import signal
-
     from alexnet.distributed import leave_processes
     from alexnet.run import start_or_resume, summary_line
-
-    def on_sigterm(signum, frame):  # while the run starts, before fit's own handler: stop, lock released
-        raise SystemExit(143)
 
     if args.resume and not args.threads_fixed:  # the run's own thread count: its bits (README "Resume")
         from alexnet.run import saved_threads
@@ -152,12 +147,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         threads = saved_threads(args.resume)
         if threads and threads != args.threads:
             set_thread_count(threads)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config,
-                                 train_overrides(args), progress=not args.quiet)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # a SIGTERM before fit's own handler raises cli_guard.Terminated: the run stops, its lock released, exit 143
+    result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config, train_overrides(args),
+                             progress=not args.quiet)
     leave_processes()
     if result["rank"] == 0:
         if args.plot and result["history"]:
