@@ -100,7 +100,7 @@ def test_help_imports_no_torch_and_python_m_alexnet_works():
     assert r.returncode == 0 and r.stdout.startswith("usage: alexnet train")
 
 
-def test_every_setting_has_a_flag_documented_by_its_comment_in_config_py(capsys):
+def test_every_setting_has_a_flag_documented_by_its_help_in_config_py(capsys):
     from alexnet.config import SECTIONS
     from alexnet.config_text import field_types
     from alexnet.flags import setting_docs
@@ -111,7 +111,7 @@ def test_every_setting_has_a_flag_documented_by_its_comment_in_config_py(capsys)
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help at any space
     for section, cls in SECTIONS.items():
         for key in field_types(cls):
-            assert docs[f"{section}.{key}"], f"{section}.{key} has no comment in config.py"
+            assert docs[f"{section}.{key}"], f"{section}.{key} has no help in config.py"
             assert f"--{section}.{key.replace('_', '-')}" in text
     assert docs["model.towers"].startswith("§3.2: two GPUs") and docs["optim.momentum"] == "§5"
     assert docs["model.lrn_alpha_over_n"].startswith("cuda-convnet (the authors' code) divides alpha by n")

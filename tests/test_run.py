@@ -360,11 +360,11 @@ def test_save_checkpoint_syncs_the_file_before_the_rename_and_the_folder_after(t
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    save_checkpoint(tmp_path / "x.pt", {"weights": torch.arange(5.0)})
+    save_checkpoint(tmp_path / "x.pt", {"model": {"w": torch.arange(5.0)}})
     tmp = events[1][1] if len(events) == 3 else ""
     assert events == [("fsync", "file"), ("replace", tmp, "x.pt"), ("fsync", "dir")]
     assert re.fullmatch(r"x\.pt\.\w+\.tmp", tmp)  # a new name of mkstemp's, never a guessable one
-    assert torch.equal(load_checkpoint(tmp_path / "x.pt")["weights"], torch.arange(5.0))
+    assert torch.equal(load_checkpoint(tmp_path / "x.pt")["model"]["w"], torch.arange(5.0))
 
 
 def test_a_real_full_disk_while_saving_is_one_line(tmp_path):

@@ -26,55 +26,64 @@ from alexnet.config_text import (ConfigError, Rule, above, at_least, field_types
 from alexnet.geometry import conv_channels, map_sizes, smallest_input_size  # noqa: F401
 
 
+def setting(default: Any, help: str) -> Any:
+    """A field of a config section with its help text: what `alexnet train --help` shows for its flag
+    (alexnet/flags.py reads it from the field's metadata), written once, beside the default."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network (§3, Fig. 2). The defaults are the paper net's; a variant (VARIANTS) sets its own."""
 
-    num_classes: int = 1000  # §2: the 1000 ILSVRC classes
-    input_size: int = 224  # §3.5, §4.1: 224x224 patches of the 256x256 images
-    channels: tuple[int, ...] = (96, 256, 384, 384, 256)  # §3.5: kernels of conv1..conv5
-    width: float = 1.0  # multiplier on every conv's kernel count (1.0 = Fig. 2); small variants use less
-    fc_width: int = 4096  # §3.5: fc6 and fc7 have 4096 neurons each
-    towers: int = 2  # §3.2: two GPUs; conv2, conv4, conv5 see only their own tower. 1 = footnote 2's net
-    nonlinearity: Literal["relu", "tanh"] = "relu"  # §3.1 (tanh for the Fig. 1 comparison)
-    lrn: bool = True  # §3.3: response normalisation after conv1 and conv2
-    lrn_size: int = 5  # §3.3: n
-    lrn_k: float = 2.0  # §3.3: k
-    lrn_alpha: float = 1e-4  # §3.3: alpha, on the plain sum of squares as the formula prints it
-    lrn_beta: float = 0.75  # §3.3: beta
-    # cuda-convnet (the authors' code) divides alpha by n; torch.nn.LocalResponseNorm does too. The
-    # paper prints the formula without. True reproduces the code, False (default) the paper.
-    lrn_alpha_over_n: bool = False
-    # §3.2: the GPUs communicate only at conv3 and the fc layers, so each normalises its own 48 maps:
-    # the window stops at the tower boundary (N = 48). False runs it across all 96 maps (§3.3's N).
-    lrn_within_towers: bool = True
-    pool_size: int = 3  # §3.4: z, overlapping pooling (z=3 > s=2)
-    pool_stride: int = 2  # §3.4: s
-    dropout: float = 0.5  # §4.2: on fc6 and fc7
-    extra_conv: bool = False  # §6: a sixth conv layer over the last pooling layer
-    remove_conv: int = 0  # §7 ablation: drop conv 3, 4 or 5 (0 keeps all five)
-    init_std: float = 0.01  # §5: weights ~ N(0, 0.01^2)
-    init_bias: float = 1.0  # §5: biases of conv2, conv4, conv5, fc6, fc7 (others 0)
-    # "paper": every layer N(0, init_std^2). "scaled": conv1 and fc8 as the paper, the layers between
-    # N(0, 1/fan_in) (LeCun et al. 1998), which keeps the input's signal alive through the stack; see
-    # README "Does the paper's initialisation train?" for why the paper's stalls on small nets.
-    init_scheme: Literal["paper", "scaled"] = "paper"
-    # Conventions of imported public weights (alexnet.pretrained); the defaults are this project's.
-    # conv1's zero padding: 2 turns the 224 input into Fig. 2's 55x55 maps; Caffe's bvlc_alexnet feeds
-    # 227 with none ((227 - 11) / 4 + 1 = 55).
-    conv1_padding: int = 2
-    # Caffe rounds a pooling layer's output size up (ceil), torch down; for the 55-27-13-6 maps of a 227
-    # input both agree, other sizes differ by one map (a Caffe net keeps true so they match).
-    pool_ceil: bool = False
-    # §4.2 "paper": multiply by 1-p at test time. "inverted": scale by 1/(1-p) while training, nothing at
-    # test time (nn.Dropout, Caffe and torchvision): the same test-time function for these weights.
-    dropout_style: Literal["paper", "inverted"] = "paper"
-    # Multiplier per RGB channel applied to the mean-subtracted input: torchvision's nets take
-    # (x/255 - m)/s, which is (x - 255 m) * 1/(255 s) with 255 m as the mean image. () = no scaling.
-    input_scale: tuple[float, ...] = ()
-    # torchvision's AdaptiveAvgPool2d((6, 6)) after pool5 (identity for a 224 input, which already gives
-    # 6x6 maps; other inputs are averaged to 6x6). 0 = none, as in the paper.
-    adaptive_pool: int = 0
+    num_classes: int = setting(1000, "§2: the 1000 ILSVRC classes")
+    input_size: int = setting(224, "§3.5, §4.1: 224x224 patches of the 256x256 images")
+    channels: tuple[int, ...] = setting((96, 256, 384, 384, 256), "§3.5: kernels of conv1..conv5")
+    width: float = setting(1.0, "multiplier on every conv's kernel count (1.0 = Fig. 2); small variants use less")
+    fc_width: int = setting(4096, "§3.5: fc6 and fc7 have 4096 neurons each")
+    towers: int = setting(2, "§3.2: two GPUs; conv2, conv4, conv5 see only their own tower. 1 = footnote 2's net")
+    nonlinearity: Literal["relu", "tanh"] = setting("relu", "§3.1 (tanh for the Fig. 1 comparison)")
+    lrn: bool = setting(True, "§3.3: response normalisation after conv1 and conv2")
+    lrn_size: int = setting(5, "§3.3: n")
+    lrn_k: float = setting(2.0, "§3.3: k")
+    lrn_alpha: float = setting(1e-4, "§3.3: alpha, on the plain sum of squares as the formula prints it")
+    lrn_beta: float = setting(0.75, "§3.3: beta")
+    lrn_alpha_over_n: bool = setting(False, "cuda-convnet (the authors' code) divides alpha by n; "
+                                            "torch.nn.LocalResponseNorm does too. The paper prints the formula "
+                                            "without. True reproduces the code, False (default) the paper.")
+    lrn_within_towers: bool = setting(True, "§3.2: the GPUs communicate only at conv3 and the fc layers, so each "
+                                            "normalises its own 48 maps: the window stops at the tower boundary (N = "
+                                            "48). False runs it across all 96 maps (§3.3's N).")
+    pool_size: int = setting(3, "§3.4: z, overlapping pooling (z=3 > s=2)")
+    pool_stride: int = setting(2, "§3.4: s")
+    dropout: float = setting(0.5, "§4.2: on fc6 and fc7")
+    extra_conv: bool = setting(False, "§6: a sixth conv layer over the last pooling layer")
+    remove_conv: int = setting(0, "§7 ablation: drop conv 3, 4 or 5 (0 keeps all five)")
+    init_std: float = setting(0.01, "§5: weights ~ N(0, 0.01^2)")
+    init_bias: float = setting(1.0, "§5: biases of conv2, conv4, conv5, fc6, fc7 (others 0)")
+    init_scheme: Literal["paper", "scaled"] = setting("paper", "\"paper\": every layer N(0, init_std^2). \"scaled\": "
+                                                               "conv1 and fc8 as the paper, the layers between N(0, "
+                                                               "1/fan_in) (LeCun et al. 1998), which keeps the "
+                                                               "input's signal alive through the stack; see README "
+                                                               "\"Does the paper's initialisation train?\" for why the "
+                                                               "paper's stalls on small nets.")
+    conv1_padding: int = setting(2, "Conventions of imported public weights (alexnet.pretrained); the defaults are "
+                                    "this project's. conv1's zero padding: 2 turns the 224 input into Fig. 2's 55x55 "
+                                    "maps; Caffe's bvlc_alexnet feeds 227 with none ((227 - 11) / 4 + 1 = 55).")
+    pool_ceil: bool = setting(False, "Caffe rounds a pooling layer's output size up (ceil), torch down; for the "
+                                     "55-27-13-6 maps of a 227 input both agree, other sizes differ by one map (a "
+                                     "Caffe net keeps true so they match).")
+    dropout_style: Literal["paper", "inverted"] = setting("paper", "§4.2 \"paper\": multiply by 1-p at test time. "
+                                                                   "\"inverted\": scale by 1/(1-p) while training, "
+                                                                   "nothing at test time (nn.Dropout, Caffe and "
+                                                                   "torchvision): the same test-time function for "
+                                                                   "these weights.")
+    input_scale: tuple[float, ...] = setting((), "Multiplier per RGB channel applied to the mean-subtracted input: "
+                                                 "torchvision's nets take (x/255 - m)/s, which is (x - 255 m) * "
+                                                 "1/(255 s) with 255 m as the mean image. () = no scaling.")
+    adaptive_pool: int = setting(0, "torchvision's AdaptiveAvgPool2d((6, 6)) after pool5 (identity for a 224 input, "
+                                    "which already gives 6x6 maps; other inputs are averaged to 6x6). 0 = none, as in "
+                                    "the paper.")
 
 
 @dataclass(frozen=True)
@@ -82,63 +91,69 @@ class DataConfig:
     """What the net sees: preprocessing and augmentation (§2, §4.1), and the loader."""
 
     # The patch size is model.input_size (§4.1: 224 of the store's 256), the image size the store's.
-    flip: bool = True  # §4.1: horizontal reflections
-    lighting_std: float = 0.1  # §4.1: alpha_i ~ N(0, 0.1); 0 turns the colour noise off
-    # §4.1 prints the eigenvalue lambda_i as the magnitude. Of 0..255 pixels that is a colour shift
-    # of hundreds of levels; the authors' code (cuda-convnet2 convdata.py, `color_stdevs`) scales by
-    # the square root. "stddev" follows the code, "eigenvalue" the printed formula.
-    lighting_magnitude: Literal["stddev", "eigenvalue"] = "stddev"
-    # §2: "subtracting the mean activity over the training set from each pixel": the mean image at
-    # the crop's own position. cuda-convnet2 subtracted the mean's centre crop from every patch.
-    mean: Literal["aligned", "center"] = "aligned"
-    workers: int = 0  # loader threads; 0 = 2 for a raw store, one per core (up to 16) for a jpeg one
-    prefetch: int = 3  # batches the loader keeps ready
+    flip: bool = setting(True, "§4.1: horizontal reflections")
+    lighting_std: float = setting(0.1, "§4.1: alpha_i ~ N(0, 0.1); 0 turns the colour noise off")
+    lighting_magnitude: Literal["stddev", "eigenvalue"] = setting("stddev", "§4.1 prints the eigenvalue lambda_i as "
+                                                                            "the magnitude. Of 0..255 pixels that is "
+                                                                            "a colour shift of hundreds of levels; "
+                                                                            "the authors' code (cuda-convnet2 "
+                                                                            "convdata.py, `color_stdevs`) scales by "
+                                                                            "the square root. \"stddev\" follows the "
+                                                                            "code, \"eigenvalue\" the printed formula.")
+    mean: Literal["aligned", "center"] = setting("aligned", "§2: \"subtracting the mean activity over the training set "
+                                                            "from each pixel\": the mean image at the crop's own "
+                                                            "position. cuda-convnet2 subtracted the mean's centre "
+                                                            "crop from every patch.")
+    workers: int = setting(0, "loader threads; 0 = 2 for a raw store, one per core (up to 16) for a jpeg one")
+    prefetch: int = setting(3, "batches the loader keeps ready")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """Stochastic gradient descent with momentum and weight decay (§5)."""
 
-    lr: float = 0.01  # §5: initial learning rate, equal for all layers
-    momentum: float = 0.9  # §5
-    weight_decay: float = 0.0005  # §5
-    # §5 gives the rule "for weight w"; cuda-convnet's layer files set no weight cost on biases.
-    decay_biases: bool = False
-    rule: Literal["paper", "torch"] = "paper"  # "torch": torch.optim.SGD (differs when lr changes)
+    lr: float = setting(0.01, "§5: initial learning rate, equal for all layers")
+    momentum: float = setting(0.9, "§5")
+    weight_decay: float = setting(0.0005, "§5")
+    decay_biases: bool = setting(False, "§5 gives the rule \"for weight w\"; cuda-convnet's layer files set no weight "
+                                        "cost on biases.")
+    rule: Literal["paper", "torch"] = setting("paper", "\"torch\": torch.optim.SGD (differs when lr changes)")
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     """The learning rate's schedule (§5)."""
 
-    # §5: "divide the learning rate by 10 when the validation error rate stopped improving ...
-    # reduced three times prior to termination".
-    kind: Literal["plateau", "step"] = "plateau"
-    factor: float = 0.1  # §5: divide by 10
-    patience: int = 4  # epochs without improvement before a drop (the paper judged by eye)
-    threshold: float = 1e-3  # an epoch "improves" if top-1 error falls by more than this
-    max_drops: int = 3  # §5: reduced three times
-    milestones: tuple[int, ...] = (30, 60, 80)  # for kind="step": epochs at which lr is divided
-    warmup_epochs: int = 0  # not in the paper; linear warm-up for large distributed batches
+    kind: Literal["plateau", "step"] = setting("plateau", "§5: \"divide the learning rate by 10 when the validation "
+                                                          "error rate stopped improving ... reduced three times prior "
+                                                          "to termination\".")
+    factor: float = setting(0.1, "§5: divide by 10")
+    patience: int = setting(4, "epochs without improvement before a drop (the paper judged by eye)")
+    threshold: float = setting(1e-3, "an epoch \"improves\" if top-1 error falls by more than this")
+    max_drops: int = setting(3, "§5: reduced three times")
+    milestones: tuple[int, ...] = setting((30, 60, 80), "for kind=\"step\": epochs at which lr is divided")
+    warmup_epochs: int = setting(0, "not in the paper; linear warm-up for large distributed batches")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How the run is carried out: length, batch, devices, precision, checkpoints."""
 
-    epochs: int = 90  # §5: roughly 90 cycles through the training set
-    batch_size: int = 128  # §5: global batch, split across processes under torchrun
-    seed: int = 0  # seeds the init, the data order and the augmentation (a run repeats exactly)
-    device: str = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1"
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on CUDA and AMX CPUs (runtime.use_bf16_autocast)
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on (CPU and CUDA: max pooling 3-6x faster on the CPU)
-    compile: bool = False  # torch.compile the model
-    model_parallel: int = 1  # §3.2: 2 puts one tower on each of two devices, as the paper's two GPUs
-    devices: str = ""  # for model_parallel 2: "cuda:0,cuda:1" (default: the first two GPUs)
-    eval_crops: int = 1  # validation during training: centre crop (1) or ten patches (10)
-    checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0 = at epoch ends only)
-    max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit; for tests)
-    log_every: int = 20  # steps between progress-bar updates of the running loss
+    epochs: int = setting(90, "§5: roughly 90 cycles through the training set")
+    batch_size: int = setting(128, "§5: global batch, split across processes under torchrun")
+    seed: int = setting(0, "seeds the init, the data order and the augmentation (a run repeats exactly)")
+    device: str = setting("auto", "\"auto\" = cuda if available else cpu; or \"cpu\", \"cuda\", \"cuda:1\"")
+    amp: Literal["auto", "bf16", "off"] = setting("auto", "auto = bf16 on CUDA and AMX CPUs "
+                                                          "(runtime.use_bf16_autocast)")
+    channels_last: Literal["auto", "on", "off"] = setting("auto", "auto = on (CPU and CUDA: max pooling 3-6x faster "
+                                                                  "on the CPU)")
+    compile: bool = setting(False, "torch.compile the model")
+    model_parallel: int = setting(1, "§3.2: 2 puts one tower on each of two devices, as the paper's two GPUs")
+    devices: str = setting("", "for model_parallel 2: \"cuda:0,cuda:1\" (default: the first two GPUs)")
+    eval_crops: int = setting(1, "validation during training: centre crop (1) or ten patches (10)")
+    checkpoint_every: int = setting(0, "also checkpoint every N steps mid-epoch (0 = at epoch ends only)")
+    max_steps: int = setting(0, "stop after this many optimizer steps in total (0 = no limit; for tests)")
+    log_every: int = setting(20, "steps between progress-bar updates of the running loss")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Every field of every section becomes a flag `--section.key` (plus the short name `FLAG_ALIASES`
 gives it, e.g. `--lr`), typed by the field's annotation (a Literal's values are its choices) and
-documented by the field's own comment in config.py, so a setting is added in config.py alone. Flags
+documented by the field's help in config.py (`setting(default, help)`), so a setting is added in
+config.py alone. Flags
 left out stay None and change nothing (a resumed run keeps its own settings); the values given are
 checked by the config (`resolve`/`apply`), which names the setting in its one-line error. A boolean
 setting's flag takes `--data.flip` / `--no-data.flip`, and also `--data.flip false` or
@@ -13,49 +14,20 @@ setting's flag takes `--data.flip` / `--no-data.flip`, and also `--data.flip fal
 from __future__ import annotations
 
 import argparse
-import ast
-import functools
-import io
+import dataclasses
 import sys
-import tokenize
 import typing
-from pathlib import Path
 from typing import Any, Literal
 
 from alexnet import config as C
 from alexnet.config_text import ConfigError, coerce, field_types, parse_overrides, show
 
 
-@functools.cache
 def setting_docs() -> dict[str, str]:
-    """{"model.towers": "§3.2: two GPUs; ...", ...}: each field's comment in config.py, the one at the
-    end of its line or else the block of comment lines right above it."""
-    try:
-        source = Path(C.__file__).read_text(encoding="utf-8")
-    except OSError:  # no source shipped (a frozen build): flags without their comments
-        return {}
-    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, alone on its line)
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            alone = not tok.line[: tok.start[1]].strip()
-            comments[tok.start[0]] = (tok.string.lstrip("#").strip(), alone)
-    sections = {cls.__name__: name for name, cls in C.SECTIONS.items()}
-    docs = {}
-    for node in ast.parse(source).body:
-        if not (isinstance(node, ast.ClassDef) and node.name in sections):
-            continue
-        for item in node.body:
-            if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
-                continue
-            text, alone = comments.get(item.end_lineno, ("", True))
-            if alone or not text:
-                above, line = [], item.lineno - 1
-                while line in comments and comments[line][1]:
-                    above.insert(0, comments[line][0])
-                    line -= 1
-                text = " ".join(above)
-            docs[f"{sections[node.name]}.{item.target.id}"] = text
-    return docs
+    """{"model.towers": "§3.2: two GPUs; ...", ...}: each field's help, from its metadata in config.py
+    (`config.setting`)."""
+    return {f"{section}.{f.name}": f.metadata.get("help", "") for section, cls in C.SECTIONS.items()
+            for f in dataclasses.fields(cls)}
 
 
 class BoolFlag(argparse.BooleanOptionalAction):
