@@ -8,7 +8,7 @@ The data: `alexnet demo-data DIR --digits` (scikit-learn's 1,797 UCI digits as J
 80/20 stratified split, seed 0), prepared as `alexnet prepare DIR STORE --size 72` (the demo's size:
 64x64 patches of 72x72 images, as 224 of 256).
 
-*ours*: `alexnet.run.fit` (what `alexnet train --variant small --epochs N` runs) with the variant's
+*ours*: `alexnet.train.run.fit` (what `alexnet train --variant small --epochs N` runs) with the variant's
 defaults, plus each `--arm`'s overrides; the error of last.pt on the val images, centre patch and
 the ten patches of §4.1 (`alexnet eval --crops 1/10`; for an arm trained with `data.flip=false`
 the "10 patches" column is the five unmirrored ones, as `eval` then averages). *peer*:
@@ -111,8 +111,8 @@ def run_peer(store: Path, epochs: int, seed: int, flip: bool = False) -> dict:
 
 def run_ours(store: Path, epochs: int, seed: int, overrides: dict, out: Path) -> dict:
     from alexnet.config import apply, resolve
-    from alexnet.evaluate import evaluate
-    from alexnet.run import fit
+    from alexnet.evaluate.error_rates import evaluate
+    from alexnet.train.run import fit
 
     config = apply(resolve({"variant": "small"}, overrides),
                    {"train": {"epochs": epochs, "seed": seed, "device": "cpu"}})

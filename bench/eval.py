@@ -5,7 +5,7 @@
 *peer*: main.py's validation pass (bench/examples_peer.py): a DataLoader with workers over the JPEG
 folder, per image Pillow decode, Resize(256), CenterCrop(224), ToTensor, Normalize, torchvision's
 AlexNet under no_grad, loss and top-1/top-5 accuracy; a new iterator (new workers) each pass.
-*alexnet*: alexnet.evaluate.predict_probabilities on a raw store of the same images (threaded uint8
+*alexnet*: alexnet.evaluate.error_rates.predict_probabilities on a raw store of the same images (threaded uint8
 loader, test views on the device), the paper net; the centre patch (1 view) and ten patches (§6).
 Both in one process with the project's allocator setting and the device's default precision (bf16
 autocast on CUDA, fp32 on CPU, for both). The passes alternate A B, B A, ...; each ratio is the median
@@ -33,10 +33,11 @@ from peer import torchvision_alexnet  # noqa: E402
 
 from alexnet.data import ImageStore  # noqa: E402
 from alexnet.data.prepare import prepare  # noqa: E402
-from alexnet.evaluate import predict_probabilities  # noqa: E402
+from alexnet.evaluate.error_rates import predict_probabilities  # noqa: E402
 from alexnet.machine import usable_cores  # noqa: E402
 from alexnet.model import create_model  # noqa: E402
-from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from alexnet.machine import keep_freed_memory  # noqa: E402
+from alexnet.runtime import resolve_device
 
 
 def ours_images_per_s(model, store, device: torch.device, views: int, batch: int) -> float:

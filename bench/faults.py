@@ -154,7 +154,7 @@ class Workspace:
         """The comparisons can fail: one changed byte of a store, one momentum value one ulp off."""
         import torch
 
-        from alexnet.checkpoint import load_checkpoint
+        from alexnet.model.checkpoint import load_checkpoint
 
         files = dict(self.ref_small["raw"])
         key = next(k for k in files if k.endswith("images.npy"))

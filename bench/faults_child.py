@@ -1,11 +1,11 @@
 """What bench/faults.py runs in a `python -c` child to hit a window exactly: `alexnet train` or
-`alexnet prepare` (through alexnet.cli.main) with one call wrapped so that its Nth use dies
+`alexnet prepare` (through alexnet.cli.commands.main) with one call wrapped so that its Nth use dies
 (os._exit, SIGKILL to itself), is signalled, or fails with ENOSPC, before or after the real call.
 
 spec (JSON, argv[1]):
   train:   {"argv": [...], "target": "save" | "torch.save" | "replace" | "lock" | null, "n": N,
             "when": "before" | "after", "how": HOW, "count": FILE | null}
-           save = alexnet.run.save_checkpoint (best.pt then last.pt), torch.save = inside
+           save = alexnet.train.run.save_checkpoint (best.pt then last.pt), torch.save = inside
            save_checkpoint's write of PATH.tmp, replace = os.replace (checkpoints and metrics.jsonl),
            lock = taking RUN/train.lock (the start of a run)
   prepare: {"argv": [...], "chunk_size": N, "checkpoint_seconds": S, "scope": "finalise" | "all",
@@ -99,8 +99,8 @@ def train(arg: str) -> int:
     spec = json.loads(arg)
     import torch
 
-    import alexnet.run as run_module
-    from alexnet.cli import main
+    import alexnet.train.run as run_module
+    from alexnet.cli.commands import main
 
     import alexnet.files as files_module
 
@@ -149,7 +149,7 @@ def train(arg: str) -> int:
 def prepare(arg: str) -> int:
     spec = json.loads(arg)
     import alexnet.data.prepare as prepare_module
-    from alexnet.cli import main
+    from alexnet.cli.commands import main
 
     if spec.get("slow_stale_check"):
         import alexnet.files

@@ -203,7 +203,7 @@ def value_diff(a, b, where: str = "") -> list[str]:
 def run_diff(got: Path, ref: Path) -> list[str]:
     """A finished run against the uninterrupted one: the same files; last.pt and best.pt equal in every
     weight, optimizer buffer, position and metric; metrics.jsonl equal row for row."""
-    from alexnet.checkpoint import load_checkpoint
+    from alexnet.model.checkpoint import load_checkpoint
     from alexnet.errors import UserError
 
     names = {p.name for p in got.iterdir()}
@@ -229,7 +229,7 @@ def run_diff(got: Path, ref: Path) -> list[str]:
 def whole_files_in_run(run: Path) -> list[str]:
     """Files under their real names that are not whole: a checkpoint that does not load, a metrics line
     that does not parse (a .tmp is allowed: its name says it is not whole)."""
-    from alexnet.checkpoint import load_checkpoint
+    from alexnet.model.checkpoint import load_checkpoint
     from alexnet.errors import UserError
 
     problems = []

@@ -270,7 +270,7 @@ def full_disk(ws, tally: Tally, rng: random.Random, name: str) -> bool:
         if not (out / "last.pt").exists():
             fault.lost.append("last.pt is gone")
         elif (out / "last.pt").read_bytes() != before:
-            from alexnet.checkpoint import load_checkpoint
+            from alexnet.model.checkpoint import load_checkpoint
 
             if load_checkpoint(out / "last.pt")["global_step"] <= steps:
                 fault.lost.append("last.pt changed but is not later than before")

@@ -41,7 +41,8 @@ from alexnet.data import ImageStore  # noqa: E402
 from alexnet.data.augment import BatchTransforms  # noqa: E402
 from alexnet.data.loader import BatchLoader, train_plan  # noqa: E402
 from alexnet.data.prepare import prepare  # noqa: E402
-from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from alexnet.machine import keep_freed_memory  # noqa: E402
+from alexnet.runtime import resolve_device
 
 
 def rates(n: int, start: tuple[float, float]) -> tuple[float, float]:

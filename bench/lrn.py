@@ -26,8 +26,9 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(__file__))
 from common import report, sync  # noqa: E402
 
-from alexnet import lrn  # noqa: E402
-from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from alexnet.model import lrn  # noqa: E402
+from alexnet.machine import keep_freed_memory  # noqa: E402
+from alexnet.runtime import resolve_device
 
 
 def autograd_formula(x):

@@ -36,7 +36,8 @@ def one(lrn: str, channels_last: bool, bf16: bool, batch: int, device_name: str,
     import torch.nn.functional as F
 
     from alexnet.model import AlexNet
-    from alexnet.runtime import keep_freed_memory, resolve_device
+    from alexnet.machine import keep_freed_memory
+    from alexnet.runtime import resolve_device
 
     keep_freed_memory()
     device = resolve_device(device_name)

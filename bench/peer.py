@@ -4,7 +4,7 @@
     python bench/peer.py --profile [--precision fp32] [--batch 64]   # where a training step goes
     python bench/peer.py --lrn-at REV    # the paper net against itself with the LRN of commit REV
 
-*ours*: `alexnet.model.AlexNet` (variant paper: LRN, two towers, 724 M multiply-adds). *torchvision*:
+*ours*: `alexnet.model.net.AlexNet` (variant paper: LRN, two towers, 724 M multiply-adds). *torchvision*:
 torchvision's AlexNet architecture written out below in plain PyTorch (no LRN, one tower, 714 M),
 since torchvision cannot be imported here. For each precision (fp32, bf16 autocast), mode (a
 training step = forward, backward and an SGD step; forward alone = eval mode under no_grad) and
@@ -14,12 +14,12 @@ from other processes hits both sides alike. The allocator setting the project us
 (`alexnet.runtime.keep_freed_memory`, ALEXNET_KEEP_FREED_MEMORY=0 turns it off) applies to both.
 After the table, the training rows are set against the matmul ceiling of bench/ceiling.py.
 
-On the CPU the paper net computes in channels_last whatever its input's layout (alexnet.model: max
+On the CPU the paper net computes in channels_last whatever its input's layout (alexnet.model.net: max
 pooling 3-6x faster there), so the default NCHW rows compare it with torchvision's net as that net
 runs when handed NCHW batches; `--channels-last on` puts torchvision's in channels_last too.
 
 `--lrn-at REV` replaces torchvision's net by the paper net with the LRN layer of another commit
-(src/alexnet/lrn.py as `git show REV:` gives it): a before/after of that layer inside the whole net, in
+(src/alexnet/model/lrn.py as `git show REV:` gives it): a before/after of that layer inside the whole net, in
 one process, where two runs of the table a while apart would mix the change with the machine's drift.
 """
 
@@ -82,11 +82,16 @@ def paper_alexnet(lrn: bool = True) -> nn.Module:
 
 
 def paper_alexnet_with_lrn_at(rev: str) -> nn.Module:
-    """The paper net whose LRN layers compute with alexnet/lrn.py as it was at commit `rev`."""
-    from alexnet.lrn import LocalResponseNorm
+    """The paper net whose LRN layers compute with the LRN module as it was at commit `rev`
+    (src/alexnet/model/lrn.py; src/alexnet/lrn.py before the packages by concern; a version that
+    imports the C kernel's loader, removed since, cannot be loaded)."""
+    from alexnet.model.lrn import LocalResponseNorm
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shown = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/alexnet/lrn.py"], capture_output=True, text=True)
+    for path in ("src/alexnet/model/lrn.py", "src/alexnet/lrn.py"):
+        shown = subprocess.run(["git", "-C", repo, "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
     if shown.returncode:
         raise SystemExit(f"bench/peer.py: error: --lrn-at {rev}: {shown.stderr.strip() or 'git show failed'}")
     source = shown.stdout
@@ -220,11 +225,11 @@ def step_kind(name: str) -> str:
 
 def profile_step(batch: int, bf16: bool, channels_last: bool, device: torch.device, rows: int = 20) -> None:
     """Print torch.profiler's table by op for one training step of the paper net, then by layer kind.
-    The step uses the optimizer `alexnet train` uses (§5's update rule, alexnet.optim)."""
+    The step uses the optimizer `alexnet train` uses (§5's update rule, alexnet.train.optim)."""
     from torch.profiler import ProfilerActivity, profile
 
     from alexnet.config import OptimConfig
-    from alexnet.optim import make_optimizer
+    from alexnet.train.optim import make_optimizer
 
     runner = Runner(paper_alexnet(), batch, True, bf16, channels_last, device,
                     lambda net: make_optimizer(net, OptimConfig()))
@@ -266,7 +271,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="", help="append the rows to this JSON-lines file")
     args = p.parse_args()
-    from alexnet.runtime import keep_freed_memory, resolve_device
+    from alexnet.machine import keep_freed_memory
+    from alexnet.runtime import resolve_device
 
     keep_freed_memory()
     device = resolve_device(args.device)

@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from common import report  # noqa: E402
 
-from alexnet.analysis.neighbours import (hamming_neighbours, label_precision, nearest_neighbours,  # noqa: E402
+from alexnet.evaluate.neighbours import (hamming_neighbours, label_precision, nearest_neighbours,  # noqa: E402
                                          overlap_with_exact, random_projection_codes, train_binary_coder)
-from alexnet.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from alexnet.machine import keep_freed_memory  # noqa: E402
+from alexnet.runtime import resolve_device
 
 
 def quality_rows(db, q, db_labels, q_labels, k, bits_list, device, name):
@@ -71,8 +72,8 @@ def main() -> None:
     k = 6
     quality = []
     if Path(args.run).exists():
-        from alexnet.analysis.features import extract_features, load_features
-        from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+        from alexnet.evaluate.features import extract_features, load_features
+        from alexnet.model.checkpoint import load_checkpoint, model_from_checkpoint
         from alexnet.data import ImageStore
 
         payload = load_checkpoint(args.run)

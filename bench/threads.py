@@ -47,7 +47,7 @@ RECORDING = ("import os, sys\nfrom alexnet import machine\nstarted = machine.rea
              "real = machine.configure_process\n"
              "def configure(*args, **kwargs):\n    n = real(*args, **kwargs)\n"
              "    open(os.environ['THREADS_BENCH_RECORD'], 'a').write(f'{n}\\n')\n    return n\n"
-             "machine.configure_process = configure\nfrom alexnet.cli import main\n"
+             "machine.configure_process = configure\nfrom alexnet.cli.commands import main\n"
              "sys.exit(main(sys.argv[1:], started=started))")
 
 

@@ -10,8 +10,8 @@ each, with its own node rank,
         -m alexnet.cli train --data STORE --out RUN --variant tiny ... --set model.dropout=0
 
 (gloo over the veth pair), then trains the same global batch in one plain process and compares the
-final weights of the two runs (rtol 1e-4, as the two-process test in tests/test_train.py). With
-dropout off, the data-parallel run must compute what one process computes (alexnet/train.py draws the
+final weights of the two runs (rtol 1e-4, as the two-process test in tests/train/test_train.py). With
+dropout off, the data-parallel run must compute what one process computes (alexnet/train/loop.py draws the
 crops of a global batch once and slices them). Prints one JSON line with the result and the exact
 commands. The namespaces and their processes are removed whatever happens (Ctrl-C, SIGTERM, errors).
 
@@ -131,7 +131,7 @@ def stop_nodes(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
 
 def make_store(work: Path) -> Path:
     """64 demo images of 4 classes at 72x72 (the `tiny` net's 64x64 crops), made once per workdir."""
-    from alexnet.data.demo import make_demo_data
+    from alexnet.data.demo_images import make_demo_data
     from alexnet.data.prepare import prepare
 
     store = work / "store"
@@ -144,7 +144,7 @@ def make_store(work: Path) -> Path:
 def compare(two: Path, one: Path, rtol: float = 1e-4, atol: float = 1e-6) -> dict:
     import torch
 
-    from alexnet.checkpoint import load_checkpoint
+    from alexnet.model.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(two)["model"], load_checkpoint(one)["model"]
     worst = max(((a[k] - b[k]).abs() - rtol * b[k].abs()).max().item() for k in b)

@@ -45,7 +45,7 @@ def tree(tmp_path):
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory):
     """The demo data at 72x72: 10 classes, 100 train and 10 val images each."""
-    from alexnet.data.demo import make_demo_data
+    from alexnet.data.demo_images import make_demo_data
     from alexnet.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("demo")
@@ -58,7 +58,7 @@ def demo_store(tmp_path_factory):
 def tiny_run(demo_store, tmp_path_factory):
     """A `tiny` net trained for two epochs on the demo store (its run folder)."""
     from alexnet.config import resolve
-    from alexnet.run import fit
+    from alexnet.train.run import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     fit(resolve({"variant": "tiny", "train": {"epochs": 2, "batch_size": 32}}), demo_store, out,

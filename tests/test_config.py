@@ -175,7 +175,7 @@ def test_model_parallel_needs_the_two_towers_of_fig2():
 
 
 def test_variant_registry_lives_in_config_and_model_re_exports_it():
-    from alexnet import model
+    import alexnet.model as model
 
     assert model.VARIANTS is C.VARIANTS and C.variant_config("tiny").width == 0.125
     with pytest.raises(C.ConfigError, match="unknown variant 'vgg' \\(known: paper, one-tower"):
@@ -257,7 +257,7 @@ def test_bad_recipes_are_refused(recipes, message):
 
 def test_a_toml_value_nested_100000_arrays_deep_is_one_line(tmp_path, capsys):
     """tomllib recurses once per array: 100,000 deep is a RecursionError, not a traceback."""
-    from alexnet.cli import main
+    from alexnet.cli.commands import main
 
     deep = tmp_path / "deep.toml"
     deep.write_text("[optim]\nlr = " + "[" * 100_000 + "]" * 100_000 + "\n")

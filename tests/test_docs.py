@@ -4,8 +4,8 @@ parse with the real parser, and every ```python block of README.md must run.
 Commands: each fenced block tagged sh, bash, shell, console, plain or text (or untagged) is read as
 shell: `$ ` prompts (in a `console` block only the prompted lines are commands), `\\` continuations,
 `#` comments, quotes, `&&`/`||`/`;`/`&`/`|` chains and redirections are handled; the arguments after
-the word `alexnet` (or `-m alexnet`, `-m alexnet.cli`, e.g. under `python -m` or `torchrun`) go to
-`build_parser(argv[0]).parse_args(argv)` as `alexnet.cli.main` does, and a `train` or `experiment`
+the word `alexnet` (or `-m alexnet`, `-m alexnet.cli.commands`, e.g. under `python -m` or `torchrun`) go to
+`build_parser(argv[0]).parse_args(argv)` as `alexnet.cli.commands.main` does, and a `train` or `experiment`
 line's settings must also resolve to a valid config. Paths are placeholders (RUN, SRC, /data/store):
 parsing never opens them. A `...` argument stands for arguments left out and is dropped.
 
@@ -215,12 +215,12 @@ def check_settings(args) -> None:
     experiment names and base must exist. Argparse takes any --set text and any name: this checks
     what the command would check first."""
     from alexnet.config import VARIANTS, resolve
-    from alexnet.flags import setting_overrides
+    from alexnet.cli.flags import setting_overrides
 
     if args.command == "train":
         resolve(setting_overrides(args))
     elif args.command == "experiment":
-        from alexnet.experiments import EXPERIMENTS, FIG1
+        from alexnet.experiments.ablations import EXPERIMENTS, FIG1
 
         unknown = [n for n in args.names if n not in EXPERIMENTS and n not in (FIG1, "all")]
         assert not unknown, f"no experiment named {unknown}"
@@ -239,8 +239,8 @@ def test_the_docs_have_commands():
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[c.where for c in COMMANDS])
 def test_documented_command_parses(cmd):
-    """What `alexnet.cli.main` does before it runs anything: build_parser(argv[0]).parse_args(argv)."""
-    from alexnet.cli_args import build_parser
+    """What `alexnet.cli.commands.main` does before it runs anything: build_parser(argv[0]).parse_args(argv)."""
+    from alexnet.cli.parser import build_parser
 
     if cmd.error:
         pytest.fail(f"{cmd.where}: `{cmd.text}`: {cmd.error}", pytrace=False)
@@ -377,7 +377,7 @@ def _parsers(parser, path=()):
 @functools.cache
 def lenient_parsers():
     """Every command's parser with nothing required: a mention in the text may leave out a run folder."""
-    from alexnet.cli_args import build_parser
+    from alexnet.cli.parser import build_parser
 
     parsers = _parsers(build_parser())
     for p in parsers.values():

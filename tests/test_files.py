@@ -161,8 +161,8 @@ def _plant(shared, victim, name):
 def test_a_symbolic_link_planted_at_any_predictable_temporary_name_changes_nothing(tmp_path):
     import torch
 
-    from alexnet.analysis.canvas import new_figure, save_figure
-    from alexnet.checkpoint import save_checkpoint
+    from alexnet.report.canvas import new_figure, save_figure
+    from alexnet.model.checkpoint import save_checkpoint
 
     shared, victim = _shared_folder(tmp_path)
     writers = {

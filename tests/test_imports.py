@@ -1,5 +1,5 @@
 """The package's import graph, read from the source with `ast` (function-local imports included),
-has no cycle: lower layers never import higher ones, not even lazily."""
+has no cycle, and lower layers never import higher ones, not even lazily (LAYERS)."""
 
 import ast
 from pathlib import Path
@@ -86,9 +86,9 @@ def test_cycle_finder_finds_a_cycle_through_a_local_import():
 
 def test_the_graph_sees_function_local_imports():
     graph = import_graph()
-    assert "alexnet.run" in graph["alexnet.cli"]  # imported inside _cmd_train only
-    assert "alexnet.config" in graph["alexnet.model"]
-    assert "alexnet.model" not in graph["alexnet.config"]  # the variant registry lives in config.py
+    assert "alexnet.train.run" in graph["alexnet.cli.commands"]  # imported inside _cmd_train only
+    assert "alexnet.config" in graph["alexnet.model.net"]
+    assert "alexnet.model.net" not in graph["alexnet.config"]  # the variant registry lives in config.py
 
 
 def test_no_import_cycles():
@@ -99,10 +99,27 @@ def test_no_import_cycles():
 def test_help_path_imports_no_torch():
     """config, flags and the parser are below torch: `alexnet --help` needs no torch import."""
     graph = import_graph()
-    for name in ("alexnet.config", "alexnet.config_text", "alexnet.flags", "alexnet.cli_args"):
+    for name in ("alexnet.config", "alexnet.config", "alexnet.cli.flags", "alexnet.cli.parser"):
         source = (PACKAGE / (name.split(".", 1)[1].replace(".", "/") + ".py")).read_text()
         imported = {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(m == "torch" or m.startswith("torch.") for m in imported), name
-        assert graph[name] <= {"alexnet", "alexnet.config", "alexnet.config_text", "alexnet.errors", "alexnet.flags",
-                               "alexnet.geometry"}, name
+        assert graph[name] <= {"alexnet", "alexnet.config", "alexnet.config", "alexnet.errors", "alexnet.cli.flags",
+                               "alexnet.config"}, name
+
+
+# From the bottom: the base modules, then each package by concern. A module may import its own layer
+# and those below it.
+LAYERS = [{"alexnet", "errors", "files", "machine", "torch_file", "config", "runtime"}, {"model"}, {"data"},
+          {"evaluate"}, {"train"}, {"report"}, {"experiments"}, {"pretrained"}, {"cli", "__main__"}]
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else module
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_lower_layers_never_import_higher_ones():
+    upward = [f"{a} -> {b}" for a, targets in import_graph().items() for b in targets if layer_of(b) > layer_of(a)]
+    assert not upward, "imports from a higher layer: " + "; ".join(sorted(upward))
+    assert layer_of("alexnet.train.loop") > layer_of("alexnet.evaluate.error_rates") > layer_of("alexnet.model.net")

@@ -126,7 +126,7 @@ def test_torch_starts_with_the_planned_threads():
 
 
 def test_cli_rejects_zero_threads(capsys):
-    from alexnet.cli import main
+    from alexnet.cli.commands import main
 
     with pytest.raises(SystemExit) as e:
         main(["--threads", "0", "summary", "--variant", "tiny"])
@@ -150,10 +150,10 @@ def test_the_probe_waits_only_for_what_the_commands_start_has_not_covered(monkey
 
 def test_the_command_takes_its_first_sample_before_the_clis_imports():
     code = ("import sys\nsys.argv = ['alexnet', 'summary']\nimport alexnet.__main__ as m\n"
-            "assert 'alexnet.cli' not in sys.modules\n"
+            "assert 'alexnet.cli.commands' not in sys.modules\n"
             "import alexnet.machine as machine\n"
             "def configure(threads=None, environ=None, started=None):\n"
-            "    print(type(started).__name__, 'alexnet.cli' in sys.modules)\n    raise SystemExit(0)\n"
+            "    print(type(started).__name__, 'alexnet.cli.commands' in sys.modules)\n    raise SystemExit(0)\n"
             "machine.configure_process = configure\nm.run()")
     env = dict(os.environ, PYTHONPATH=str(SRC))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import alexnet.torch_file as torch_file
-from alexnet.checkpoint import load_checkpoint
-from alexnet.cli import main
+from alexnet.model.checkpoint import load_checkpoint
+from alexnet.cli.commands import main
 from alexnet.errors import UserError
 
 

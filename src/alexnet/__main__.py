@@ -8,7 +8,7 @@ def run() -> int:
     from alexnet.machine import read_cpu_sample  # imports no torch, nor numpy
 
     started = read_cpu_sample()
-    from alexnet.cli import main
+    from alexnet.cli.commands import main
 
     return main(started=started)
 

@@ -6,29 +6,264 @@ overrides (`optim.lr=0.02`) change them, unknown keys are an error, and `train` 
 config next to its checkpoints (`config.toml`).
 
 A setting lives here whole: its field and default, its comment (the help of its command-line flag,
-alexnet/flags.py), the values it admits (`RULES`, checked by `validate` on every config `resolve`,
+alexnet/cli/flags.py), the values it admits (`RULES`, checked by `validate` on every config `resolve`,
 `apply` and `from_dict` return) and, for the model, the named `VARIANTS` and the geometry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
 
-# load_toml and parse_overrides are part of this module's interface (callers import them from here).
-from alexnet.config_text import (ConfigError, Rule, above, at_least, field_types, load_toml, one_of,  # noqa: F401
-                                 parse_overrides, probability, show,
-                                 toml_text, type_problem, update_section)
-# The geometry is part of this module's interface too (model.py imports it from here).
-from alexnet.geometry import conv_channels, map_sizes, smallest_input_size  # noqa: F401
+from alexnet.errors import UserError
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings as text (TOML files, overrides, TOML written back)
+# ---------------------------------------------------------------------------------------------------
+
+class ConfigError(UserError, ValueError):
+    """A config file or override the user wrote is wrong (unknown key, bad type, bad value)."""
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert one value read from TOML or a command line string to the field's type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (tuple,):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, _ellipsis) = typing.get_args(tp)
+        return tuple(coerce(v, inner, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: unsupported type {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def type_problem(value: Any, tp: Any) -> str | None:
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        return None if value in choices else "must be " + " or ".join(map(str, choices))
+    if typing.get_origin(tp) is tuple:
+        inner = typing.get_args(tp)[0]
+        if not isinstance(value, tuple):
+            return f"must be a list of {inner.__name__}s"
+        problems = [type_problem(v, inner) for v in value]
+        return next((f"every element {p}" for p in problems if p), None)
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a finite number"
+    if tp is int and isinstance(value, bool):
+        return "must be an integer"
+    return None if isinstance(value, tp) else f"must be of type {tp.__name__}"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["optim.lr=0.02", "model.lrn=false"]` -> nested dict of strings (types checked by apply)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, value = item.split("=", 1)
+        if dotted == "variant":
+            nested["variant"] = value
+            continue
+        if dotted.count(".") != 1:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        section, key = dotted.split(".")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a TOML file")
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"config file {path} is not a config: its values are nested too deeply") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def update_section(section: Any, values: dict[str, Any], name: str) -> Any:
+    """A copy of a section dataclass with `values` applied; unknown keys are an error."""
+    types_ = field_types(type(section))
+    changes = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in types_:
+            known = ", ".join(types_)
+            raise ConfigError(f"unknown key '{name}.{key}' (known: {known})")
+        changes[key] = coerce(value, types_[key], f"{name}.{key}")
+    return dataclasses.replace(section, **changes)
+
+
+def toml_text(d: dict[str, Any]) -> str:
+    """A {"variant": ..., section: {key: value}} dict as TOML that `load_toml` reads back."""
+    d = dict(d)
+    lines = [f"variant = {toml_value(d.pop('variant'))}"]
+    for section, values in d.items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"
+
+
+# What a setting admits: a rule maps a value to None if allowed, else what is allowed (config.RULES).
+Rule = Callable[[Any], "str | None"]  # the value -> None if allowed, else what is allowed
+
+
+def at_least(low: float) -> Rule:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Rule:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def one_of(*choices: Any) -> Rule:
+    return lambda v: None if v in choices else "must be " + " or ".join(map(str, choices))
+
+
+def probability(v: float) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The net's geometry (§3.5, Fig. 2), which validate() checks
+# ---------------------------------------------------------------------------------------------------
+
+class NetShape(Protocol):
+    """The fields of alexnet.config.ModelConfig that decide the shape."""
+
+    input_size: int
+    channels: tuple[int, ...]
+    width: float
+    towers: int
+    pool_size: int
+    pool_stride: int
+    pool_ceil: bool
+    conv1_padding: int
+    adaptive_pool: int
+    extra_conv: bool
+
+
+def conv_channels(config: NetShape) -> list[int]:
+    """Kernels per conv layer after the width multiplier, each rounded to a multiple of the tower
+    count (so each tower gets the same number; never fewer than one per tower)."""
+    if len(config.channels) != 5:
+        raise ConfigError(f"model.channels needs five kernel counts (conv1..conv5), got {config.channels}")
+    t = config.towers
+    return [max(t, int(round(c * config.width / t)) * t) for c in config.channels]
+
+
+def map_sizes(config: NetShape) -> dict[str, int]:
+    """Side of every layer's maps for the configured input (Fig. 2: 55-27-27-13-13-13-13-6). conv1
+    is 11x11, stride 4, padding model.conv1_padding (model.layer_spec); conv2..conv6 keep the size of
+    their input."""
+    z, s = config.pool_size, config.pool_stride
+
+    def pooled(n: int) -> int:
+        if not config.pool_ceil:
+            return (n - z) // s + 1
+        out = -(-(n - z) // s) + 1  # Caffe's ceil; torch's ceil_mode drops a window starting past the end
+        return out - 1 if (out - 1) * s >= n else out
+
+    sizes = {"input": config.input_size}
+    sizes["conv1"] = (config.input_size + 2 * config.conv1_padding - 11) // 4 + 1
+    sizes["pool1"] = pooled(sizes["conv1"])
+    sizes["conv2"] = sizes["pool1"]
+    sizes["pool2"] = pooled(sizes["conv2"])
+    sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
+    sizes["pool5"] = pooled(sizes["conv5"])
+    if config.adaptive_pool:
+        sizes["avgpool"] = config.adaptive_pool
+    if config.extra_conv:
+        sizes["conv6"] = sizes.get("avgpool", sizes["pool5"])
+    return sizes
+
+
+def smallest_input_size(config: NetShape) -> int:
+    """The smallest input whose maps are all non-empty with this pooling (63 for the paper's)."""
+    size = 1
+    while min(map_sizes(dataclasses.replace(config, input_size=size)).values()) < 1:  # type: ignore[type-var]
+        size += 1
+    return size
+
+
+# ---------------------------------------------------------------------------------------------------
+# The settings
+# ---------------------------------------------------------------------------------------------------
+
 
 
 def setting(default: Any, help: str) -> Any:
     """A field of a config section with its help text: what `alexnet train --help` shows for its flag
-    (alexnet/flags.py reads it from the field's metadata), written once, beside the default."""
+    (alexnet/cli/flags.py reads it from the field's metadata), written once, beside the default."""
     return field(default=default, metadata={"help": help})
 
 
@@ -169,7 +404,7 @@ class Config:
 SECTIONS: dict[str, type] = {name: tp for name, tp in typing.get_type_hints(Config).items() if name != "variant"}
 
 # Short command-line names of the most used settings; every setting also has its own
-# --section.key flag (alexnet/flags.py generates them all from the fields above).
+# --section.key flag (alexnet/cli/flags.py generates them all from the fields above).
 FLAG_ALIASES = {
     "epochs": "train.epochs", "batch-size": "train.batch_size", "lr": "optim.lr", "crop-size": "model.input_size",
     "workers": "data.workers", "device": "train.device", "seed": "train.seed", "amp": "train.amp",

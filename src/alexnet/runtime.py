@@ -9,10 +9,8 @@ from pathlib import Path
 import torch
 
 from alexnet.errors import UserError
-from alexnet.machine import keep_freed_memory  # noqa: F401  (benchmarks import it from here)
 
-__all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "keep_freed_memory",
-           "resolve_device", "set_thread_count", "use_bf16_autocast"]
+__all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "resolve_device", "set_thread_count", "use_bf16_autocast"]
 
 
 def capturing_graph() -> bool:

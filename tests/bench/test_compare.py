@@ -185,7 +185,7 @@ def test_peer_builds_the_paper_net_with_another_commits_lrn(bench):
     peer = bench("peer")
     net = peer.paper_alexnet_with_lrn_at("HEAD")
     x = torch.rand(2, 96, 5, 5) * 80
-    from alexnet.lrn import local_response_norm
+    from alexnet.model.lrn import local_response_norm
 
     expected = local_response_norm(x, net.norm1.size, net.norm1.alpha, net.norm1.beta, net.norm1.k, net.norm1.groups)
     assert "forward" in vars(net.norm1)  # the layer computes with the loaded lrn.py, not this one

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from alexnet.cli import main
+from alexnet.cli.commands import main
 from alexnet.data.cifar import TRAIN_BATCHES, load_cifar10, write_cifar_batches
 from alexnet.errors import UserError
 

@@ -1,9 +1,9 @@
 import numpy as np
 from PIL import Image
 
-from alexnet.cli import main
+from alexnet.cli.commands import main
 from alexnet.data import ImageStore
-from alexnet.data.demo import CLASSES, make_demo_data, wnid
+from alexnet.data.demo_images import CLASSES, make_demo_data, wnid
 
 
 def test_demo_tree_is_imagenet_shaped_with_mixed_sizes(tmp_path):
@@ -42,7 +42,7 @@ def test_demo_data_prepares_into_a_store(tmp_path, capsys):
 
 
 def test_sixteen_distinct_classes_then_repeats_under_new_names():
-    from alexnet.data.demo import class_name, draw_example
+    from alexnet.data.demo_images import class_name, draw_example
 
     drawn = [np.asarray(draw_example(k, np.random.default_rng(0))) for k in range(len(CLASSES) + 1)]
     assert len(CLASSES) == 16 and len(set(CLASSES)) == 16

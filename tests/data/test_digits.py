@@ -7,7 +7,7 @@ from PIL import Image
 
 pytest.importorskip("sklearn")
 
-from alexnet.cli import main  # noqa: E402
+from alexnet.cli.commands import main  # noqa: E402
 from alexnet.data.cifar import load_cifar10  # noqa: E402
 from alexnet.data.digits import (load_digit_arrays, make_digits_cifar, make_digits_tree,  # noqa: E402
                                  stratified_split, wnid)

@@ -99,7 +99,7 @@ def test_the_bound_counts_each_mode_and_the_jpeg_draft_scale(tmp_path, monkeypat
 
 
 def test_predict_and_prepare_report_the_large_image_and_go_on(tmp_path, tiny_run, capsys):
-    from alexnet.cli import main
+    from alexnet.cli.commands import main
     from alexnet.data.prepare import prepare
 
     src = tmp_path / "src" / "train" / "n01"

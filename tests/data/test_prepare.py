@@ -13,7 +13,7 @@ from PIL import Image
 
 import alexnet.data.convert as convert_module
 import alexnet.data.prepare as prepare_module
-from alexnet.cli import main
+from alexnet.cli.commands import main
 from alexnet.data import ImageStore
 from alexnet.data.image import load_image, resized_shape
 from alexnet.data.prepare import prepare

@@ -17,7 +17,7 @@ import pytest
 
 import alexnet.data.convert as convert_module
 import alexnet.data.prepare as prepare_module
-from alexnet.cli import main
+from alexnet.cli.commands import main
 from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from tests.conftest import save, smooth_image

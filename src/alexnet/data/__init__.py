@@ -1,8 +1,17 @@
-"""Data (§2, §4.1). `alexnet prepare` (prepare.py: scan with source.py, convert with convert.py and
-image.py, finalise) writes a store once; `ImageStore` (store.py) reads it; `augment` holds the batch
-transforms that run on the device; `loader` feeds batches of uint8 images to it; cifar.py reads
-CIFAR-10's batches for Fig. 1; demo.py draws a small learnable data set. Nothing here imports
-training, analysis or the CLI."""
+"""§2 The dataset and §4.1 data augmentation: images into a store once, batches out of it.
+
+    prepare.py      `alexnet prepare`: scan (source.py), convert in worker processes (convert.py,
+                    image.py: decode, shorter side to S, centre crop), finalise (mean image, RGB PCA)
+    store.py        `ImageStore`: the store's format and reader
+    augment.py      §4.1's batch transforms on the device: crops, reflections, PCA lighting, ten patches
+    loader.py       threads that feed batches of uint8 images to the device
+    progress.py     progress and the log of a long preparation
+    cifar.py        CIFAR-10's python batches, read safely (Fig. 1)
+    digits.py       scikit-learn's UCI digits as an image tree (real data, no download)
+    demo_images.py  the demo's generated classes of shapes and textures
+
+Nothing here imports training, evaluation or the CLI.
+"""
 
 from alexnet.data.store import ImageStore
 

@@ -1,5 +1,5 @@
 """CIFAR-10 in its standard python-pickle batches (data_batch_1..5, test_batch, batches.meta), read
-from a path; nothing is downloaded. Used by the Fig. 1 experiment (alexnet/fig1.py, §3.1).
+from a path; nothing is downloaded. Used by the Fig. 1 experiment (alexnet/experiments/fig1.py, §3.1).
 
 The batches are pickles, and a pickle can name any callable to run while it loads. They are read with
 `SafeUnpickler`, which admits only what a CIFAR-10 batch holds (dicts, lists, bytes, str, int and

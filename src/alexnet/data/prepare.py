@@ -199,7 +199,7 @@ def convert(chunks: list[Chunk], state: Progress, settings: Settings, pool, work
             if time.time() - last_save >= CHECKPOINT_SECONDS:
                 _save(state, settings, unsynced)
                 last_save = time.time()
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as alexnet.cli_guard.Terminated (a subclass): kept
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as alexnet.cli.guard.Terminated (a subclass): kept
         _save_quietly(state, settings, unsynced)
         raise type(e)(f"prepare interrupted; run the same command again to continue ({work})") from None
     except BrokenProcessPool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from alexnet.checkpoint import save_checkpoint
+from alexnet.model.checkpoint import save_checkpoint
 
 
 def write_checkpoint(payload: dict, out: str | os.PathLike) -> None:
