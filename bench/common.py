@@ -89,7 +89,7 @@ def make_folder(root: Path, n: int, classes: int = 8, source: str = "generated")
     source "generated": smooth random colour fields, each channel drawn on its own, plus Gaussian
     pixel noise (sigma 8); "photos": crops of 60-100% of scikit-learn's two sample photographs
     (china.jpg, flower.jpg, 427x640) resized to the same sizes, real photographs as ImageNet's (their
-    256x256 JPEGs decode as slowly as the generated ones: bench/README.md, loader section)."""
+    256x256 JPEGs decode as slowly as the generated ones: bench/docs/loader.md, loader section)."""
     rng = np.random.default_rng(0)
     from PIL import Image
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT_FOLDERS = ("scripts", "bench", "studies", "tests/faults")  # programs the docs give flags to
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL_TAGS = {"", "sh", "bash", "shell", "console", "plain", "text"}
 OPERATORS = {"&&", "||", "|", ";", "&", "|&", ";;", "(", ")"}
@@ -316,7 +317,7 @@ def test_the_flags_the_docs_give_a_script_are_its_own():
     checked, missing = 0, []
     for path in DOCS:
         text = " ".join(path.read_text(encoding="utf-8").split())
-        for m in re.finditer(r"((?:bench|scripts)/\w+\.py)((?:\s+\[?--[\w-]+(?:\s+[^\s`\[\]-][^\s`\]]*)?\]?)*)", text):
+        for m in re.finditer(r"((?:bench|scripts|studies|tests/faults)/\w+\.py)((?:\s+\[?--[\w-]+(?:\s+[^\s`\[\]-][^\s`\]]*)?\]?)*)", text):
             source = (ROOT / m.group(1)).read_text(encoding="utf-8")
             for flag in re.findall(r"--[\w-]+", m.group(2)):
                 checked += 1
@@ -393,7 +394,7 @@ def other_programs_flag(flag: str) -> bool:
 
     if flag in get_args_parser()._option_string_actions:
         return True
-    return any(f'"{flag}"' in p.read_text(encoding="utf-8") for d in ("scripts", "bench") for p in (ROOT / d).glob("*.py"))
+    return any(f'"{flag}"' in p.read_text(encoding="utf-8") for d in SCRIPT_FOLDERS for p in (ROOT / d).glob("*.py"))
 
 
 def check_mention(span: str) -> str | None:

@@ -1,9 +1,11 @@
 """alexnet.files: atomic writes and the folder lock, checked against what a crash or a second writer
 would see on disk."""
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,12 +59,25 @@ def _dead_pid() -> int:
                               text=True).stdout)
 
 
+HOLD_A_LOCK = """
+import os, sys, time
+from alexnet.files import FolderLock
+lock = FolderLock(sys.argv[1]).acquire()
+worker = os.fork()
+if worker == 0:  # a worker (as prepare's): it must not keep the lock once its parent is gone
+    time.sleep(60)
+    os._exit(0)
+print("held", worker, flush=True)
+time.sleep(60)
+"""
+
+
 def test_the_two_lock_places_and_the_owner_they_record(tmp_path):
     (tmp_path / "run").mkdir()
     with run_lock(tmp_path / "run") as lock:
         assert lock.path == tmp_path / "run" / "train.lock"
         owner = json.loads(lock.path.read_text())
-        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname() and owner["start"]
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname() and owner["since"]
         with pytest.raises(UserError, match=f"{tmp_path / 'run'} is being trained by pid {os.getpid()}"):
             run_lock(tmp_path / "run").acquire()
     assert not lock.path.exists()
@@ -73,23 +88,35 @@ def test_the_two_lock_places_and_the_owner_they_record(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock or temporary file left
 
 
-def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
+def test_a_lock_is_held_while_its_process_lives_and_free_once_it_is_killed(tmp_path):
+    """flock: the kernel lets the lock go when the holder dies, kill -9 included, even while a worker it
+    forked lives on; what the dead holder wrote is what the newcomer took over. No pid or start time
+    is guessed at."""
     lock = tmp_path / "x.lock"
-    # this process's pid, but a start time it never had: the owner died and its pid was given to us
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": "1"}))
-    with FolderLock(lock, target=tmp_path / "x") as taken:
-        assert taken.took_over["start"] == "1"
-        assert json.loads(lock.read_text())["start"] != "1"
-    lock.write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere"}))
-    with pytest.raises(UserError, match="on elsewhere"):
-        FolderLock(lock).acquire()
-    lock.write_text("not json")
-    with pytest.raises(UserError, match="is not a lock"):
-        FolderLock(lock).acquire()
-    assert lock.read_text() == "not json"  # neither is touched
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    said, worker = holder.stdout.readline().split()
+    try:
+        assert said == "held"
+        with pytest.raises(UserError, match=f"is being written by pid {holder.pid} on {socket.gethostname()}"):
+            FolderLock(lock).acquire()
+        holder.kill()
+        holder.wait()
+        assert json.loads(lock.read_text())["pid"] == holder.pid  # left behind by kill -9
+        with FolderLock(lock) as taken:  # while the worker still runs
+            os.kill(int(worker), 0)
+            assert taken.took_over["pid"] == holder.pid
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(worker), signal.SIGKILL)
+    lock.write_text("not json, left by anything")
+    with FolderLock(lock) as taken:
+        assert taken.took_over == {}
+    assert not lock.exists()
 
 
-def test_two_newcomers_cannot_both_take_over_one_stale_lock(tmp_path):
+def test_two_newcomers_cannot_both_take_one_free_lock(tmp_path):
     lock = tmp_path / "x.lock"
     for _ in range(10):
         lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
@@ -113,12 +140,16 @@ def test_two_newcomers_cannot_both_take_over_one_stale_lock(tmp_path):
         assert not lock.exists()
 
 
-def test_release_leaves_a_lock_that_is_no_longer_its_own(tmp_path):
-    lock = FolderLock(tmp_path / "x.lock").acquire()
-    other = {"pid": os.getpid() + 1, "host": socket.gethostname(), "start": "7"}
-    lock.path.write_text(json.dumps(other))  # taken over meanwhile by a process that thought we were gone
-    lock.release()
-    assert json.loads(lock.path.read_text()) == other and not lock.held
+def test_a_link_or_a_fifo_at_the_lock_is_refused(tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    (tmp_path / "a.lock").symlink_to(target)
+    with pytest.raises(UserError, match="cannot open the lock"):
+        FolderLock(tmp_path / "a.lock").acquire()
+    os.mkfifo(tmp_path / "b.lock")
+    with pytest.raises(UserError, match="not a file"):
+        FolderLock(tmp_path / "b.lock").acquire()
+    assert target.read_text() == "keep"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,3 +323,21 @@ def test_signals_during_a_write_act_when_it_is_over(tmp_path):
             signal.raise_signal(signal.SIGINT)
             f.write(b" and the rest")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_log_is_appended_to_and_never_through_a_planted_link(tmp_path):
+    from alexnet.files import append_text
+
+    append_text(tmp_path / "train.log", "one\n")
+    append_text(tmp_path / "train.log", "two \udcff\n")  # a name's byte that is not UTF-8
+    assert (tmp_path / "train.log").read_bytes() == b"one\ntwo \\udcff\n"
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "planted.log").symlink_to(victim)
+    _as_other_user(tmp_path / "planted.log")
+    with pytest.raises(UserError, match="it is a symbolic link, not a log file"):
+        append_text(tmp_path / "planted.log", "x\n")
+    os.mkfifo(tmp_path / "fifo.log")
+    with pytest.raises(UserError, match="it is a FIFO \\(named pipe\\), not a log file"):
+        append_text(tmp_path / "fifo.log", "x\n")
+    assert victim.read_text() == "keep"

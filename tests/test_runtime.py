@@ -1,5 +1,5 @@
 """alexnet.runtime: when bf16 autocast is the default (the evidence that it trains as well as float32 is
-bench/bf16_error.py's, in bench/README.md)."""
+studies/bf16_error.py's, in docs/experiments/bf16.md)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,32 @@ def test_the_switch_makes_auto_resolve_on_this_machine_as_on_the_other_kind_of_c
     assert not use_bf16_autocast("auto", CPU, NO_AMX, environ={"ALEXNET_CPU_FAST_BF16": "1"})
     assert not use_bf16_autocast("off", CPU, environ={"ALEXNET_CPU_FAST_BF16": "1"})
     assert use_bf16_autocast("auto", CUDA, environ={"ALEXNET_CPU_FAST_BF16": "0"})
+
+
+def test_the_compile_cache_is_private_and_a_planted_one_refused(tmp_path):
+    """Inductor's default cache, /tmp/torchinductor_USER, sits in a folder every user can write: the
+    commands use a folder of the user's own instead, and refuse one others could have filled."""
+    import os
+    import stat
+
+    from alexnet.errors import UserError
+    from alexnet.runtime import private_compile_cache
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    folder = private_compile_cache(env)
+    assert folder == tmp_path / "cache" / "alexnet" / "torchinductor" and env["TORCHINDUCTOR_CACHE_DIR"] == str(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.geteuid()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UserError, match="not a folder of this user's own"):
+        private_compile_cache({"TORCHINDUCTOR_CACHE_DIR": str(shared)})
+    if os.geteuid() == 0:  # another user's folder, closed to others but not ours
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 2002, 2002)
+        with pytest.raises(UserError, match="owner uid 2002"):
+            private_compile_cache({"TORCHINDUCTOR_CACHE_DIR": str(theirs)})
+    (tmp_path / "link").symlink_to(shared)
+    with pytest.raises(UserError, match="not a folder of this user's own"):
+        private_compile_cache({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "link")})

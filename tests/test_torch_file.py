@@ -2,6 +2,7 @@
 or allocated, by `import torchvision` and by every command that reads a checkpoint."""
 
 import io
+import os
 import struct
 import zipfile
 
@@ -159,3 +160,11 @@ def test_files_torch_save_writes_load_as_before(tmp_path):
     buf = io.BytesIO()
     torch.save(state, buf)
     assert zipfile.ZipFile(buf).infolist()[0].compress_type == zipfile.ZIP_STORED  # what the check relies on
+
+
+def test_a_file_whose_name_is_not_utf8_loads(tmp_path):
+    """torch's reader takes the name as UTF-8 text; such a file is opened first and read by its fd."""
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/run-\xff.pt")
+    torch.save({"model": {"w": torch.arange(3.0)}}, tmp_path / "plain.pt")
+    os.rename(tmp_path / "plain.pt", name)
+    assert torch.equal(torch_file.read_torch_file(name, "a checkpoint")["model"]["w"], torch.arange(3.0))

@@ -443,7 +443,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         # §5's 128 gives 11 steps an epoch on 1,438 images (the UCI digits): the net sat at chance for
         # 3-5 epochs and ended 10 at 11-24% error (3 seeds). 64 gives 23 steps an epoch, left chance
-        # after 3 and ended at 7-9%; 32 at 9-13% (bench/README.md "small on real data"). The plateau
+        # after 3 and ended at 7-9%; 32 at 9-13% (docs/experiments/digits.md). The plateau
         # patience stays: 1 annealed the digits better (7.5%) but spent all three drops in the demo's
         # first 13 epochs on noise in its validation error, which then ended at 8% instead of 0.2%.
         "train": {"batch_size": 64},
@@ -547,16 +547,27 @@ def validate(config: Config) -> Config:
     if min(map_sizes(m).values()) < 1:
         raise ConfigError(f"model.input_size={m.input_size}: must be >= {smallest_input_size(m)} for this "
                           f"pooling (z={m.pool_size}, s={m.pool_stride}), or the maps would be empty")
-    if t.model_parallel == 2:
-        needs = {"model.towers": (m.towers, 2), "model.remove_conv": (m.remove_conv, 0),
-                 "model.extra_conv": (m.extra_conv, False), "model.fc_width % 2": (m.fc_width % 2, 0)}
-        if m.lrn:
-            needs["model.lrn_within_towers"] = (m.lrn_within_towers, True)
-        for key, (value, wanted) in needs.items():
-            if value != wanted:
-                raise ConfigError(f"train.model_parallel=2: needs {key} = {show(wanted).lower()} "
-                                  f"(§3.2: one tower of Fig. 2 on each device), got {show(value).lower()}")
+    problem = model_parallel_problem(m) if t.model_parallel == 2 else None
+    if problem:
+        raise ConfigError(f"train.model_parallel=2: {problem}")
     return config
+
+
+def model_parallel_problem(m: ModelConfig) -> str | None:
+    """Why the net of `m` cannot be split over two devices (§3.2: one tower of Fig. 2 on each), or
+    None: the one place for these conditions (`validate`, and `TwoTowerAlexNet` for a net built by hand)."""
+    needs = {"model.towers": (m.towers, 2), "model.remove_conv": (m.remove_conv, 0),
+             "model.extra_conv": (m.extra_conv, False), "model.fc_width % 2": (m.fc_width % 2, 0),
+             "model.conv1_padding": (m.conv1_padding, 2), "model.pool_ceil": (m.pool_ceil, False),
+             "model.dropout_style": (m.dropout_style, "paper"), "model.input_scale": (m.input_scale, ()),
+             "model.adaptive_pool": (m.adaptive_pool, 0)}
+    if m.lrn:
+        needs["model.lrn_within_towers"] = (m.lrn_within_towers, True)
+    for key, (value, wanted) in needs.items():
+        if value != wanted:
+            return (f"needs {key} = {show(wanted).lower()} (§3.2: one tower of Fig. 2 on each device; an imported "
+                    f"net's conventions are not split), got {show(value).lower()}")
+    return None
 
 
 # A resumed run keeps what defines its net and what it sees; the loader's speed may change.

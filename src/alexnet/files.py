@@ -169,6 +169,28 @@ def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) 
         f.write(text)
 
 
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (UTF-8; bytes of names that are not UTF-8 as \\xNN) to the log `path`, created
+    if need be: never through a link planted at its name, never into a FIFO or a device."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     new_file_mode())
+    except OSError as e:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        what = f"it is {_kind(mode)}" if not stat.S_ISREG(mode) else e.strerror or str(e)
+        raise UserError(f"cannot append to {printable(path)}: {what}, not a log file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{printable(path)} is {_kind(mode)}, not a log file to append to")
+        os.write(fd, text.encode("utf-8", "backslashreplace"))
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
@@ -190,7 +212,8 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 _KINDS = {stat.S_IFDIR: "a folder", stat.S_IFREG: "a file", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket"}
+          stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+          stat.S_IFLNK: "a symbolic link"}
 
 
 def _kind(mode: int) -> str:
@@ -268,117 +291,117 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of process `pid` (Linux clock ticks since boot), which tells a live process from
-    a new one that was given a dead one's pid; None where /proc cannot say."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+_HELD_LOCKS: set[int] = set()  # descriptors of the FolderLocks this process holds
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def _close_inherited_locks() -> None:
+    """In a forked child (prepare's worker processes): its copies of the parent's lock descriptors
+    closed, so that the lock ends with the process that took it, not with its last worker."""
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _running(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    return start is None or _process_start(pid) in (None, start)
-
-
-_MISSING, _EMPTY, _FOREIGN = "missing", "empty", "foreign"
+        return True  # another user's
+    return True
 
 
 class FolderLock:
-    """An exclusive lock on writing `target` (a run folder being trained, a store being prepared): the
-    file `path` holding the owner's pid, host, process start time and since when. It is created
-    atomically, as a hard link of a complete file (which fails if the lock exists), so no reader ever
-    sees half a lock. A second writer is refused in one line naming the owner. A lock whose owner on
-    this host is gone (a pid that is dead, or reused by a younger process) is stale and taken over, as
-    is an empty one; the check-and-take runs under a flock of the lock's folder, so two newcomers cannot
-    both take over one stale lock. Another host's lock cannot be checked from here and is respected.
-    Use as a context manager; `took_over` is the stale owner replaced, if any ({} for an empty lock)."""
+    """An exclusive lock on writing `target` (a run folder being trained, a store being prepared):
+    `fcntl.flock` on the file `path`, which the kernel releases when its holder ends, however it
+    ends (kill -9 and power cuts included), so a lock is never left stale and never guessed at. The
+    file also says who holds it (pid, host, since when), for the one-line refusal of a second writer;
+    what an earlier, dead holder wrote there is `took_over` ({} if it said nothing readable). Opened
+    without following a link; anything but a regular file at `path` is refused. Use as a context
+    manager."""
 
     def __init__(self, path: str | os.PathLike, target: str | os.PathLike | None = None, doing: str = "written"):
         self.path = Path(path)
         self.target = Path(target) if target is not None else self.path.parent
         self.doing = doing  # "{target} is being {doing} by pid ..."
         self.took_over: dict | None = None
-        self._me: dict | None = None
+        self._fd: int | None = None
 
-    def _read(self) -> dict | str:
-        """The owner, or _MISSING, _EMPTY (a lock a killed process left empty) or _FOREIGN."""
+    def _open(self) -> int:
         try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return _MISSING
-        except (OSError, UnicodeDecodeError):
-            return _FOREIGN
-        if not text.strip():
-            return _EMPTY
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot open the lock {printable(self.path)}: {e.strerror or e} (a link or another "
+                            f"user's file there is refused)") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise UserError(f"the lock {printable(self.path)} is {_kind(mode)}, not a file; remove it if nothing is "
+                            f"writing {printable(self.target)}")
+        return fd
+
+    @staticmethod
+    def _owner(fd: int) -> dict:
         try:
-            owner = json.loads(text)
-        except ValueError:
-            return _FOREIGN
-        return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else _FOREIGN
+            owner = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
 
     def acquire(self) -> FolderLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-              "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        guard = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)  # released when `guard` is closed
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        for _ in range(100):
+            fd = self._open()
             try:
-                os.fchmod(fd, 0o644)  # readable by every user, who is told whose it is
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps(me) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                self._take(me, Path(tmp))
-            finally:
-                os.unlink(tmp)
-        finally:
-            os.close(guard)
-        fsync_dir(self.path.parent)
-        self._me = me
-        return self
-
-    def _take(self, me: dict, tmp: Path) -> None:
-        for _ in range(3):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = {}
+                for _ in range(50):  # the holder writes its name right after taking the lock, over its
+                    owner = self._owner(fd)  # dead predecessor's
+                    if _running(owner.get("pid")) or owner.get("host", socket.gethostname()) != socket.gethostname():
+                        break
+                    time.sleep(0.01)
+                os.close(fd)
+                raise UserError(f"{printable(self.target)} is being {self.doing} by pid {owner.get('pid', '?')} on "
+                                f"{owner.get('host', '?')} (since {owner.get('since', '?')}); wait for it to finish or "
+                                f"stop it") from None
             try:
-                os.link(tmp, self.path)
-                return
-            except FileExistsError:
-                pass
-            owner = self._read()
-            if owner == _MISSING:
-                continue  # released meanwhile
-            if owner == _FOREIGN:
-                raise UserError(f"{self.path} exists but is not a lock alexnet wrote; delete it if nothing is "
-                                f"writing {self.target}")
-            if owner == _EMPTY or (owner.get("host") == me["host"] and not _alive(owner["pid"], owner.get("start"))):
-                self.path.unlink(missing_ok=True)  # stale: its owner died (kill -9, power cut)
-                self.took_over = {} if owner == _EMPTY else owner
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released and removed between our open and our flock: take the new file
+                os.close(fd)
                 continue
-            raise UserError(f"{self.target} is being {self.doing} by pid {owner['pid']} on {owner.get('host')} "
-                            f"(since {owner.get('since', '?')}); wait for it to finish or stop it (if that process "
-                            f"is gone, delete {self.path})")
-        raise UserError(f"cannot take the lock {self.path}: it keeps changing hands")
+            self.took_over = self._owner(fd) if os.fstat(fd).st_size else None
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            os.fsync(fd)
+            self._fd = fd
+            _HELD_LOCKS.add(fd)
+            return self
+        raise UserError(f"cannot take the lock {printable(self.path)}: it keeps changing hands")
 
     def release(self) -> None:
-        """Remove the lock if it is still this process's own (never one a newcomer took over)."""
-        if self._me is not None:
-            owner = self._read()
-            if isinstance(owner, dict) and owner["pid"] == self._me["pid"] and owner.get("start") == self._me["start"]:
-                self.path.unlink(missing_ok=True)
-            self._me = None
+        """Remove the lock file, then let the lock go (in that order, so that no newcomer locks a file
+        that is about to vanish: one that opened it before the removal finds it gone, and retries)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            _HELD_LOCKS.discard(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     @property
     def held(self) -> bool:
-        return self._me is not None
+        return self._fd is not None
 
     def __enter__(self) -> FolderLock:
         return self.acquire()

@@ -31,7 +31,7 @@ def keep_freed_memory() -> bool:
     glibc serves every block over 32 MB with its own mmap and unmaps it on free, so each large
     activation of a CPU training step is page-faulted in again on the next step: a fresh 148 MB
     tensor (conv1's maps at batch 128) cost 65 ms to fill against 9 ms for a reused one, and a paper
-    net training step ran at 16.8 images/s with it against 31.3 without (bench/README.md). Set
+    net training step ran at 16.8 images/s with it against 31.3 without (bench/docs/lrn.md). Set
     ALEXNET_KEEP_FREED_MEMORY=0 to leave the allocator alone. Process-wide: call it at a command's
     entry, not from library code."""
     if os.environ.get("ALEXNET_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 
 from alexnet.errors import UserError
 
-__all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "resolve_device", "set_thread_count", "use_bf16_autocast"]
+__all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "private_compile_cache",
+           "resolve_device", "set_thread_count", "use_bf16_autocast"]
 
 
 def capturing_graph() -> bool:
@@ -74,8 +76,8 @@ def cpu_bf16_is_default(flags: Iterable[str] | None = None, environ: dict | None
 def use_bf16_autocast(amp: str, device: torch.device, flags: Iterable[str] | None = None,
                       environ: dict | None = None) -> bool:
     """train.amp resolved for `device`: "bf16" and "off" as said; "auto" is bf16 autocast on CUDA and
-    on CPUs with fast bf16 matmuls (`cpu_bf16_is_default`), float32 elsewhere. bench/bf16_error.py
-    measures whether bf16 training reaches float32's error (bench/README.md)."""
+    on CPUs with fast bf16 matmuls (`cpu_bf16_is_default`), float32 elsewhere. studies/bf16_error.py
+    measures whether bf16 training reaches float32's error (docs/experiments/bf16.md)."""
     if amp != "auto":
         return amp == "bf16"
     if device.type == "cuda":
@@ -90,3 +92,28 @@ def set_thread_count(threads: int) -> None:
     a command's entry only (`alexnet train --resume` taking the run's own count)."""
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def private_compile_cache(environ: dict | None = None) -> Path:
+    """A cache folder for torch.compile's generated code that only this user can write, set as
+    TORCHINDUCTOR_CACHE_DIR (process-wide: a command's entry only). Inductor's default is
+    /tmp/torchinductor_USER, made with exist_ok in a folder every user can write: another user who
+    makes it first, with compiled libraries of theirs inside, gets their code run by `--compile`. The
+    folder the user names in TORCHINDUCTOR_CACHE_DIR, else $XDG_CACHE_HOME/alexnet/torchinductor
+    (~/.cache/...), is created 0700 and refused in one line unless it is this user's own and closed to
+    group and others."""
+    environ = os.environ if environ is None else environ
+    given = environ.get("TORCHINDUCTOR_CACHE_DIR")
+    base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = Path(given) if given else base / "alexnet" / "torchinductor"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(folder, follow_symlinks=False)
+    except OSError as e:
+        raise UserError(f"cannot make the compile cache {folder}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UserError(f"the compile cache {folder} is not a folder of this user's own closed to group and others "
+                        f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); torch.compile would run the code "
+                        f"in it: point TORCHINDUCTOR_CACHE_DIR at a private folder")
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder

@@ -20,6 +20,7 @@ pickle may declare a storage of any size. So, in this order:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -115,6 +116,22 @@ def tensor_problem(where: str, t: torch.Tensor) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _loadable_name(path: Path):
+    """A name torch can open for `path`: the path itself, or, where it is not UTF-8 (torch's file
+    reader takes a std::string and fails on such a name), the open file as /proc/self/fd/N."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield str(path)
+
+
 def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
     """The object a torch.save file holds, loaded as data after the checks above. Any problem is a
     UserError: '{path} is not {what}: {why}'."""
@@ -137,9 +154,9 @@ def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torc
     if problem:
         raise refuse(problem)
     try:
-        with warnings.catch_warnings():  # torch's deprecation notes on what a file holds: it is judged below
-            warnings.simplefilter("ignore")
-            value = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        with warnings.catch_warnings(), _loadable_name(path) as name:  # torch's notes on what a file holds:
+            warnings.simplefilter("ignore")  # it is judged below
+            value = torch.load(name, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix, in our words
         raise refuse(_load_problem(e)) from None
     total = 0

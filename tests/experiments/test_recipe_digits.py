@@ -2,7 +2,7 @@
 digits, prepared from an ImageNet-style tree of JPEGs as `alexnet prepare --size 72` would.
 
 With the paper's recipe (batch 128: 11 steps an epoch here) the net sat at chance for three to five
-epochs and ended 10 epochs at 11-24% error (bench/README.md, "small on real data"). Run against those
+epochs and ended 10 epochs at 11-24% error (docs/experiments/digits.md). Run against those
 defaults (RECIPES["small"] emptied) this test fails: best of 7 epochs 30.6% on the centre patch.
 """
 

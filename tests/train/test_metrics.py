@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from alexnet.train.metrics import MetricsLog, read_jsonl
+from alexnet.train.metrics import MetricsLog, parse_history
+
+
+def read_jsonl(path) -> list[dict]:
+    rows, bad = parse_history(Path(path).read_bytes())
+    assert bad == 0
+    return rows
 
 ROWS = [
     {"epoch": 1, "lr": 0.01, "train_loss": 2.302585092994046, "train_top1_err": 0.9, "time": "2026-11-22T05:00:00"},

@@ -153,7 +153,7 @@ def test_a_second_trainer_of_a_run_is_refused_naming_the_first(demo_store, tmp_p
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, len(lines) + 1))  # one writer only
 
 
-def test_stale_and_foreign_locks(demo_store, tmp_path):
+def test_a_lock_left_by_a_killed_trainer_is_taken_over(demo_store, tmp_path):
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(ended.stdout)
     out = tmp_path / "run"
@@ -165,10 +165,6 @@ def test_stale_and_foreign_locks(demo_store, tmp_path):
     with run_lock(out) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert not (out / "train.lock").exists()
-    (out / "train.lock").write_text(json.dumps({"pid": dead_pid, "host": "elsewhere"}))  # cannot be checked here
-    with pytest.raises(UserError, match=f"pid {dead_pid} on elsewhere"):
-        fit(tiny_config(max_steps=4), None, out, resume=True, progress=False, echo=False)
-    assert json.loads((out / "train.lock").read_text())["host"] == "elsewhere"
 
 
 # ---------------------------------------------------------------------------------------------------

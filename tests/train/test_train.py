@@ -289,12 +289,12 @@ def test_bf16_autocast_runs_and_out_of_memory_is_one_clear_line(demo_store, tmp_
     r = fit(tiny_config(max_steps=2, amp="bf16"), demo_store, tmp_path / "bf16", progress=False, echo=False)
     assert r["status"] == "stopped at max_steps"
     assert load_checkpoint(tmp_path / "bf16" / "last.pt")["model"]["conv1.weight"].dtype == torch.float32
-    import alexnet.train.loop as T
+    import alexnet.train.run as run_module
 
-    def out_of_memory(self, stop, save=None):
+    def out_of_memory(trainer, stop, save=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(T.Trainer, "train_one_epoch", out_of_memory)
+    monkeypatch.setattr(run_module, "train_one_epoch", out_of_memory)
     with pytest.raises(UserError, match="out of memory .* lower --batch-size"):
         fit(tiny_config(), demo_store, tmp_path / "oom", progress=False, echo=False)
 

@@ -147,6 +147,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         threads = saved_threads(args.resume)
         if threads and threads != args.threads:
             set_thread_count(threads)
+    from alexnet.runtime import private_compile_cache
+
+    private_compile_cache()  # --compile (or train.compile in a config) never runs code others could plant
     # a SIGTERM before fit's own handler raises cli_guard.Terminated: the run stops, its lock released, exit 143
     result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config, train_overrides(args),
                              progress=not args.quiet)
@@ -158,7 +161,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             plot_curves(result["history"], Path(result["out"]) / "curves.png",
                         title=run_title(result["variant"], result["data"], result["history"]))
         print(summary_line(result))
-    return result["exit_code"]
+    return exit_code(result)
+
+
+def exit_code(result: dict) -> int:
+    """A finished (or max_steps-stopped) run 0; one a signal stopped 128 + the signal's number, as a
+    shell reports it (a process stopped because another one of the torchrun job was: 130)."""
+    if result["status"] != "interrupted":
+        return 0
+    return {"SIGINT": 130, "SIGTERM": 143}.get(result.get("signal"), 130)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -186,22 +197,22 @@ def print_eval(result: dict) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
-    import json
-
     import tomllib
 
     from alexnet.report.curves import plot_curves, run_title
+    from alexnet.train.metrics import read_history
 
     run = Path(args.run)
     metrics = run / "metrics.jsonl"
-    if not metrics.is_file():
+    read = read_history(run)
+    if read is None:
         raise UserError(f"{metrics} does not exist (is {run} a training run folder?)")
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    history, bad = read
     if not history:
-        raise UserError(f"{metrics} has no finished epoch yet")
+        raise UserError(f"{metrics} has no finished epoch yet" + (f" ({bad} line(s) could not be read)" if bad else ""))
     try:
         variant = tomllib.loads((run / "config.toml").read_text()).get("variant", run.name)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged or crafted config.toml: the folder's name
         variant = run.name
     out = plot_curves(history, args.out or run / "curves.png", title=run_title(variant, None, history, run))
     print(f"wrote {out}")
@@ -210,8 +221,8 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alexnet.cli.demo import run_demo
 
-    return run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet,
-                    hard=args.hard)["exit_code"]
+    return exit_code(run_demo(args.dir, epochs=args.epochs, device=args.device, progress=not args.quiet,
+                              hard=args.hard))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,7 +329,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int | None:
                      progress=not args.quiet, seeds=args.seeds)
         except ExperimentInterrupted as e:
             print(f"alexnet experiment: {e}", file=sys.stderr)
-            return e.exit_code
+            return exit_code({"status": "interrupted", "signal": e.signal})
     for name in names:
         if name == FIG1:
             from alexnet.experiments.fig1 import relu_vs_tanh

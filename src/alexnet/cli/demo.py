@@ -66,7 +66,7 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
             plot_curves(result["history"], run / "curves.png", title=run_title(config.variant, store.name, result["history"]))
         if result["status"] != "finished":
             echo(f"training {result['status']}; run `alexnet demo` again to continue")
-            return {"status": result["status"], "exit_code": result["exit_code"]}
+            return {"status": result["status"], "signal": result["signal"]}
     echo("== 4/6 evaluate on the validation images (§4.1: centre patch, then the average of ten patches)")
     results = {}
     for views in (1, 10):
@@ -87,5 +87,5 @@ def run_demo(root: str | os.PathLike = "alexnet-demo", epochs: int | None = None
     for name, path in outputs.items():
         echo(f"  {name:<18} {path}")
     echo(f"open the report in a browser: {report.resolve().as_uri()}")
-    return {"status": "finished", "exit_code": 0, "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
+    return {"status": "finished", "top1_err": results[1]["top1_err"], "top1_err_10crop": results[10]["top1_err"],
             "outputs": {k: str(v) for k, v in outputs.items()}}

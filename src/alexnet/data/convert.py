@@ -168,7 +168,7 @@ def process_chunk(chunk: Chunk, s: Settings) -> dict:
             # A jpeg store's statistics are of the pixels before encoding, the same as a raw store's of
             # the same files: decoding every image again for them cost 8% of prepare, and at q90 the
             # decoded pixels' mean image differs by 0.33 levels on average, the RGB eigenvalues by
-            # 0.5-3.6% (1,280 photo-like images, bench/README.md "prepare").
+            # 0.5-3.6% (1,280 photo-like images, bench/docs/prepare.md "prepare").
             if fd is not None:
                 os.pwrite(fd, pixels.data, offset + slot * pixels.nbytes)
             else:

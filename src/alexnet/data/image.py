@@ -38,7 +38,7 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 MAX_DECODED_BYTES = 256 << 20
 BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # else 4 (Pillow's)
 
-try:  # libjpeg-turbo without Pillow's image objects: the same pixels, 2.7x faster at 256x256 (bench/README.md)
+try:  # libjpeg-turbo without Pillow's image objects: the same pixels, 2.7x faster at 256x256 (bench/docs/loader.md)
     import simplejpeg
 except ImportError:  # e.g. a GPU machine without it: Pillow decodes the same pixels, slower
     simplejpeg = None
@@ -107,7 +107,7 @@ def _draft_scale(width: int, height: int, size: int) -> int:
 def _pixels_of(img: Image.Image, data: bytes, size: int, draft: bool) -> Image.Image:
     """The decoded image. A plain colour JPEG decoded at full scale goes through simplejpeg: the same
     libjpeg-turbo settings as Pillow (accurate integer DCT, fancy upsampling), pixel-identical (tests),
-    1.6x faster on a 500x375 ImageNet photo (bench/README.md). Anything else through Pillow."""
+    1.6x faster on a 500x375 ImageNet photo (bench/docs/loader.md). Anything else through Pillow."""
     if img.format == "JPEG" and draft and _draft_scale(*img.size, size) > 1:
         # Let libjpeg downscale in the DCT while both sides stay >= 2*size (Pillow's reducing_gap);
         # the box is square, so it holds whichever way the orientation tag turns the image.
@@ -177,7 +177,7 @@ def load_image(path: str | os.PathLike, size: int, draft: bool = True) -> tuple[
 def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     """An (H, W, 3) uint8 RGB image as a baseline JPEG with 4:2:0 chroma subsampling (Pillow's
     default, and the fastest of 4:2:0, 4:2:2 and 4:4:4 to decode at 256x256: 4:4:4 decodes 1.4-1.5x
-    slower, bench/README.md). Through simplejpeg where installed, 1.4x faster than through Pillow."""
+    slower, bench/docs/loader.md). Through simplejpeg where installed, 1.4x faster than through Pillow."""
     if simplejpeg is not None:
         return simplejpeg.encode_jpeg(np.ascontiguousarray(pixels), quality, colorspace="RGB", colorsubsampling="420")
     buf = io.BytesIO()

@@ -21,7 +21,7 @@ Layout of a store folder (format version 2)::
 
 Raw is the fast one (a batch is one gather from the page cache, ~196 KB an image at 256: ImageNet's
 1.28 M training images take ~250 GB); jpeg is ~10x smaller and costs a decode
-(~0.3 ms an image a core at q90, ~25% less at q85: bench/README.md).
+(~0.3 ms an image a core at q90, ~25% less at q85: bench/docs/loader.md).
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ class ImageStore:
 
     def _read_raw(self, rows: np.ndarray, out: np.ndarray) -> None:
         """One pread per image straight into `out`: no page-table faults on first touch, unlike
-        reading through the memory map (first pass over a store: 4k vs 40k images/s, bench/README.md)."""
+        reading through the memory map (first pass over a store: 4k vs 40k images/s, bench/docs/loader.md)."""
         if self._fd is None:
             _ = self.images  # opens the file and checks its shape first
             self._fd = os.open(self.root / self.split / "images.npy", os.O_RDONLY)
@@ -305,3 +305,32 @@ class ImageStore:
         """Eigenvalues (3,), descending, and eigenvectors (3, 3) as columns of the covariance of the
         training set's RGB pixel values (0..255 scale), §4.1."""
         return self.stats["eigvals"], self.stats["eigvecs"]
+
+
+def check_usable(store: ImageStore, num_classes: int | None = None) -> None:
+    """Refuse, in one line and before any work is spent on it, a split whose labels fall outside
+    `num_classes` (default: the store's classes), whose first or last image cannot be read, or whose
+    statistics are not finite or not its images' shape (a NaN mean makes every output NaN). Training
+    and every command that runs a net on a store call it (the one place for these checks)."""
+    where = f"store {store.root}"
+    n = len(store.classes) if num_classes is None else num_classes
+    labels = store.labels
+    if len(labels) and (labels.min() < 0 or labels.max() >= n):
+        raise UserError(f"{where} is damaged: its {store.split} labels run from {labels.min()} to {labels.max()}, "
+                        f"outside the {n} classes (0..{n - 1}); prepare it again")
+    try:
+        mean, (eigvals, eigvecs) = store.mean, store.pca
+        if len(store):
+            store.get_batch(np.array(sorted({0, len(store) - 1})))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file shows itself as any error
+        raise UserError(f"{where} ({store.split} split) cannot be read: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; prepare it again") from None
+    size = store.image_size
+    if np.shape(mean) != (size, size, 3):
+        raise UserError(f"{where} is damaged: its mean image is {np.shape(mean)}, not its images' ({size}, {size}, 3); "
+                        f"prepare it again")
+    for name, value in (("mean image", mean), ("RGB eigenvalues", eigvals), ("RGB eigenvectors", eigvecs)):
+        if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise UserError(f"{where} is damaged: its {name} is not finite (NaN or infinite); prepare it again")

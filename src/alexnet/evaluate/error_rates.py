@@ -33,6 +33,7 @@ from alexnet.config import DataConfig
 from alexnet.data import ImageStore
 from alexnet.data.augment import BatchTransforms
 from alexnet.data.loader import BatchLoader, eval_plan
+from alexnet.data.store import check_usable
 from alexnet.errors import UserError
 from alexnet.runtime import resolve_device
 
@@ -77,21 +78,7 @@ def check_fits(payload: dict, store=None, same_classes: bool = True) -> None:
     if size != store.image_size:
         raise UserError(f"{where} was trained on {size}x{size} images, the store {store.root} holds "
                         f"{store.image_size}x{store.image_size} ones; prepare it with --size {size}")
-    labels = store.labels
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(store.classes)):
-        raise UserError(f"store {store.root} is damaged: its {store.split} labels run from {labels.min()} to "
-                        f"{labels.max()}, outside the {len(store.classes)} classes (0..{len(store.classes) - 1})")
-    try:
-        stats = store.stats
-        eigvals, eigvecs = store.pca
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"store {store.root} is damaged: stats.npz cannot be read ({e})") from None
-    if np.shape(stats["mean"]) != (size, size, 3):
-        raise UserError(f"store {store.root} is damaged: its mean image is {np.shape(stats['mean'])}")
-    where = f"store {store.root} is damaged"
-    _finite("its mean image", stats["mean"], where)
-    _finite("its RGB eigenvalues", eigvals, where)
-    _finite("its RGB eigenvectors", eigvecs, where)
+    check_usable(store)
 
 
 # ---------------------------------------------------------------------------------------------------

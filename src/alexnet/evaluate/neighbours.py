@@ -8,7 +8,7 @@ whole), keeping a running top-k per query, on the GPU when there is one.
 short binary codes". `BinaryCoder` is that auto-encoder (codes made binary by noise before the code
 layer's sigmoid, as in Krizhevsky & Hinton 2011, the paper's [14]); `random_projection_codes` is the
 usual baseline (signs of random projections, Charikar 2002). Codes are packed 8 to a byte and searched
-by Hamming distance. bench/retrieval.py compares quality and speed against the exact search.
+by Hamming distance. studies/retrieval.py compares quality and speed against the exact search.
 """
 
 from __future__ import annotations

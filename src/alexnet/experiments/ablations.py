@@ -60,12 +60,12 @@ def _no_lighting(c: Config) -> Config:
 
 
 class ExperimentInterrupted(Exception):
-    """A signal stopped a run (its checkpoint saved): the CLI says so and exits with `exit_code`
-    (130 after Ctrl-C, 143 after SIGTERM)."""
+    """A signal stopped a run (its checkpoint saved): the CLI says so and exits as the `signal`
+    ("SIGINT", "SIGTERM") calls for."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, signal: str | None):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.signal = signal
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def run_experiment(name: str, data: str | os.PathLike, base: str = "paper", resu
         plot_curves(r["history"], run / "curves.png", title=run_title(config.variant, Path(data).name, r["history"]))
     if r["status"] == "interrupted":
         raise ExperimentInterrupted(f"experiment {name} interrupted ({r['signal'] or 'Ctrl-C'}); its checkpoint is "
-                                    f"saved and no row was written: the same command continues {run}", r["exit_code"])
+                                    f"saved and no row was written: the same command continues {run}", r["signal"])
     if r["status"] != "finished":
         raise UserError(f"experiment {name} {r['status']} before its last epoch, so no row was written; run the "
                         f"same command again (without --max-steps) to continue {run}")

@@ -110,7 +110,7 @@ class AlexNet(nn.Module):
     before the ReLU, relu3's after. The net traces with torch.fx and compiles whole. The memory format
     is the caller's: channels_last (`net.to(memory_format=torch.channels_last)` and the same for the
     input) is what the trainer and the commands use on the CPU and on CUDA (max pooling 3-6x and the
-    convolutions up to 1.2x faster on the CPU, bench/README.md)."""
+    convolutions up to 1.2x faster on the CPU, bench/docs/peer.md)."""
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()

@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from alexnet.config import ModelConfig
-from alexnet.model.net import AlexNet, ConvSpec, LocalResponseNorm, PaperDropout, init_paper_, layer_spec, map_sizes
+from alexnet.config import ModelConfig, map_sizes, model_parallel_problem
+from alexnet.model.lrn import LocalResponseNorm
+from alexnet.model.net import AlexNet, ConvSpec, PaperDropout, init_paper_, layer_spec
 
 SPLIT_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")  # split by output kernels
 SPLIT_FCS = ("fc6", "fc7")  # split by output neurons
@@ -63,18 +64,9 @@ class TwoTowerAlexNet(nn.Module):
 
     def __init__(self, config: ModelConfig, devices=("cuda:0", "cuda:1")):
         super().__init__()
-        if config.towers != 2:
-            raise ValueError("model parallelism splits the two towers: it needs model.towers = 2")
-        if config.remove_conv or config.extra_conv:
-            raise ValueError("model parallelism supports Fig. 2's layers only (no removed or extra conv)")
-        if config.lrn and not config.lrn_within_towers:
-            raise ValueError("model parallelism needs model.lrn_within_towers = true (no exchange at conv1/conv2)")
-        if (config.conv1_padding, config.pool_ceil, config.dropout_style, config.input_scale, config.adaptive_pool) != (
-                2, False, "paper", (), 0):
-            raise ValueError("model parallelism supports this project's conv1 padding, pooling and dropout only "
-                             "(not an imported net's conventions)")
-        if config.fc_width % 2:
-            raise ValueError("model.fc_width must be even to split fc6 and fc7 over two devices")
+        problem = model_parallel_problem(config)
+        if problem:
+            raise ValueError(f"model parallelism {problem}")
         self.config = config
         self.devices = tuple(torch.device(d) for d in devices)
         self.map_sizes = map_sizes(config)

@@ -13,7 +13,6 @@ is not is said in its section and on stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from alexnet.errors import UserError
 from alexnet.evaluate.error_rates import error_rates, predict_probabilities
 from alexnet.files import write_bytes_atomic
 from alexnet.runtime import resolve_device
+from alexnet.train.metrics import parse_history
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")
 
@@ -71,7 +71,7 @@ def _read_config(d: RunData) -> None:
     try:
         d.config_text = data.decode("utf-8")
         d.config = tomllib.loads(d.config_text)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         d.config = None
         d.notes["config"] = f"config.toml cannot be read: {e}"
 
@@ -81,15 +81,8 @@ def _read_history(d: RunData) -> None:
     if data is None:
         d.notes.setdefault("curves", "No metrics yet: the run has not finished an epoch (metrics.jsonl is missing).")
         return
-    bad = 0
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            row = None
-            bad += 1
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            d.history.append(row)
+    rows, bad = parse_history(data)
+    d.history.extend(rows)
     if not d.history:
         d.notes["curves"] = "No metrics yet: metrics.jsonl holds no finished epoch."
     elif bad:

@@ -13,7 +13,6 @@ by batch and only each query's running k nearest kept (ImageNet's would be a 21 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ from alexnet.errors import UserError
 from alexnet.evaluate.error_rates import check_fits, predict_probabilities, store_batches, store_outputs
 from alexnet.files import check_output_path
 from alexnet.runtime import resolve_device
+from alexnet.train.metrics import read_history
 
 
 def spread_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -116,7 +116,7 @@ def _draw(payload: dict, config: Config, data, train: ImageStore, val: ImageStor
     model = model_from_checkpoint(payload)
     paths = {}
     run = Path(payload["path"]).parent
-    history = _read_history(run / "metrics.jsonl")
+    history = (read_history(run) or ([], 0))[0]  # a damaged metrics file costs the curves, not the figures
     total = 4 if history else 3
 
     def say(step: int, what: str) -> None:  # each figure takes seconds to draw: say which is under way
@@ -167,12 +167,3 @@ def _nearest_training_images(model: torch.nn.Module, train: ImageStore, query_fe
                                               data_config=config.data, progress=progress, desc="train features"):
         nearest.add(features, int(indices[0]))
     return nearest.result()[1]
-
-
-def _read_history(metrics: Path) -> list[dict]:
-    if not metrics.is_file():
-        return []
-    try:
-        return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []  # a damaged metrics file costs the curves, not the paper's figures

@@ -141,8 +141,6 @@ class Trainer:
             except ValueError as e:
                 raise UserError(str(e)) from None
             self.device = devices[0]
-        elif t.model_parallel != 1:
-            raise UserError(f"--model-parallel must be 1 or 2 (the paper's two GPUs), got {t.model_parallel}")
         else:
             model = model.to(self.device)
         if self.channels_last:
@@ -227,55 +225,6 @@ class Trainer:
         if self.config.train.max_steps and self.position.global_step >= self.config.train.max_steps:
             return "stopped at max_steps"
         return None
-
-    def train_one_epoch(self, stop, save: Callable[[], None] | None = None) -> dict:
-        """Run the rest of the current epoch; `stop.requested` (a flag the caller's signal handler sets)
-        and max_steps cut it short, `save` is called every `train.checkpoint_every` steps. Returns the
-        epoch's running metrics (over every process once the epoch is complete) and `stopped`, the
-        reason it was cut short or None."""
-        c, epoch = self.config, self.position.epoch
-        plan = train_plan(len(self.train_store), c.train.batch_size, epoch, c.train.seed, self.procs.rank,
-                          self.procs.world)
-        lr = self.lr_for(epoch)
-        gen = torch.Generator(self.device)
-        self.net.train()
-        loader = BatchLoader(self.train_store, plan[self.position.step :], self.device, self.loader_workers,
-                             c.data.prefetch)
-        bar = tqdm(total=len(plan), initial=self.position.step, desc=f"epoch {epoch + 1}/{c.train.epochs}",
-                   unit="batch", disable=not self.progress, dynamic_ncols=True, file=sys.stderr, leave=False)
-        sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss, top-1 correct since the last fold
-        stopped, seen, start = None, 0, time.perf_counter()
-        # a line every log_every steps, and at least twice an epoch (the demo's epochs have 20 steps)
-        every = max(1, min(c.train.log_every, len(plan) // 2))
-        waited, fetch = 0.0, time.perf_counter()  # seconds spent waiting for the loader since the last line
-        try:
-            for images, labels, _ in loader:
-                waited += time.perf_counter() - fetch
-                step_lr = lr * warmup_factor(self.position.global_step, len(plan), c.schedule.warmup_epochs)
-                self._run_step(bar, images, labels, step_lr, gen, sums)
-                seen += len(labels)
-                bar.update(1)
-                if self.position.step == len(plan):
-                    break
-                logging = self.position.step % every == 0
-                stopped = self.should_stop(stop.requested)
-                saving = c.train.checkpoint_every and self.position.global_step % c.train.checkpoint_every == 0
-                if logging or stopped or saving:
-                    window = (seen, time.perf_counter() - start)
-                    self._fold(sums, seen, start)
-                    seen, start = 0, time.perf_counter()
-                    if logging:
-                        self._log_progress(bar, step_lr, window, waited)
-                        waited = 0.0
-                if stopped:
-                    break
-                if saving and save is not None:
-                    save()
-                fetch = time.perf_counter()
-        finally:
-            bar.close()
-        self._fold(sums, seen, start)
-        return self.epoch_metrics(stopped)
 
     def _run_step(self, bar, *step: object) -> None:
         """`_step`; the first one of a compiled net said before and timed after, since torch.compile
@@ -370,8 +319,10 @@ class Trainer:
                         channels_last=self.channels_last, rank=self.procs.rank, world=self.procs.world,
                         reduce=self.procs.sum, progress=self.progress)
 
-    def end_epoch(self, metrics: dict, epoch_seconds: float) -> dict:
-        """The epoch's metrics.jsonl row: `train_one_epoch`'s metrics and validation's."""
+    def close_epoch(self, metrics: dict, epoch_seconds: float) -> tuple[dict, bool]:
+        """The end of a complete epoch: validation, the epoch's metrics.jsonl row (`train_one_epoch`'s
+        metrics and validation's) added to the history, the best error so far, and the position moved to
+        the next epoch. Returns the row and whether the epoch improved on the best (best.pt is due)."""
         row = {"epoch": self.position.epoch + 1, "lr": self.lr_for(self.position.epoch),
                "train_loss": metrics["loss"], "train_top1_err": metrics["top1_err"],
                "images_per_s": metrics["images_per_s"], "seconds": epoch_seconds}
@@ -379,7 +330,64 @@ class Trainer:
             v = self.validate(self.config.train.eval_crops)
             row.update(val_loss=v["loss"], val_top1_err=v["top1_err"], val_top5_err=v["top5_err"])
         row["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        return row
+        self.history.append(row)
+        err = row.get("val_top1_err", row["train_top1_err"])
+        improved = err < self.best_err
+        self.position = Position(self.position.epoch + 1, 0, self.position.global_step)
+        self.running = Running()
+        if improved:
+            self.best_err, self.best_epoch = err, self.position.epoch
+        return row, improved
+
+
+def train_one_epoch(trainer: Trainer, stop, save: Callable[[], None] | None = None) -> dict:
+    """§5's steps for the rest of the trainer's current epoch; `stop.requested` (a flag the caller's signal handler sets)
+    and max_steps cut it short, `save` is called every `train.checkpoint_every` steps. Returns the
+    epoch's running metrics (over every process once the epoch is complete) and `stopped`, the
+    reason it was cut short or None."""
+    c, epoch = trainer.config, trainer.position.epoch
+    plan = train_plan(len(trainer.train_store), c.train.batch_size, epoch, c.train.seed, trainer.procs.rank,
+                      trainer.procs.world)
+    lr = trainer.lr_for(epoch)
+    gen = torch.Generator(trainer.device)
+    trainer.net.train()
+    loader = BatchLoader(trainer.train_store, plan[trainer.position.step :], trainer.device, trainer.loader_workers,
+                         c.data.prefetch)
+    bar = tqdm(total=len(plan), initial=trainer.position.step, desc=f"epoch {epoch + 1}/{c.train.epochs}",
+               unit="batch", disable=not trainer.progress, dynamic_ncols=True, file=sys.stderr, leave=False)
+    sums = torch.zeros(2, device=trainer.device, dtype=torch.float64)  # loss, top-1 correct since the last fold
+    stopped, seen, start = None, 0, time.perf_counter()
+    # a line every log_every steps, and at least twice an epoch (the demo's epochs have 20 steps)
+    every = max(1, min(c.train.log_every, len(plan) // 2))
+    waited, fetch = 0.0, time.perf_counter()  # seconds spent waiting for the loader since the last line
+    try:
+        for images, labels, _ in loader:
+            waited += time.perf_counter() - fetch
+            step_lr = lr * warmup_factor(trainer.position.global_step, len(plan), c.schedule.warmup_epochs)
+            trainer._run_step(bar, images, labels, step_lr, gen, sums)
+            seen += len(labels)
+            bar.update(1)
+            if trainer.position.step == len(plan):
+                break
+            logging = trainer.position.step % every == 0
+            stopped = trainer.should_stop(stop.requested)
+            saving = c.train.checkpoint_every and trainer.position.global_step % c.train.checkpoint_every == 0
+            if logging or stopped or saving:
+                window = (seen, time.perf_counter() - start)
+                trainer._fold(sums, seen, start)
+                seen, start = 0, time.perf_counter()
+                if logging:
+                    trainer._log_progress(bar, step_lr, window, waited)
+                    waited = 0.0
+            if stopped:
+                break
+            if saving and save is not None:
+                save()
+            fetch = time.perf_counter()
+    finally:
+        bar.close()
+    trainer._fold(sums, seen, start)
+    return trainer.epoch_metrics(stopped)
 
 
 def format_epoch(row: dict, epochs: int) -> str:

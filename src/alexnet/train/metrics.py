@@ -33,6 +33,35 @@ CSV_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 
 
+def parse_history(data: bytes | str) -> tuple[list[dict[str, Any]], int]:
+    """The epoch rows of a metrics.jsonl text (objects with an integer "epoch"), and how many lines could
+    not be read (a damaged or hand-edited file costs those lines, never the reader): the one reader of
+    the file, for `alexnet plot`, `figures` and `report`."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    rows, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            bad += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def read_history(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], int] | None:
+    """`parse_history` of RUN/metrics.jsonl; None where the run has no such file (or it cannot be read)."""
+    try:
+        return parse_history((Path(run_dir) / JSONL_NAME).read_bytes())
+    except OSError:
+        return None
+
+
 def csv_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Every key of the rows, in the order in which each first appears."""
     columns: dict[str, None] = {}
@@ -160,8 +189,3 @@ class MetricsLog:
     def _write_files(self) -> None:
         write_text_atomic(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self.rows))
         write_text_atomic(self.csv_path, rows_to_csv(self.rows, self.columns))
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl file (blank lines skipped)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

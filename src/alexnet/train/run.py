@@ -31,18 +31,18 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from alexnet.model.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from alexnet.config import Config, apply, load_toml, resolve, resume_config, to_toml, validate
 from alexnet.data import ImageStore
+from alexnet.data.store import check_usable
 from alexnet.train.distributed import setup_processes
 from alexnet.errors import UserError
-from alexnet.files import run_lock
+from alexnet.files import append_text, run_lock, write_text_atomic
 from alexnet.train.metrics import MetricsLog
-from alexnet.train.loop import Position, Running, Trainer, format_epoch
+from alexnet.train.loop import Position, Trainer, format_epoch, train_one_epoch
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
 
@@ -87,36 +87,12 @@ class RunLog:
         if self.echo:
             tqdm.write(msg, file=sys.stdout)
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(msg + "\n")
+            append_text(self.path, msg + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Checks: a store that fits the run, a resume that keeps the run's net and data
 # ---------------------------------------------------------------------------------------------------
-
-
-def check_store_fits(store: ImageStore, num_classes: int) -> None:
-    """Refuse, before an epoch is spent, a split whose labels fall outside the classes, whose images
-    cannot be read, or a store whose statistics are not finite (a NaN mean makes every output NaN)."""
-    where = f"store {store.root} ({store.split} split)"
-    if len(store.labels) and (store.labels.min() < 0 or store.labels.max() >= num_classes):
-        bad = store.labels[(store.labels < 0) | (store.labels >= num_classes)][0]
-        raise UserError(f"{where} is damaged: label {bad} is outside the {num_classes} classes; prepare it again")
-    try:
-        mean, (eigvals, eigvecs) = store.mean, store.pca
-        store.get_batch(np.array(sorted({0, len(store) - 1})))
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a damaged file shows itself as any error
-        raise UserError(f"{where} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                        f"prepare it again") from None
-    for name, value in (("mean image", mean), ("PCA eigenvalues", eigvals), ("PCA eigenvectors", eigvecs)):
-        if not np.isfinite(value).all():
-            raise UserError(f"store {store.root}'s {name} is not finite (NaN or inf); prepare the store again")
-    if mean.shape != (store.image_size, store.image_size, 3):
-        raise UserError(f"store {store.root}'s mean image is {mean.shape}, not its images' "
-                        f"({store.image_size}, {store.image_size}, 3); prepare the store again")
 
 
 def resolve_run(out: str | os.PathLike | None, resume: str | os.PathLike | None,
@@ -225,7 +201,7 @@ def _start(config: Config, data, out: Path, resume: bool, finetune, procs, devic
     trainer = Trainer(config, data, out, procs, device, progress, runtime=payload.get("runtime") if payload else None)
     for store in (trainer.val_store, trainer.train_store):
         if store is not None:
-            check_store_fits(store, len(classes))
+            check_usable(store, len(classes))
     if payload is not None:
         trainer.restore(payload)
         log(f"resumed {out} at epoch {trainer.position.epoch + 1}, step {trainer.position.step}")
@@ -240,7 +216,7 @@ def _start(config: Config, data, out: Path, resume: bool, finetune, procs, devic
         log(f"fine-tuning from {pretrained['path']} ({len(pretrained['classes'])} classes): every layer but fc8, "
             f"which starts afresh for {len(classes)} classes")
     if procs.main:
-        (out / "config.toml").write_text(to_toml(config))
+        write_text_atomic(out / "config.toml", to_toml(config))
         # metrics.jsonl and .csv rewritten from the checkpoint's history (a resume drops epochs redone)
         trainer.metrics = MetricsLog(out, trainer.history, trainer.position.global_step)
     return trainer
@@ -251,20 +227,13 @@ def _train_epochs(trainer: Trainer, stop: StopRequest, out: Path, log: RunLog) -
     epochs = trainer.config.train.epochs
     while trainer.position.epoch < epochs:
         epoch_start = time.perf_counter() - trainer.running.seconds
-        metrics = trainer.train_one_epoch(stop, save=lambda: save_checkpoints(trainer, out))
+        metrics = train_one_epoch(trainer, stop, save=lambda: save_checkpoints(trainer, out))
         if metrics["stopped"]:
             save_checkpoints(trainer, out)
             log(f"{metrics['stopped']}: epoch {trainer.position.epoch + 1}, step {trainer.position.step}; "
                 f"saved {out / 'last.pt'} (continue with --resume {out})")
             return metrics["stopped"]
-        row = trainer.end_epoch(metrics, time.perf_counter() - epoch_start)
-        trainer.history.append(row)
-        err = row.get("val_top1_err", row["train_top1_err"])
-        improved = err < trainer.best_err
-        trainer.position = Position(trainer.position.epoch + 1, 0, trainer.position.global_step)
-        trainer.running = Running()
-        if improved:
-            trainer.best_err, trainer.best_epoch = err, trainer.position.epoch
+        row, improved = trainer.close_epoch(metrics, time.perf_counter() - epoch_start)
         save_checkpoints(trainer, out, best=improved)
         if trainer.metrics is not None:
             trainer.metrics.append(row, trainer.position.global_step)
@@ -278,8 +247,9 @@ def _train_epochs(trainer: Trainer, stop: StopRequest, out: Path, log: RunLog) -
 
 def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, resume: bool = False,
         progress: bool = True, echo: bool = True, finetune: str | os.PathLike | None = None) -> dict:
-    """Train as §5 describes into the run folder `out` and return a summary: status, the signal that
-    stopped it (if one did) and the exit code it calls for, last and best metrics, history, paths.
+    """Train as §5 describes into the run folder `out` and return a summary: status ("finished",
+    "interrupted", "stopped at max_steps"), the signal that stopped it (if one did), last and best
+    metrics, history, paths.
     With `resume`, continue the run in `out` from its last.pt; with `finetune`, start from that
     checkpoint's weights (all but fc8, §6) instead of the paper's init."""
     config = validate(config)  # a Config built with dataclasses.replace has not been checked yet
@@ -323,7 +293,6 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
         lock.release()
     signal_name = stop.signal if status == "interrupted" else None
     return {"status": status, "signal": signal_name,
-            "exit_code": EXIT_CODES.get(signal_name, 130) if status == "interrupted" else 0,
             "epochs": len(trainer.history), "last": trainer.history[-1] if trainer.history else {},
             "best_err": trainer.best_err, "best_epoch": trainer.best_epoch, "history": trainer.history,
             "variant": c.variant, "data": str(trainer.train_store.root), "out": str(out),

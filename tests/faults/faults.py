@@ -2,7 +2,7 @@
 and compare with an uninterrupted run, bit for bit. Apart from the unit tests (which cover each fault
 once); this is the randomized, repeated version (issue 10).
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/faults.py [--rounds N] [--seed S]
+    OMP_NUM_THREADS=1 nice -n 10 python tests/faults/faults.py [--rounds N] [--seed S]
                                                         [--only train|prepare|writers|disk|shared] [--no-tmpfs]
 
 train    SIGKILL / SIGINT / SIGTERM of `alexnet train` (the `tiny` net on a small demo store) at random
@@ -20,7 +20,7 @@ writers  two prepares into one DST, two trains into one --out, two resumes of on
 disk     prepare and train on a small tmpfs filled to leave a random amount of space (real ENOSPC;
          where mounting is not allowed, or with --no-tmpfs, an ENOSPC raised at an exact call): one line,
          exit 2, the earlier checkpoint / the progress kept, then the same result once space is freed.
-shared   another user of a folder the commands write into (bench/faults_shared.py): symbolic links to a
+shared   another user of a folder the commands write into (tests/faults/faults_shared.py): symbolic links to a
          victim's file planted at every predictable temporary name, a FIFO and /dev/null at the output,
          the output naming an input (by name and by hard link), SIGINT/SIGTERM during a write there:
          nothing outside written, nothing replaced, no temporary file left, one line and exit 2.
@@ -46,8 +46,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(REPO / "bench"))  # common.environment: the machine line written with every result
+sys.path.insert(0, str(REPO / "src"))
 
 import faults_prepare  # noqa: E402
 import faults_shared  # noqa: E402
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["train", "prepare", "writers", "disk", "shared"], action="append")
     parser.add_argument("--no-tmpfs", action="store_true", help="fill the disk by raising ENOSPC, not with tmpfs")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--out", default=str(HERE / "results" / "faults.jsonl"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "faults.jsonl"))
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")

@@ -1,5 +1,5 @@
-"""`alexnet prepare` under faults (bench/faults.py): real signals at random moments (workers must die
-with their parent), deaths at every rename and unlink (a `python -c` child, bench/faults_child.py),
+"""`alexnet prepare` under faults (tests/faults/faults.py): real signals at random moments (workers must die
+with their parent), deaths at every rename and unlink (a `python -c` child, tests/faults/faults_child.py),
 two writers of one store, a full disk (tmpfs). Each ends with the same command run again until it
 succeeds and a byte-for-byte comparison with an uninterrupted prepare."""
 

@@ -1,7 +1,7 @@
 """How much of each layer's activity depends on the input, at initialisation (README: "Does the
 paper's initialisation train?").
 
-    python bench/init_signal.py [--images 32]
+    python studies/init_signal.py [--images 32]
 
 For a batch of smooth random images with the statistics of real ones (0..255, mean subtracted),
 prints per layer the spread across images (std over the batch, averaged over units) next to the mean

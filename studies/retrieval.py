@@ -1,6 +1,6 @@
 """§6.1 retrieval: exact Euclidean search in fc7 space vs short binary codes (quality and speed).
 
-    python bench/retrieval.py [--run alexnet-demo/run] [--rows 262144] [--dim 4096] [--queries 256]
+    python studies/retrieval.py [--run alexnet-demo/run] [--rows 262144] [--dim 4096] [--queries 256]
 
 Part 1 (quality, real features): the demo run's train/val fc7 features (computed if missing); for
 each val image its 6 nearest training images by exact search, by Hamming distance between

@@ -1,5 +1,5 @@
-"""Training under faults (bench/faults.py): real signals at random moments and when a checkpoint's
-.tmp appears, deaths and signals at exact calls (a `python -c` child, bench/faults_child.py), two
+"""Training under faults (tests/faults/faults.py): real signals at random moments and when a checkpoint's
+.tmp appears, deaths and signals at exact calls (a `python -c` child, tests/faults/faults_child.py), two
 trainers of one run, a full disk (tmpfs). Each ends with `train --resume RUN` until finished and a
 bit-for-bit comparison with the uninterrupted run."""
 

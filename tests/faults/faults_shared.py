@@ -1,4 +1,4 @@
-"""A shared folder under faults (bench/faults.py, family `shared`): another local user (uid 2002 where
+"""A shared folder under faults (tests/faults/faults.py, family `shared`): another local user (uid 2002 where
 this runs as root) who can write into the folder a command writes to. Symbolic links planted at every
 temporary name a writer could have predicted, a FIFO or a device at the output, the output naming
 the command's own input, and SIGINT / SIGTERM at random moments of a write into that folder.

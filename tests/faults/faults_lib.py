@@ -1,4 +1,4 @@
-"""Shared parts of the fault-injection suite (bench/faults.py): the workspace and its reference
+"""Shared parts of the fault-injection suite (tests/faults/faults.py): the workspace and its reference
 results, running the CLI as a child, reading /proc, comparing stores and runs bit for bit, the
 tally of faults, and a tmpfs that really fills up."""
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 
 # The run every trained result is compared with: `tiny` on the small demo store, 4 epochs, every
 # epoch improving (seed 2 at lr 0.01; checked by the setup), a mid-epoch checkpoint every 5 steps so
@@ -40,7 +40,7 @@ def cli(*args: str | os.PathLike) -> list[str]:
 
 
 def child(code: str, spec: dict) -> list[str]:
-    """A `python -c` child that runs bench/faults_child.py's `code` function with `spec`."""
+    """A `python -c` child that runs tests/faults/faults_child.py's `code` function with `spec`."""
     return [sys.executable, "-c", f"import sys, faults_child; sys.exit(faults_child.{code}(sys.argv[1]))",
             json.dumps(spec)]
 

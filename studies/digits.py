@@ -1,8 +1,8 @@
 """`small` against a tutorial CNN on real data: the UCI digits, same images, same epochs.
 
-    python bench/digits.py [--epochs 10] [--seeds 0,1,2] [--work DIR] [--out FILE]
-    python bench/digits.py --epochs 10 --ours-epochs 25 --peer-flip    # the same wall-clock budget
-    python bench/digits.py --no-peer --arm "lr 0.02:optim.lr=0.02" --arm "no LRN:model.lrn=false" ...
+    python studies/digits.py [--epochs 10] [--seeds 0,1,2] [--work DIR] [--out FILE]
+    python studies/digits.py --epochs 10 --ours-epochs 25 --peer-flip    # the same wall-clock budget
+    python studies/digits.py --no-peer --arm "lr 0.02:optim.lr=0.02" --arm "no LRN:model.lrn=false" ...
 
 The data: `alexnet demo-data DIR --digits` (scikit-learn's 1,797 UCI digits as JPEGs of 40-120 px,
 80/20 stratified split, seed 0), prepared as `alexnet prepare DIR STORE --size 72` (the demo's size:
@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))  # common.report
 from common import report  # noqa: E402
 
 STORE_SIZE = 72

@@ -1,4 +1,4 @@
-"""What bench/faults.py runs in a `python -c` child to hit a window exactly: `alexnet train` or
+"""What tests/faults/faults.py runs in a `python -c` child to hit a window exactly: `alexnet train` or
 `alexnet prepare` (through alexnet.cli.commands.main) with one call wrapped so that its Nth use dies
 (os._exit, SIGKILL to itself), is signalled, or fails with ENOSPC, before or after the real call.
 
