@@ -169,6 +169,18 @@ def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) 
         f.write(text)
 
 
+def remove_leftover_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries (`create_temp`'s NAME.XXXXXXXX.tmp) that writes cut short by a kill left
+    in `folder`; call it holding the folder's lock, when no write of ours can be under way. Only plain
+    files are removed, never what a link points to. Returns what was removed."""
+    removed = []
+    for path in Path(folder).glob("*.tmp"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def append_text(path: str | os.PathLike, text: str) -> None:
     """Append `text` (UTF-8; bytes of names that are not UTF-8 as \\xNN) to the log `path`, created
     if need be: never through a link planted at its name, never into a FIFO or a device."""

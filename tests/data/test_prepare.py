@@ -318,3 +318,23 @@ def test_store_from_another_version_is_refused(tree, tmp_path):
         ImageStore(tmp_path / "nowhere")
     with pytest.raises(UserError, match="not a prepared store"):
         ImageStore(tree)
+
+
+def test_a_write_cut_short_in_finalise_leaves_no_temporary_in_the_resumed_store(tree, tmp_path, monkeypatch):
+    """A kill between a file's exclusive temporary (NAME.XXXXXXXX.tmp, files.create_temp) and its
+    rename leaves the temporary in DST.partial; the resumed prepare must not carry it into the store."""
+    dst = tmp_path / "store"
+
+    def killed_in_finalise(work, *args):
+        (work / "train" / "files.json.k1lled00.tmp").write_text("half")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module, "finalise", killed_in_finalise)
+        with pytest.raises(KeyboardInterrupt):
+            quiet_prepare(tree, dst, size=16, workers=1)
+    assert (tmp_path / "store.partial" / "train" / "files.json.k1lled00.tmp").exists()
+    quiet_prepare(tree, dst, size=16, workers=1)
+    assert not list(dst.rglob("*.tmp"))
+    quiet_prepare(tree, tmp_path / "fresh", size=16, workers=1)
+    _assert_same_store(dst, tmp_path / "fresh")

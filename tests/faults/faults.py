@@ -166,7 +166,8 @@ class Workspace:
             a = load_checkpoint(self.ref_run / "last.pt")
             b = load_checkpoint(self.ref_run / "last.pt")
             buf = next(iter(b["optimizer"]["state"].values()))["momentum_buffer"]
-            buf.view(-1)[0] = torch.nextafter(buf.view(-1)[0], torch.tensor(1e9))
+            first = (0,) * buf.dim()  # (channels_last buffers have no flat view)
+            buf[first] = torch.nextafter(buf[first], torch.tensor(1e9))
             assert value_diff(a, b), "value_diff misses a momentum value one ulp off"
 
 

@@ -10,7 +10,7 @@ spec (JSON, argv[1]):
            lock = taking RUN/train.lock (the start of a run)
   prepare: {"argv": [...], "chunk_size": N, "checkpoint_seconds": S, "scope": "finalise" | "all",
             "target": "fs" | null, "n": N, "when": ..., "how": ..., "count": FILE | null}
-  either:  "slow_stale_check": S makes the lock's is-the-owner-gone check take S seconds longer
+  either:  "slow_stale_check": S makes the lock's opening of its file take S seconds longer
            counts os.replace / os.unlink / os.rmdir, from finalise on or from the start
 HOW: exit (os._exit(137), as SIGKILL: nothing else runs), sigkill, sigint / sigterm (one signal: stop
 and save), sigint2 / sigterm2 (two: stop at once), enospc (OSError ENOSPC), torn (torch.save only:
@@ -104,8 +104,8 @@ def train(arg: str) -> int:
 
     import alexnet.files as files_module
 
-    if spec.get("slow_stale_check"):
-        _slow(files_module, "_alive", spec["slow_stale_check"])
+    if spec.get("slow_stale_check"):  # both newcomers hold the stale lock file open before either locks it
+        _slow(files_module.FolderLock, "_open", spec["slow_stale_check"])
     inj = Injector(spec)
     real_save, real_torch_save = run_module.save_checkpoint, torch.save
 
@@ -154,7 +154,7 @@ def prepare(arg: str) -> int:
     if spec.get("slow_stale_check"):
         import alexnet.files
 
-        _slow(alexnet.files, "_alive", spec["slow_stale_check"])
+        _slow(alexnet.files.FolderLock, "_open", spec["slow_stale_check"])
     prepare_module.CHUNK_SIZE = spec["chunk_size"]
     prepare_module.CHECKPOINT_SECONDS = spec["checkpoint_seconds"]
     inj = Injector(spec)

@@ -378,3 +378,16 @@ def test_a_real_full_disk_while_saving_is_one_line(tmp_path):
         assert "\n" not in str(e.value) and list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_temporaries_a_kill_left_in_the_run_folder_are_gone_after_the_resume(demo_store, tmp_path):
+    """A kill between a checkpoint's exclusive temporary and its rename leaves last.pt.XXXXXXXX.tmp
+    (a name no later run can guess); the next run of the folder, holding its lock, removes it."""
+    out = tmp_path / "run"
+    fit(tiny_config(max_steps=2), demo_store, out, progress=False, echo=False)
+    (out / "last.pt.k1lled00.tmp").write_bytes(b"half a checkpoint")
+    victim = tmp_path / "victim.tmp"
+    victim.write_text("keep")
+    (out / "planted.tmp").symlink_to(victim)
+    fit(tiny_config(max_steps=3), None, out, resume=True, progress=False, echo=False)
+    assert not (out / "last.pt.k1lled00.tmp").exists() and victim.read_text() == "keep"

@@ -37,8 +37,8 @@ from alexnet.data.progress import PROGRESS_FILE, Progress
 from alexnet.data.source import Source, name_to_json, printable, scan_source
 from alexnet.data.store import FORMAT_VERSION, read_meta
 from alexnet.errors import UserError
-from alexnet.files import (fsync_dir, fsync_file, save_npy_atomic, save_npz_atomic, store_lock, write_bytes_atomic,
-                           write_json_atomic)
+from alexnet.files import (fsync_dir, fsync_file, remove_leftover_temporaries, save_npy_atomic, save_npz_atomic,
+                           store_lock, write_bytes_atomic, write_json_atomic)
 
 CHUNK_SIZE = 256  # most images a worker converts between progress records (~50 MB of raw pixels at 256)
 MIN_CHUNK_SIZE = 16
@@ -158,6 +158,8 @@ def _resume_or_start(work: Path, source: Source, settings: Settings, key: str, s
         raise UserError(f"{work} is {whose}, not a partial store of yours: prepare will not write into it; "
                         "delete it or choose another DST")
     if work.exists():
+        for folder in {work, *(p.parent for p in work.rglob("*.tmp"))}:  # writes a kill cut short: never
+            remove_leftover_temporaries(folder)  # renamed, so never part of the store
         meta, plan = _read_json(work / "meta.json"), _read_json(work / "plan.json")
         if meta.get("plan") == key:
             return None

@@ -40,7 +40,7 @@ from alexnet.data import ImageStore
 from alexnet.data.store import check_usable
 from alexnet.train.distributed import setup_processes
 from alexnet.errors import UserError
-from alexnet.files import append_text, run_lock, write_text_atomic
+from alexnet.files import append_text, remove_leftover_temporaries, run_lock, write_text_atomic
 from alexnet.train.metrics import MetricsLog
 from alexnet.train.loop import Position, Trainer, format_epoch, train_one_epoch
 
@@ -265,6 +265,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
             out.mkdir(parents=True, exist_ok=True)
             try:
                 lock.acquire()
+                remove_leftover_temporaries(out)
             except UserError as e:
                 refused = e
         if procs.any(refused is not None, device):  # every process stops, not only the first
