@@ -45,21 +45,21 @@ def test_the_demo_learns(tmp_path):
 
     settings = {"train": {"batch_size": 64}, "schedule": {"kind": "step", "milestones": []}}
     lines = []
-    result = run_demo(tmp_path / "demo", epochs=20, classes=10, train_per_class=100, val_per_class=10,
+    result = run_demo(tmp_path / "demo", epochs=12, classes=10, train_per_class=100, val_per_class=10,
                       device="cpu", progress=False, overrides=settings, echo=lines.append)
     assert result["status"] == "finished"
     assert result["top1_err"] < 0.5 and result["top1_err_10crop"] < 0.5  # chance is 0.9 for ten classes
     run = tmp_path / "demo" / "run"
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == list(range(1, 21))
+    assert [h["epoch"] for h in history] == list(range(1, 13))
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.5
     assert (run / "curves.png").stat().st_size > 10_000
     assert json.loads((run / "eval_10crop.json").read_text())["crops"] == 10
     assert resolve(load_toml(run / "config.toml")) == resolve(
-        {"variant": "small", "model": {"num_classes": 10}, "train": {"epochs": 20, "device": "cpu"}}, settings)
+        {"variant": "small", "model": {"num_classes": 10}, "train": {"epochs": 12, "device": "cpu"}}, settings)
     assert any("Where everything went" in line for line in lines)
     # a second run finds everything done and only evaluates again
-    again = run_demo(tmp_path / "demo", epochs=20, device="cpu", progress=False, overrides=settings, echo=lines.append)
+    again = run_demo(tmp_path / "demo", epochs=12, device="cpu", progress=False, overrides=settings, echo=lines.append)
     assert again["top1_err"] == result["top1_err"] and lines.count("already trained") == 1
 
 

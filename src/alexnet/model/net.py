@@ -132,8 +132,8 @@ class AlexNet(nn.Module):
         t = config.towers
         z, s = config.pool_size, config.pool_stride
 
-        def act(conv: nn.Module | None = True) -> nn.Module | None:  # §3.1: ReLU (tanh for Fig. 1)
-            return None if conv is None else {"relu": nn.ReLU, "tanh": nn.Tanh}[config.nonlinearity]()
+        def act(present: bool = True) -> nn.Module | None:  # §3.1: ReLU (tanh for Fig. 1); None with no layer
+            return {"relu": nn.ReLU, "tanh": nn.Tanh}[config.nonlinearity]() if present else None
 
         def norm() -> nn.Module:
             if not config.lrn:
@@ -152,16 +152,16 @@ class AlexNet(nn.Module):
         self.norm2 = norm()
         self.pool2 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 13, 13)
         self.conv3 = conv_layer(spec["conv3"])  # (B, 384, 13, 13): 3x3x256, across the towers
-        self.relu3 = act(self.conv3)
+        self.relu3 = act(self.conv3 is not None)
         self.conv4 = conv_layer(spec["conv4"])  # (B, 384, 13, 13): 3x3x192, within each tower
-        self.relu4 = act(self.conv4)
+        self.relu4 = act(self.conv4 is not None)
         self.conv5 = conv_layer(spec["conv5"])  # (B, 256, 13, 13): 3x3x192, within each tower
-        self.relu5 = act(self.conv5)
+        self.relu5 = act(self.conv5 is not None)
         self.pool5 = nn.MaxPool2d(z, s, ceil_mode=config.pool_ceil)  # (B, 256, 6, 6)
         self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool) if config.adaptive_pool else None  # torchvision's
         self.register_buffer("input_scale", _input_scale(config), persistent=False)  # config, not state dict
         self.conv6 = conv_layer(spec["conv6"])  # (B, 256, 6, 6), §6 only
-        self.relu_conv6 = act(self.conv6)
+        self.relu_conv6 = act(self.conv6 is not None)
         self.feature_dim = spec["fc6"][0]  # 9216 for the paper's net
         self.fc6 = nn.Linear(*spec["fc6"])  # (B, 4096)
         self.relu6 = act()
