@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from alexnet.cli.commands import build_parser, main
+from alexnet.cli.commands import main
+from alexnet.cli.parser import build_parser
 
 
 def subcommands():

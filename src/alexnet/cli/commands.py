@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet.cli.parser import build_parser  # noqa: F401 (part of this module's interface)
+from alexnet.cli.parser import build_parser
 from alexnet.errors import UserError, printable
 from alexnet.cli.flags import setting_overrides
 
@@ -92,8 +92,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def print_prepare_report(report) -> None:
-    from alexnet.data.source import printable
-
     for path, why in report.skipped:
         print(f"skipped   {printable(path)}: {why}")
     for path, note in report.converted:

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from alexnet.data.convert import Chunk, Settings, run_chunks, sync_chunks, worker_pool
 from alexnet.data.progress import PROGRESS_FILE, Progress
-from alexnet.data.source import Source, name_to_json, printable, scan_source
+from alexnet.data.source import Source, name_to_json, scan_source
 from alexnet.data.store import FORMAT_VERSION, read_meta
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 from alexnet.files import (fsync_dir, fsync_file, remove_leftover_temporaries, save_npy_atomic, save_npz_atomic,
                            store_lock, write_bytes_atomic, write_json_atomic)
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexnet.errors import UserError, printable  # noqa: F401 (printable: re-exported, its old home)
+from alexnet.errors import UserError, printable
 
 CLASS_NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "words.txt")
 VAL_LABEL_FILES = ("LOC_val_solution.csv", "val_labels.txt", "val.txt", "ILSVRC2012_val_labels.txt")
