@@ -24,6 +24,8 @@ from typing import Any, Callable, Literal, Protocol
 
 from alexnet.errors import UserError
 
+VERSION = "0.1.0"  # the package's (pyproject.toml's); runs and checkpoints record it; alexnet.__version__
+
 
 # ---------------------------------------------------------------------------------------------------
 # Settings as text (TOML files, overrides, TOML written back)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet import __version__
-from alexnet.config import EXPERIMENT_SEEDS, VARIANTS
+from alexnet.config import EXPERIMENT_SEEDS, VARIANTS, VERSION
 from alexnet.cli.flags import SettingsParser, add_setting_flags
 
 
@@ -270,7 +269,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Krizhevsky, Sutskever & Hinton (2012): prepare ImageNet-style data, train and "
         "evaluate the paper's network, and look at what it learned.",
     )
-    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    parser.add_argument("--version", action="version", version=f"alexnet {VERSION}")
     parser.add_argument("--threads", type=int, metavar="N", help="compute threads (default: one per core this "
                         "process may use that other processes leave free, all of them when others keep every "
                         "core busy; or ALEXNET_THREADS / OMP_NUM_THREADS)")

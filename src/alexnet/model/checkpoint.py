@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from alexnet import __version__
-from alexnet.config import Config, ConfigError, from_dict
+from alexnet.config import VERSION, Config, ConfigError, from_dict
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.model.net import AlexNet
@@ -30,7 +29,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     a crash or a full disk leaves either the previous checkpoint or the new one, never half of one; a
     Ctrl-C or SIGTERM during torch.save acts once it has returned, and leaves the previous one."""
     path = Path(path)
-    payload = {"format": "alexnet-checkpoint", "version": CHECKPOINT_VERSION, "alexnet": __version__, **payload}
+    payload = {"format": "alexnet-checkpoint", "version": CHECKPOINT_VERSION, "alexnet": VERSION, **payload}
     try:
         with atomic_write(path) as f:
             torch.save(payload, f)
