@@ -175,3 +175,70 @@ def test_transforms_on_cuda_match_cpu():
     out = t_gpu.train(x.cuda(), g)
     assert out.device.type == "cuda"
     torch.testing.assert_close(t_gpu.test(x.cuda(), 10).cpu(), t_cpu.test(x, 10))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images that are not square, inputs as users have them, the lighting convention
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_training_crops_and_test_views_cover_a_wide_image_whole():
+    """On H x W stored images (here 20 x 28, as 256 x 320) the crops reach every column: the right-hand
+    W - H columns were never touched when the corners were drawn from the height alone."""
+    top, left, _ = crop_params(4000, (20, 28), 16, gen(3))
+    assert int(top.max()) == 4 and int(left.max()) == 12 and int(left.min()) == 0
+    assert ten_crop_offsets((20, 28), 16) == [(0, 0), (0, 12), (4, 0), (4, 12), (2, 6)]
+    assert ten_crop_offsets(20, 16) == ten_crop_offsets((20, 20), 16)
+    # the pipelines: every pixel of the image is in some training crop, and in some test view
+    ramp = torch.arange(20 * 28, dtype=torch.float32).reshape(1, 20, 28, 1).expand(1, 20, 28, 3)
+    config = DataConfig(flip=False, lighting_std=0.0)
+    t = BatchTransforms(np.zeros((20, 28, 3)), np.ones(3), np.eye(3), 16, config)
+    seen = set(t.train(ramp.expand(300, 20, 28, 3), gen(4))[:, 0].flatten().long().tolist())
+    assert seen == set(range(20 * 28))
+    views = set(t.test(ramp, views=10)[:, 0].flatten().long().tolist())
+    assert views == set(range(20 * 28))
+    centre = t.test(ramp)[0, 0]  # the central 16 x 16: rows 2..17, columns 6..21
+    assert int(centre[0, 0]) == 2 * 28 + 6 and int(centre[-1, -1]) == 17 * 28 + 21
+
+
+def test_transforms_take_what_users_have():
+    """NHWC uint8 (the store's), NCHW, float 0..255, NumPy and a single image give the same patches."""
+    from alexnet.data.augment import image_batch
+
+    t, _ = _transforms()
+    x = images(3, 20, seed=4)
+    want = t.test(x, views=10)
+    for given in (x.permute(0, 3, 1, 2), x.float(), x.numpy(), x.permute(0, 3, 1, 2).double().numpy()):
+        torch.testing.assert_close(t.test(given, views=10), want)
+        torch.testing.assert_close(t.train(given, gen(5)), t.train(x, gen(5)))
+    torch.testing.assert_close(t.test(x[1].numpy()), t.test(x)[1:2])
+    assert image_batch(x) is x  # the store's own batches pass through untouched
+    with pytest.raises(ValueError, match="3, H, W"):
+        image_batch(np.zeros((4, 5, 5, 2), np.uint8))
+    with pytest.raises(ValueError, match="uint8 or floating"):
+        image_batch(np.zeros((5, 5, 3), np.int32))
+
+
+def test_the_lighting_convention_is_one_rule_from_the_stores_eigenvalues():
+    """The store keeps eigenvalues (variances of 0..255 pixels); BatchTransforms turns them into the
+    magnitudes `lighting_noise` multiplies: their square roots by default, themselves as printed."""
+    from alexnet.data.augment import lighting_magnitudes
+
+    eigvals = np.array([400.0, 25.0, -1e-9])  # a rounding error below 0 counts as 0
+    torch.testing.assert_close(lighting_magnitudes(eigvals), torch.tensor([20.0, 5.0, 0.0]))
+    torch.testing.assert_close(lighting_magnitudes(eigvals, "eigenvalue"), torch.tensor([400.0, 25.0, 0.0]))
+    for convention in ("stddev", "eigenvalue"):
+        t = BatchTransforms(np.zeros((4, 4, 3)), eigvals, np.eye(3), 4, DataConfig(lighting_magnitude=convention))
+        torch.testing.assert_close(t.magnitudes, lighting_magnitudes(eigvals, convention))
+    with pytest.raises(ValueError, match="3 eigenvalues"):
+        BatchTransforms(np.zeros((4, 4, 3)), eigvals[:2], np.eye(3), 4)
+
+
+def test_with_mean_swaps_the_mean_image_and_resizes_a_constant_one_exactly():
+    t, mean = _transforms()
+    other, resized = t.with_mean(np.full((32, 32, 3), 7.0))
+    assert resized and other.mean.shape == (20, 20, 3) and torch.all(other.mean == 7.0)
+    x = images(2, 20, seed=6)
+    torch.testing.assert_close(other.test(x), t.test(x) + t.center_mean.permute(2, 0, 1) - 7.0)
+    same, resized = t.with_mean(mean)
+    assert not resized and torch.equal(same.test(x, views=10), t.test(x, views=10))
