@@ -343,6 +343,9 @@ class DataConfig:
                                                             "crop from every patch.")
     workers: int = setting(0, "loader threads; 0 = 2 for a raw store, one per core (up to 16) for a jpeg one")
     prefetch: int = setting(3, "batches the loader keeps ready")
+    finetune_mean: Literal["source", "store"] = setting("source", "§6 fine-tuning (--finetune): subtract the source "
+                                                                  "net's mean image, which its weights expect "
+                                                                  "(\"source\"), or the new store's (\"store\")")
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class Trainer:
              "running": dataclasses.asdict(self.running), "history": self.history, "best_err": self.best_err,
              "best_epoch": self.best_epoch, "classes": self.train_store.classes,
              "class_names": self.train_store.class_names, "image_size": self.train_store.image_size,
-             "mean": torch.from_numpy(self.train_store.mean), "data": str(self.train_store.root.resolve())}
+             "mean": self.transforms.mean.cpu(), "data": str(self.train_store.root.resolve())}
         if with_optimizer:
             p["optimizer"] = self.optimizer.state_dict()
         p["runtime"] = self.runtime()

@@ -204,6 +204,7 @@ def _start(config: Config, data, out: Path, resume: bool, finetune, procs, devic
             check_usable(store, len(classes))
     if payload is not None:
         trainer.restore(payload)
+        trainer.transforms = trainer.transforms.with_mean(payload["mean"])[0]  # the run's (a fine-tuned one's source's)
         log(f"resumed {out} at epoch {trainer.position.epoch + 1}, step {trainer.position.step}")
         saved_threads = payload.get("runtime", {}).get("threads")
         if saved_threads and saved_threads != torch.get_num_threads():
@@ -215,6 +216,12 @@ def _start(config: Config, data, out: Path, resume: bool, finetune, procs, devic
         trainer.load_pretrained(pretrained)
         log(f"fine-tuning from {pretrained['path']} ({len(pretrained['classes'])} classes): every layer but fc8, "
             f"which starts afresh for {len(classes)} classes")
+        if config.data.finetune_mean == "source":  # §2: the weights expect the inputs they were trained on
+            trainer.transforms, resized = trainer.transforms.with_mean(pretrained["mean"])
+            log(f"preprocessing: the source's mean image subtracted{' (resized to the store)' if resized else ''}, "
+                f"as its weights expect (--data.finetune-mean store: this store's)")
+        else:
+            log("preprocessing: this store's mean image subtracted, not the source's (data.finetune_mean = store)")
     if procs.main:
         write_text_atomic(out / "config.toml", to_toml(config))
         # metrics.jsonl and .csv rewritten from the checkpoint's history (a resume drops epochs redone)
