@@ -338,3 +338,55 @@ def test_a_write_cut_short_in_finalise_leaves_no_temporary_in_the_resumed_store(
     assert not list(dst.rglob("*.tmp"))
     quiet_prepare(tree, tmp_path / "fresh", size=16, workers=1)
     _assert_same_store(dst, tmp_path / "fresh")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A plain class-folder tree (SRC/<class>/*): the validation split drawn by a seed
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain_tree(tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "pets"
+    for cls, n in (("cat", 8), ("dog", 12), ("emu", 5)):
+        for i in range(n):
+            save(smooth_image(rng, 30 + i, 24), root / cls / f"{cls}{i:02d}.jpg")
+    return root
+
+
+def _split_files(store, split):
+    return sorted(ImageStore(store, split).files)
+
+
+def test_a_plain_class_folder_tree_is_prepared_with_a_seeded_validation_split(plain_tree, tmp_path, capsys):
+    assert main(["prepare", str(plain_tree), str(tmp_path / "a"), "--size", "16", "--val-fraction", "0.25",
+                 "--quiet"]) == 0
+    assert "held out for val (--val-fraction 0.25, --seed 0)" in capsys.readouterr().out
+    train, val = ImageStore(tmp_path / "a", "train"), ImageStore(tmp_path / "a", "val")
+    assert train.classes == ["cat", "dog", "emu"] and len(train) + len(val) == 25
+    held = {c: sum(f.startswith(c + "/") for f in val.files) for c in train.classes}
+    assert held == {"cat": 2, "dog": 3, "emu": 1}  # round(n * 0.25) of each class
+    assert sorted(val.labels.tolist()) == [0, 0, 1, 1, 1, 2]
+    assert not set(train.files) & set(val.files)
+    # the same seed draws the same split; another seed another one; the API takes the same arguments
+    prepare(plain_tree, tmp_path / "b", size=16, val_fraction=0.25, progress=False, log=lambda *a: None)
+    prepare(plain_tree, tmp_path / "c", size=16, val_fraction=0.25, seed=1, progress=False, log=lambda *a: None)
+    assert _split_files(tmp_path / "b", "val") == _split_files(tmp_path / "a", "val")
+    assert _split_files(tmp_path / "c", "val") != _split_files(tmp_path / "a", "val")
+    # the default holds out a tenth; 0 none (no val split, said)
+    prepare(plain_tree, tmp_path / "d", size=16, progress=False, log=lambda *a: None)
+    assert len(ImageStore(tmp_path / "d", "val")) == 1 + 1 + 0  # round(0.8), round(1.2), round(0.5)
+    report = prepare(plain_tree, tmp_path / "e", size=16, val_fraction=0, progress=False, log=lambda *a: None)
+    assert report.counts == {"train": 25} and any("no validation split" in w for w in report.warnings)
+
+
+def test_val_fraction_belongs_to_plain_trees_and_is_a_fraction(plain_tree, tree, tmp_path):
+    with pytest.raises(UserError, match="--val-fraction must be in"):
+        prepare(plain_tree, tmp_path / "x", size=16, val_fraction=1.0, progress=False)
+    with pytest.raises(UserError, match="splits a plain class-folder tree"):
+        prepare(tree, tmp_path / "y", size=16, val_fraction=0.2, progress=False)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match=r"expected SRC/<class>/<images>, or SRC/train"):
+        prepare(tmp_path / "flat", tmp_path / "z", size=16, progress=False)

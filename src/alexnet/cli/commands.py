@@ -80,7 +80,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         report = prepare(args.src, args.dst, size=args.size, fmt=args.format, quality=args.quality,
                          workers=args.workers or _prepare_workers(args),
                          val_labels=args.val_labels, overwrite=args.overwrite,
-                         draft=not args.no_draft, progress=not args.quiet)
+                         draft=not args.no_draft, progress=not args.quiet, val_fraction=args.val_fraction,
+                         seed=args.seed)
     except KeyboardInterrupt as e:
         why = str(e) or "run the same command again to continue"
         print(f"alexnet prepare: {'terminated' if terminated else 'interrupted'}: {why}", file=sys.stderr)

@@ -34,12 +34,13 @@ def _summary_parser(sub) -> None:
 
 
 def _prepare_parser(sub) -> None:
-    p = sub.add_parser("prepare", help="turn an ImageNet-style folder into a store (§2)",
+    p = sub.add_parser("prepare", help="turn an ImageNet-style folder or a class-folder tree into a store (§2)",
                        description="Read SRC/train/<class>/* and SRC/val/<class>/* (or a flat SRC/val/ with a "
-                       "labels file), resize each image's shorter side to --size, keep the centre square, and "
-                       "write the store DST with the training set's mean image and RGB PCA. Interrupted runs "
-                       "continue where they stopped when run again.")
-    p.add_argument("src", help="ImageNet-style source folder")
+                       "labels file), or a plain class-folder tree SRC/<class>/* (--val-fraction of each class held "
+                       "out for val, drawn by --seed), resize each image's shorter side to --size, keep the centre "
+                       "square, and write the store DST with the training set's mean image and RGB PCA. "
+                       "Interrupted runs continue where they stopped when run again.")
+    p.add_argument("src", help="ImageNet-style source folder, or SRC/<class>/<images>")
     p.add_argument("dst", help="store folder to write")
     p.add_argument("--size", type=int, default=256, help="side of the stored images (default: 256, §2)")
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw",
@@ -48,6 +49,9 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: --threads N or "
                    "OMP_NUM_THREADS when given, else one per core this process may use, busy or not)")
     p.add_argument("--val-labels", help="labels of a flat val/ folder: LOC_val_solution.csv or lines 'FILE LABEL'")
+    p.add_argument("--val-fraction", type=float, metavar="F", help="a plain class-folder tree: the share of each "
+                   "class's images held out for val (default: 0.1; 0: no val split)")
+    p.add_argument("--seed", type=int, default=0, help="the draw of --val-fraction's images (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST (once the new one is complete)")
     p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (no DCT downscaling)")
     _quiet_flag(p)

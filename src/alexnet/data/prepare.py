@@ -1,4 +1,5 @@
-"""`alexnet prepare SRC DST`: an ImageNet-style folder, written once into a store training reads fast.
+"""`alexnet prepare SRC DST`: an ImageNet-style folder (or a plain class-folder tree), written once into a
+store training reads fast.
 
 Three steps, each its own function below:
 1. scan: find the classes and files (alexnet/data/source.py) and make the plan, whose key is a hash of
@@ -25,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,9 +341,12 @@ def _report_of_finished(work: Path) -> tuple[dict, list, list]:
 
 def prepare(src: str | os.PathLike, dst: str | os.PathLike, size: int = 256, fmt: str = "raw",
             quality: int = 90, workers: int | None = None, val_labels: str | os.PathLike | None = None,
-            overwrite: bool = False, draft: bool = True, progress: bool = True, log=print) -> PrepareReport:
+            overwrite: bool = False, draft: bool = True, progress: bool = True, log=print,
+            val_fraction: float | None = None, seed: int = 0) -> PrepareReport:
     """Write the store; returns what was written, skipped and converted. See the module docstring.
-    `workers` None or 0: all cores. `log` receives the lines worth telling (resume, repairs)."""
+    `workers` None or 0: all cores. `log` receives the lines worth telling (resume, repairs).
+    A plain class-folder tree SRC/<class>/* has `val_fraction` of each class drawn for val by `seed`
+    (alexnet.data.source.split_class_tree)."""
     start_time = time.time()
     _check_settings(size, fmt, quality)
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -353,19 +358,20 @@ def prepare(src: str | os.PathLike, dst: str | os.PathLike, size: int = 256, fmt
             if lock.took_over is not None:
                 log(f"took over {lock.path}: its owner, pid {lock.took_over.get('pid', '?')}, is gone")
             return _prepare_locked(src, dst, Settings(str(_sibling(dst, ".partial")), size, fmt, quality, draft),
-                                   workers, val_labels, overwrite, progress, log, start_time)
+                                   workers, lambda: scan_source(src, val_labels, val_fraction, seed), overwrite,
+                                   progress, log, start_time)
     except OSError as e:
         where = f" ({printable(str(e.filename))})" if e.filename else ""
         raise UserError(f"cannot write {dst}: {e.strerror or e}{where}") from None
 
 
-def _prepare_locked(src: Path, dst: Path, settings: Settings, workers: int | None, val_labels, overwrite: bool,
-                    progress: bool, log, start_time: float) -> PrepareReport:
+def _prepare_locked(src: Path, dst: Path, settings: Settings, workers: int | None, scan: Callable[[], Source],
+                    overwrite: bool, progress: bool, log, start_time: float) -> PrepareReport:
     _recover_overwrite(dst, log)
     if dst.exists() and not overwrite:
         what = "a store" if (dst / "meta.json").exists() else "something"
         raise UserError(f"{dst} already holds {what}; pass --overwrite to replace it, or choose another DST")
-    source = scan_source(src, val_labels)
+    source = scan()
     work, key = Path(settings.work), plan_key(source, settings)
     state = _resume_or_start(work, source, settings, key, src)
     if state is None:

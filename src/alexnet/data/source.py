@@ -1,5 +1,6 @@
 """The source tree of `alexnet prepare`: SRC/train/<class>/*, and SRC/val/<class>/* or a flat SRC/val/
-with a labels file; and how file names are stored.
+with a labels file; or a plain class-folder tree SRC/<class>/* (torchvision's ImageFolder layout),
+split into train and val by a seeded draw; and how file names are stored.
 
 File names are whatever bytes the file system holds. Python gives a name that is not UTF-8 as a str
 with its odd bytes as lone surrogates (os.fsdecode); those cannot be written as UTF-8 text. A store
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,9 +162,44 @@ def _flat_val(src: Path, flat: list[str], classes: list[str], val_labels) -> Sou
     return SourceSplit([f"val/{n}" for n in flat], [by_stem[Path(n).stem] for n in flat])
 
 
-def scan_source(src: str | os.PathLike, val_labels: str | os.PathLike | None = None) -> Source:
+VAL_FRACTION = 0.1  # of a plain class-folder tree's images, held out for val/ unless said otherwise
+
+
+def split_class_tree(src: Path, fraction: float, seed: int) -> Source:
+    """A plain class-folder tree SRC/<class>/* split into train and val: in each class, a share
+    `fraction` of its files (rounded, at least one left for training) drawn for val by a generator
+    seeded with (seed, class name), so a class's split depends on its own files and the seed alone."""
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), got {fraction}")
+    classes = _subdirs(src)
+    warnings: list[str] = []
+    splits = {"train": SourceSplit([], []), "val": SourceSplit([], [])}
+    for label, c in enumerate(classes):
+        names = _files_in(src / c)
+        if not names:
+            warnings.append(f"class folder {c} is empty: label {label} keeps its place but has no images")
+        drawn = list(names)
+        random.Random(f"{seed}/{c}").shuffle(drawn)
+        held = set(drawn[: min(len(names) - 1, round(len(names) * fraction))]) if names else set()
+        for split, members in (("train", [n for n in names if n not in held]), ("val", sorted(held))):
+            splits[split].files += [f"{c}/{n}" for n in members]
+            splits[split].labels += [label] * len(members)
+    if not splits["train"].files:
+        raise UserError(f"the class folders of {src} hold no files")
+    if not splits["val"].files:
+        del splits["val"]
+        warnings.append("no image was held out (--val-fraction): the store has no validation split")
+    else:
+        warnings.append(f"a plain class-folder tree: {len(splits['val'].files)} of its images held out for val "
+                        f"(--val-fraction {fraction}, --seed {seed})")
+    return Source(classes, _read_class_names(src, classes), splits, warnings)
+
+
+def scan_source(src: str | os.PathLike, val_labels: str | os.PathLike | None = None,
+                val_fraction: float | None = None, seed: int = 0) -> Source:
     """Find the classes and files of an ImageNet-style tree: SRC/train/<class>/*, and SRC/val/<class>/*
-    or a flat SRC/val/ with a labels file."""
+    or a flat SRC/val/ with a labels file; or of a plain class-folder tree SRC/<class>/*, whose val
+    split is drawn (`split_class_tree`, `val_fraction` default VAL_FRACTION)."""
     src = Path(src)
     if not src.exists():
         raise UserError(f"source folder {src} does not exist")
@@ -170,7 +207,15 @@ def scan_source(src: str | os.PathLike, val_labels: str | os.PathLike | None = N
         raise UserError(f"source {src} is not a folder")
     train = src / "train"
     if not train.is_dir():
-        raise UserError(f"{src} has no train/ folder; expected SRC/train/<class>/<images> (and SRC/val/)")
+        if _subdirs(src):
+            if val_labels:
+                raise UserError("--val-labels labels a flat SRC/val/ folder; a plain class-folder tree has none")
+            return split_class_tree(src, VAL_FRACTION if val_fraction is None else val_fraction, seed)
+        raise UserError(f"{src} has no class folders; expected SRC/<class>/<images>, or SRC/train/<class>/<images> "
+                        f"(and SRC/val/)")
+    if val_fraction is not None:
+        raise UserError(f"--val-fraction splits a plain class-folder tree (SRC/<class>/*); {src} has a train/ folder "
+                        f"(and its own val/)")
     classes = _subdirs(train)
     if not classes:
         raise UserError(f"{train} has no class folders; expected {train}/<class>/<images>")
