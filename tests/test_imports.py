@@ -108,10 +108,12 @@ def test_help_path_imports_no_torch():
                                "alexnet.config"}, name
 
 
-# From the bottom: the base modules, then each package by concern. A module may import its own layer
-# and those below it.
-LAYERS = [{"alexnet", "errors", "files", "machine", "torch_file", "config", "runtime"}, {"model"}, {"data"},
-          {"evaluate"}, {"train"}, {"report"}, {"experiments"}, {"pretrained"}, {"cli", "__main__"}]
+# From the bottom: the base modules, then each package by concern, and at the top the front door (the
+# package's own __init__, `alexnet.load`, `alexnet.extract`, ...) beside the command line. A module may
+# import its own layer and those below it. data (§2, §4.1: pixels) sits below model (§3): a net knows
+# the preprocessing its inputs need (`net.transforms()`).
+LAYERS = [{"errors", "files", "machine", "torch_file", "config", "runtime"}, {"data"}, {"model"},
+          {"evaluate"}, {"train"}, {"report"}, {"experiments"}, {"pretrained"}, {"alexnet", "cli", "__main__"}]
 
 
 def layer_of(module: str) -> int:
@@ -123,3 +125,28 @@ def test_lower_layers_never_import_higher_ones():
     upward = [f"{a} -> {b}" for a, targets in import_graph().items() for b in targets if layer_of(b) > layer_of(a)]
     assert not upward, "imports from a higher layer: " + "; ".join(sorted(upward))
     assert layer_of("alexnet.train.loop") > layer_of("alexnet.evaluate.error_rates") > layer_of("alexnet.model.net")
+    assert layer_of("alexnet.model.net") > layer_of("alexnet.data.transforms") > layer_of("alexnet.config")
+
+
+def test_the_front_door_is_the_top_and_nothing_inside_goes_through_it():
+    """`alexnet/__init__.py` is the highest layer, and no module of the package imports from the bare
+    `alexnet` package (each imports from where a thing lives), so the front door can name anything."""
+    graph = import_graph()
+    assert layer_of("alexnet") == len(LAYERS) - 1
+    through = sorted(name for name, targets in graph.items() if "alexnet" in targets)
+    assert not through, f"modules that import from the bare alexnet package: {through}"
+    assert graph["alexnet"] == set()  # its names are imported on first use (PEP 562), not when it loads
+
+
+def test_every_front_door_name_is_where_it_says_and_import_alexnet_stays_cheap():
+    import subprocess
+    import sys
+
+    for name in alexnet.__all__:
+        assert getattr(alexnet, name) is not None, name
+        assert name in dir(alexnet)
+    assert alexnet.__version__ == alexnet.config.VERSION
+    assert callable(alexnet.evaluate) and alexnet.evaluate.__name__ == "alexnet.evaluate"  # the package, callable
+    code = "import sys, alexnet; print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # `import alexnet` (and the CLI's first import) loads none of them

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alexnet.errors import UserError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
@@ -210,3 +212,20 @@ def configure_process(threads: int | None = None, environ: dict | None = None,
         environ["MKL_NUM_THREADS"] = str(n)
     keep_freed_memory()
     return n
+
+
+def configure(threads: int | None = None) -> dict:
+    """`alexnet.configure()`: the settings every `alexnet` command makes at its entry, for a notebook or
+    a script, so that it runs at the README's speed: OpenMP threads sleep when they wait, the thread
+    count is `threads` (else ALEXNET_THREADS / OMP_NUM_THREADS, else planned from the machine's load,
+    `plan_threads`), and glibc keeps freed memory (`keep_freed_memory`). Call it before torch is
+    imported for OpenMP's wait policy to take; the thread count (torch.set_num_threads) and the
+    allocator take whenever it is called. Process-wide, as the CLI's. Returns what it set."""
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be at least 1, got {threads}")
+    torch = sys.modules.get("torch")  # not imported here: OpenMP reads its settings when torch loads
+    n = configure_process(threads)
+    if torch is not None:
+        torch.set_num_threads(n)
+    return {"threads": n, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "keep_freed_memory": keep_freed_memory(), "torch_was_loaded": torch is not None}

@@ -42,13 +42,13 @@ def test_folders_and_globs_expand_to_their_image_files(photos):
 
 def test_predictions_stream_one_batch_at_a_time(tiny_run, photos, monkeypatch):
     decoded = []
-    real = predict.load_image
+    real = predict.store_pixels
 
     def counting(path, size):
         decoded.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(predict, "load_image", counting)
+    monkeypatch.setattr(predict, "store_pixels", counting)
     results = iter_predictions(tiny_run, [photos], device="cpu", batch_size=2)
     assert decoded == []  # nothing read before the first result is asked for
     first = next(results)

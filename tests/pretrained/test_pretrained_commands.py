@@ -113,6 +113,23 @@ def test_features_of_an_imported_net_are_its_fc7(narrow_checkpoint, store256, tm
     np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-4)
 
 
+def test_an_imported_caffe_net_carries_its_mean_image_and_predicts_as_the_command_does(narrow_checkpoint, store256):
+    import alexnet
+    from alexnet.data import ImageStore
+    from alexnet.evaluate.predict import predict_files
+
+    net = alexnet.load(narrow_checkpoint)
+    np.testing.assert_array_equal(net.input_mean.numpy(), ImageStore(store256, "train").mean)  # the binaryproto's
+    assert len(net.classes) == 1000 and net.class_names[0].startswith("tench")
+    x = net.transforms()(ref.photo_path())
+    assert x.shape == (3, 227, 227)
+    with torch.no_grad():
+        probs = net(x[None]).softmax(1)[0]
+    cli = predict_files(narrow_checkpoint, [ref.photo_path()], device="cpu")[0]["top"]
+    assert [t["label"] for t in cli] == probs.topk(5).indices.tolist()
+    np.testing.assert_allclose([t["probability"] for t in cli], probs.topk(5).values.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_finetune_copies_every_imported_layer_but_fc8(narrow_checkpoint, store256, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data", str(store256), "--finetune", str(narrow_checkpoint), "--out", str(out),
@@ -127,6 +144,7 @@ def test_finetune_copies_every_imported_layer_but_fc8(narrow_checkpoint, store25
             assert torch.equal(tuned["model"][key], value), key
     model = tuned["config"]["model"]
     assert (model["conv1_padding"], model["pool_ceil"], model["dropout_style"]) == (0, True, "inverted")
+    assert torch.equal(tuned["mean"], imported["mean"])  # the source's preprocessing, kept
 
 
 @pytest.mark.parametrize("views", [1, 10])

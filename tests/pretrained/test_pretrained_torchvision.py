@@ -47,6 +47,15 @@ def test_torchvision_net_computes_what_torchvision_computes_on_a_photograph(tv_f
     want = ref.torchvision_forward(x, state)
     assert want.std() > 1.0
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    # the preprocessing travels with the net: alexnet.load and net.transforms() are all a user needs
+    import alexnet
+
+    loaded = alexnet.load(out)
+    assert loaded.input_scale is not None and loaded.image_size == 256
+    np.testing.assert_allclose(loaded.input_mean[100, 7].numpy(), 255 * MEAN, rtol=1e-6)
+    with torch.no_grad():
+        again = loaded(loaded.transforms()(ref.photo_path())[None]).double().numpy()[0]
+    assert np.abs(again - want).max() <= 1e-4 * np.abs(want).max()
 
 
 def test_adaptive_pool_averages_to_6x6_for_other_input_sizes(tv_file):

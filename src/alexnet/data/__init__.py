@@ -4,6 +4,8 @@
                     image.py: decode, shorter side to S, centre crop), finalise (mean image, RGB PCA)
     store.py        `ImageStore`: the store's format and reader
     augment.py      §4.1's batch transforms on the device: crops, reflections, PCA lighting, ten patches
+    transforms.py   one image -> a net's input (§2's square, §4.1's patches minus the mean): net.transforms()
+    folder.py       a plain class-folder tree as a Dataset; batches of store pixels from any images
     loader.py       threads that feed batches of uint8 images to the device
     progress.py     progress and the log of a long preparation
     cifar.py        CIFAR-10's python batches, read safely (Fig. 1)

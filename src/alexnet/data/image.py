@@ -27,6 +27,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.LANCZOS
+# what a folder is searched for (`predict`, `extract`, class-folder trees); a file named on its own is
+# tried whatever its name
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # The most memory one image may take decoded, in its own mode, checked from its header before any pixel is
 # decoded: 256 MiB is Pillow's own warning size (MAX_IMAGE_PIXELS, 89 M pixels) for 24-bit RGB, here

@@ -7,6 +7,7 @@ WordNet ids and names travel in the model's metadata."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import json
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from alexnet.model.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.model.net import AlexNet
 from alexnet.data.augment import center_crop
 from alexnet.errors import UserError
 from alexnet.evaluate.error_rates import check_fits
@@ -38,14 +40,27 @@ class WithMean(nn.Module):
         return self.model(image - self.mean)
 
 
-def deployable(checkpoint: str | os.PathLike) -> tuple[WithMean, dict]:
-    """The checkpoint's net with its mean inside, in eval mode, and the checkpoint."""
-    payload = load_checkpoint(checkpoint)
-    check_fits(payload)
-    model = model_from_checkpoint(payload)
-    crop = model.config.input_size
-    mean_patch = center_crop(payload["mean"][None].float(), crop)[0]
-    return WithMean(model, mean_patch).eval(), payload
+def deployable(source: str | os.PathLike | AlexNet) -> tuple[WithMean, dict]:
+    """The net of a checkpoint (or a net that carries its mean image, as `alexnet.load` gives it) with
+    its mean inside, in eval mode, and the checkpoint (for a net: its path, classes, class_names,
+    image_size and mean). A net given is copied (to the CPU), never changed."""
+    if isinstance(source, AlexNet):
+        if source.input_mean is None:
+            raise UserError("this net has no mean image to put in the graph (a fresh net): load a trained one, or "
+                            "give it one with net.set_preprocessing(mean)")
+        model = copy.deepcopy(source).cpu().float()
+        classes = model.classes or [str(i) for i in range(model.config.num_classes)]
+        info = {"path": model.checkpoint or "a net in memory", "classes": classes,
+                "class_names": model.class_names or classes, "image_size": model.image_size,
+                "mean": model.input_mean}
+    else:
+        payload = load_checkpoint(source)
+        check_fits(payload)
+        model = model_from_checkpoint(payload)
+        info = payload
+    mean_patch = center_crop(model.input_mean[None].float(), model.config.input_size)[0]
+    model.input_mean = None  # the patch inside WithMean is what the graph subtracts
+    return WithMean(model, mean_patch).eval(), info
 
 
 @contextlib.contextmanager
@@ -63,9 +78,10 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, verify: bool = True,
+def export_onnx(checkpoint: str | os.PathLike | AlexNet, out: str | os.PathLike, verify: bool = True,
                 say: Callable[[str], None] = lambda msg: None) -> dict:
-    """Write the ONNX file (atomically) and, when onnxruntime is installed, the largest difference
+    """`alexnet export` and `alexnet.export_onnx(net, path)`: write the ONNX file of a checkpoint or of a
+    net that carries its mean image (atomically) and, when onnxruntime is installed, the largest difference
     between its outputs and PyTorch's on random images. `say` hears, once the checkpoint is read, that
     the export (silent, half a minute on a CPU) has begun."""
     missing = missing_onnx_packages()

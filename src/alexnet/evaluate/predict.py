@@ -1,7 +1,8 @@
-"""`alexnet predict`: the five most probable labels of any image files (§6.1, Fig. 4 left).
+"""`alexnet predict` and `alexnet.predict`: the five most probable labels of any images (§6.1, Fig. 4 left).
 
-Each file gets the store's treatment (§2: shorter side to the store's size, centre square), then the
-centre patch or the ten patches of §4.1, minus the training mean image the checkpoint carries.
+Each image gets the store's treatment (§2: shorter side to the store's size, centre square), then the
+centre patch or the ten patches of §4.1, minus the training mean image the net carries
+(alexnet.data.transforms: what `net.transforms()` gives, to the bit).
 Inputs are files, folders (every image file under them, in name order) or glob patterns; files are
 decoded, run and reported one batch at a time, so memory stays that of one batch however many."""
 
@@ -14,16 +15,16 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
-from alexnet.model.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from alexnet.model.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.model.net import AlexNet
 from alexnet.data.augment import BatchTransforms
-from alexnet.data.image import BadImage, load_image
+from alexnet.data.image import IMAGE_SUFFIXES, BadImage
+from alexnet.data.transforms import store_pixels
 from alexnet.errors import UserError
 from alexnet.evaluate.error_rates import autocast_for, check_fits, view_outputs
 from alexnet.runtime import resolve_device
-
-# what a folder is searched for (a file named on the command line is tried whatever its name)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
 def image_paths(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | None]]:
@@ -46,39 +47,77 @@ def image_paths(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str 
             yield from ((p, None) for p in matches)
 
 
-def iter_predictions(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLike], views: int = 1,
-                     device: str = "auto", top: int = 5, batch_size: int = 64) -> Iterator[dict]:
-    """One result per file, in input order, a batch at a time: {"file", "top": [{"label", "wnid",
-    "name", "probability"}...]}, or {"file", "error"} for a file that cannot be read as an image.
-    The checkpoint is loaded and the arguments checked before this returns."""
+def _check(views: int, top: int, batch_size: int) -> None:
     if views not in (1, 10):
         raise UserError(f"--crops must be 1 or 10, got {views}")
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     if batch_size < 1:
         raise UserError(f"the batch size must be at least 1, got {batch_size}")
+
+
+def iter_predictions(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLike], views: int = 1,
+                     device: str = "auto", top: int = 5, batch_size: int = 64) -> Iterator[dict]:
+    """One result per file, in input order, a batch at a time: {"file", "top": [{"label", "wnid",
+    "name", "probability"}...]}, or {"file", "error"} for a file that cannot be read as an image.
+    The checkpoint is loaded and the arguments checked before this returns."""
+    _check(views, top, batch_size)
     payload = load_checkpoint(checkpoint)
     check_fits(payload)
-    config = checkpoint_config(payload)
-    dev = resolve_device(device)
-    model = model_from_checkpoint(payload).to(dev, memory_format=torch.channels_last)
-    transforms = BatchTransforms(payload["mean"].numpy(), np.ones(3), np.eye(3), config.model.input_size,
-                                 config.data, dev)
-    run = _BatchRunner(model, transforms, views, top, payload["classes"], payload["class_names"], dev)
-    return _stream(run, inputs, payload["image_size"], batch_size)
+    model = model_from_checkpoint(payload).to(resolve_device(device), memory_format=torch.channels_last)
+    return stream_predictions(model, inputs, views, top, batch_size)
 
 
-def _stream(run: "_BatchRunner", inputs: Iterable[str | os.PathLike], size: int, batch_size: int) -> Iterator[dict]:
+def predict(net: AlexNet, images, top: int = 5, views: int = 1, batch_size: int = 64) -> list[dict]:
+    """`alexnet.predict`: the `top` most probable classes of each image for a net that carries its
+    preprocessing (`alexnet.load`), as `alexnet predict` prints them. `images`: a path, folder or glob
+    pattern, a PIL image, an H x W x 3 uint8 array, or a list of them; one result per image, in order:
+    {"file" (paths) or "image" (its place in the list), "top": [{"label", "wnid", "name", "probability"}]},
+    or {..., "error"} for a file that is not an image. The net stays on its device, in its mode."""
+    _check(views, top, batch_size)
+    if isinstance(images, (str, os.PathLike, np.ndarray, torch.Tensor, Image.Image)):
+        images = [images]
+    was_training = net.training
+    try:
+        return list(stream_predictions(net.eval(), images, views, top, batch_size))
+    finally:
+        net.train(was_training)
+
+
+def stream_predictions(model: AlexNet, inputs: Iterable, views: int, top: int, batch_size: int) -> Iterator[dict]:
+    """The results of `predict`, a batch at a time: the net's own mean image, image size, test-view
+    settings and classes (a net without class names reports label numbers)."""
+    if model.input_mean is None:
+        raise UserError("this net has no mean image (a fresh net): predict with a trained one (alexnet.load), or "
+                        "give it one with net.set_preprocessing(mean)")
+    dev = model.fc8.weight.device
+    transforms = BatchTransforms(model.input_mean.cpu(), np.ones(3), np.eye(3), model.config.input_size,
+                                 model.data_config, dev)
+    classes = model.classes or [str(i) for i in range(model.config.num_classes)]
+    run = _BatchRunner(model, transforms, views, top, classes, model.class_names or classes, dev)
+    return _stream(run, inputs, model.image_size, batch_size)
+
+
+def expand_inputs(inputs: Iterable) -> Iterator[tuple[dict, object, str | None]]:
+    """(result, what to read, why not) for each image: paths, folders and globs expanded (`image_paths`),
+    in-memory images (PIL, arrays) as they are."""
+    for i, item in enumerate(inputs):
+        if isinstance(item, (str, os.PathLike)):
+            yield from (({"file": path}, path, why) for path, why in image_paths([item]))
+        else:
+            yield {"image": i}, item, None
+
+
+def _stream(run: "_BatchRunner", inputs: Iterable, size: int, batch_size: int) -> Iterator[dict]:
     pending: list[tuple[dict, np.ndarray | None]] = []
-    for path, why in image_paths(inputs):
+    for result, image, why in expand_inputs(inputs):
         if why is None:
             try:
-                pixels, _ = load_image(path, size)
-                pending.append(({"file": path}, pixels))
+                pending.append((result, store_pixels(image, size)))
             except BadImage as e:
-                pending.append(({"file": path, "error": str(e)}, None))
+                pending.append(({**result, "error": str(e)}, None))
         else:
-            pending.append(({"file": path, "error": why}, None))
+            pending.append(({**result, "error": why}, None))
         if len(pending) >= batch_size:
             yield from run(pending)
             pending = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from alexnet.config import VERSION, Config, ConfigError, from_dict
+from alexnet.config import VERSION, Config, ConfigError, from_dict, to_dict
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.model.net import AlexNet
@@ -88,14 +88,38 @@ def checkpoint_config(payload: dict[str, Any]) -> Config:
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> AlexNet:
-    """The trained AlexNet of a checkpoint, in eval mode, on the CPU. `model.input_mean` is the mean
-    image it was trained with (§2), which the test views subtract (an imported net's is its source's)."""
+    """The trained AlexNet of a checkpoint, in eval mode, on the CPU, with what its inputs need: the
+    mean image it was trained with (§2; an imported net's is its source's) as its `input_mean` buffer,
+    its `classes` and `class_names`, and the run's test-view settings (`data_config`)."""
     config = checkpoint_config(payload)
     model = AlexNet(config.model)
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(payload["model"])  # a state dict with or without the mean image
     except RuntimeError as e:
         raise UserError(f"{payload.get('path')}: weights do not fit the saved config: {str(e).splitlines()[0]}") from None
-    mean = payload.get("mean")
-    model.input_mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).numpy()
+    if payload.get("mean") is not None:
+        model.set_preprocessing(payload["mean"])
+    model.classes, model.class_names = payload.get("classes"), payload.get("class_names")
+    model.data_config, model.variant = config.data, config.variant
+    model.checkpoint = payload.get("path")  # where it came from (fine-tuning starts from this file)
     return model.eval()
+
+
+def net_payload(net: AlexNet) -> dict[str, Any]:
+    """A checkpoint payload of a net in memory (its weights as they are now, its config, classes and mean
+    image), which `load` reads back as the same net: what fine-tuning a net from Python starts from."""
+    if net.input_mean is None:
+        raise UserError("this net has no mean image (a fresh net): give it one with net.set_preprocessing(mean)")
+    classes = net.classes or [str(i) for i in range(net.config.num_classes)]
+    config = Config(variant=net.variant or "custom", model=net.config, data=net.data_config)
+    return {"config": to_dict(config), "classes": list(classes), "class_names": list(net.class_names or classes),
+            "model": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()
+                      if k != "input_mean"},  # the mean travels as the checkpoint's own "mean"
+            "image_size": net.image_size, "mean": net.input_mean.detach().to("cpu", torch.float32), "data": None}
+
+
+def load(path: str | os.PathLike) -> AlexNet:
+    """`alexnet.load`: the net of a checkpoint file (a run's best.pt or last.pt, an `alexnet import`ed
+    bvlc_alexnet or torchvision net) or of a run folder (its best.pt, else last.pt), in eval mode, on
+    the CPU, carrying its preprocessing (`net.transforms()`) and class names."""
+    return model_from_checkpoint(load_checkpoint(path))

@@ -5,19 +5,25 @@ Input: raw RGB patches on the 0..255 scale with the training set's mean image su
 whose kernels see only their own tower's maps (conv2, conv4, conv5); conv3 and the fully connected
 layers see both. `ModelConfig` (alexnet.config) sets every choice; `VARIANTS` (there too, re-exported
 here) names the ones the CLI and the experiments pick by name. `layer_spec` lists every layer's sizes.
+
+The net also carries what its inputs need (§2): `input_mean`, the (S, S, 3) mean image its inputs have
+subtracted, `classes` and `class_names`, and the test-time data settings; `transforms()` turns an image
+into its input, `features()` reads any layer by its paper name (alexnet.data.transforms, README "Python").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from alexnet.config import ModelConfig, conv_channels, map_sizes, variant_config
+from alexnet.config import VARIANTS, DataConfig, ModelConfig, conv_channels, map_sizes, variant_config
+from alexnet.errors import UserError
 from alexnet.model.lrn import LocalResponseNorm
 
 class PaperDropout(nn.Module):
@@ -101,6 +107,19 @@ def _input_scale(config: ModelConfig) -> Tensor | None:
     return torch.tensor(config.input_scale, dtype=torch.float32).view(1, 3, 1, 1)
 
 
+# Every layer of the net by its paper name, in forward's order (conv6 and avgpool only where the config
+# adds them); `AlexNet.features` reads any of them. A conv or fc layer's nonlinearity is its own module:
+ACTIVATION = {"conv1": "relu1", "conv2": "relu2", "conv3": "relu3", "conv4": "relu4", "conv5": "relu5",
+              "conv6": "relu_conv6", "fc6": "relu6", "fc7": "relu7"}
+LAYER_NAMES = ("conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2", "conv3", "relu3", "conv4",
+               "relu4", "conv5", "relu5", "pool5", "avgpool", "conv6", "relu_conv6", "fc6", "relu6", "drop6", "fc7",
+               "relu7", "drop7", "fc8")
+# §3.2: the layers whose kernels or neurons the two GPUs split (conv1-conv5, fc6, fc7, and the ReLUs,
+# normalisations, pools and dropouts that act on their halves); conv6 and fc8 are not split.
+TOWER_LAYERS = frozenset(LAYER_NAMES[: LAYER_NAMES.index("pool5") + 1]
+                         + ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7"))
+
+
 class AlexNet(nn.Module):
     """§3.5, Fig. 2. `forward` gives the logits of the 1000-way softmax; `embed` the 4096-d last hidden
     layer (fc7 after its ReLU, §6.1); `forward_features` the last conv stage's pooled maps.
@@ -171,6 +190,13 @@ class AlexNet(nn.Module):
         self.drop7 = PaperDropout(config.dropout, config.dropout_style == "inverted")
         self.fc8 = nn.Linear(*spec["fc8"])  # (B, 1000), into the softmax
         init_paper_(self, config.init_std, config.init_bias, config.init_scheme)
+        # What its inputs need (§2), set by `set_preprocessing` and by alexnet.model.checkpoint.load:
+        self.register_buffer("input_mean", None)  # (S, S, 3) RGB mean image, 0..255; in the state dict once set
+        self.classes: list[str] | None = None  # WordNet ids (or folder names), label i = classes[i]
+        self.class_names: list[str] | None = None
+        self.data_config = DataConfig()  # the test views of the run (reflections, the mean's alignment)
+        self.checkpoint: str | None = None  # the file `load` read it from
+        self.variant: str | None = None  # its name in VARIANTS (create_model), or its checkpoint's
 
     def forward_features(self, x: Tensor) -> Tensor:
         if self.input_scale is not None:
@@ -198,6 +224,111 @@ class AlexNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc8(self.drop7(self.embed(x)))
+
+    # -- what its inputs need (§2) ----------------------------------------------------------------
+
+    @property
+    def image_size(self) -> int | None:
+        """S: an image's shorter side goes to S and its central S x S square is kept (§2) before the
+        input_size patches are cut; None while the net has no mean image."""
+        return None if self.input_mean is None else int(self.input_mean.shape[0])
+
+    def set_preprocessing(self, mean, image_size: int | None = None) -> AlexNet:
+        """Give the net the mean its inputs have subtracted: an (S, S, 3) mean image (§2), or one value per
+        RGB channel (3,) or one number, spread over an image_size square (default: input_size * 256/224,
+        the paper's ratio). `transforms()` subtracts it; `load` sets the one a checkpoint carries."""
+        m = torch.as_tensor(mean, dtype=torch.float32)
+        if m.dim() == 3:
+            if m.shape[2] != 3 or m.shape[0] != m.shape[1] or image_size not in (None, m.shape[0]):
+                raise UserError(f"a mean image must be S x S x 3 RGB (S = image_size), got {tuple(m.shape)}")
+        elif m.numel() in (1, 3):
+            size = image_size or round(self.config.input_size * 256 / 224)
+            m = m.reshape(1, 1, -1).expand(size, size, 3)
+        else:
+            raise UserError(f"the mean is an (S, S, 3) image, 3 channel values or one number, not {tuple(m.shape)}")
+        if m.shape[0] < self.config.input_size:
+            raise UserError(f"image size {m.shape[0]} is smaller than the net's input ({self.config.input_size})")
+        if not torch.isfinite(m).all():
+            raise UserError("the mean holds NaN or infinite values")
+        self.input_mean = m.contiguous().to(self.fc8.weight.device)
+        return self
+
+    def transforms(self, views: int = 1):
+        """The callable that makes this net's input from an image (a PIL image, a path, an H x W x 3 uint8
+        array): §2's S x S square (shorter side to S, centre crop), then the centre patch (3, c, c) or §4.1's
+        ten patches (10, 3, c, c), minus the mean image: what `alexnet predict` feeds the net, to the bit."""
+        from alexnet.data.transforms import Preprocess  # the pixels of §2 and §4.1 live in data/, below
+
+        if self.input_mean is None:
+            raise UserError("this net has no mean image (a fresh net): load a trained one with alexnet.load, or "
+                            "give it one with net.set_preprocessing(mean)")
+        return Preprocess(self.input_mean, self.config.input_size, views, self.data_config)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """The mean image travels in the state dict: one there is taken whatever its size (a fresh net has
+        none), and a state dict without one (every checkpoint before it travelled) keeps the net's."""
+        key = prefix + "input_mean"
+        if isinstance(state_dict.get(key), Tensor):
+            self.input_mean = state_dict[key].detach().to(self.fc8.weight.device, torch.float32).clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in missing_keys:
+            missing_keys.remove(key)
+
+    # -- every layer by its paper name ------------------------------------------------------------
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every layer that computes, in forward's order; the maps are flattened
+        between the last conv stage and fc6."""
+        return [(name, getattr(self, name)) for name in LAYER_NAMES if getattr(self, name) is not None]
+
+    def feature_modules(self, layers: str | Iterable[str], relu: str,
+                         towers: bool) -> tuple[list[str], dict[str, list[str]]]:
+        """The layers asked for (once each, in order) and {module name: those that are its output}."""
+        if relu not in ("pre", "post"):
+            raise UserError(f"relu must be 'pre' (a conv or fc layer's output before its ReLU) or 'post', got {relu!r}")
+        if towers and self.config.towers != 2:
+            raise UserError("towers=True splits the two towers of §3.2; this net has one")
+        names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
+        if not names:
+            raise UserError("give at least one layer, e.g. layers=['conv5', 'fc7']")
+        wanted: dict[str, list[str]] = {}
+        for name in names:
+            if name not in LAYER_NAMES:
+                raise UserError(f"'{name}' is not a layer of AlexNet; the layers: {', '.join(LAYER_NAMES)}")
+            module = ACTIVATION.get(name, name) if relu == "post" else name
+            if getattr(self, module) is None:
+                raise UserError(f"this net has no {name} (its config removes it or does not add it)")
+            wanted.setdefault(module, []).append(name)
+        return names, wanted
+
+    def features(self, x: Tensor, layers: str | Iterable[str], relu: str = "post",
+                 towers: bool = False) -> dict[str, Tensor]:
+        """{layer: output} for an input x as `forward` takes it, as contiguous NCHW (B, C, H, W) or (B, D)
+        tensors, in the order asked. A layer is any name of LAYER_NAMES (conv1, relu1, norm1, pool1, ...,
+        fc8); a conv or fc layer is read before its ReLU (relu="pre", what a hook on conv3 sees) or after
+        (relu="post", relu3's output); fc8 is the logits either way. towers=True splits each layer of the
+        two towers (TOWER_LAYERS) into "<layer>.tower0" and "<layer>.tower1", the halves each GPU held
+        (§3.2). Only the layers up to the last one asked for run; the caller's grad and eval modes apply."""
+        names, wanted = self.feature_modules(layers, relu, towers)
+        if self.input_scale is not None:
+            x = x * self.input_scale
+        found: dict[str, Tensor] = {}
+        for name, module in self.stages():
+            if name == "fc6":
+                x = torch.flatten(x, 1)
+            x = module(x)
+            found.update((layer, x) for layer in wanted.get(name, ()))
+            if len(found) == len(names):
+                break
+        out: dict[str, Tensor] = {}  # contiguous: CPU activations of a channels_last net are NHWC in memory
+        for layer in names:
+            if towers and layer in TOWER_LAYERS:
+                out[f"{layer}.tower0"], out[f"{layer}.tower1"] = (t.contiguous() for t in found[layer].chunk(2, 1))
+            else:
+                out[layer] = found[layer].contiguous()
+        return out
 
 
 @torch.no_grad()
@@ -241,6 +372,22 @@ def multiply_adds(model: AlexNet) -> int:
     return total
 
 
+def list_models() -> list[str]:
+    """The registered variants `create_model` builds: ['paper', 'one-tower', 'six-conv', 'small', 'tiny']."""
+    return list(VARIANTS)
+
+
 def create_model(name: str = "paper", **overrides) -> AlexNet:
-    """`create_model("small", num_classes=10)`: a registered variant with some settings changed."""
-    return AlexNet(variant_config(name), **overrides)
+    """`create_model("small", num_classes=10)`: a registered variant (`list_models()`) with some of its
+    ModelConfig settings changed, initialised as §5 says. An unknown name or setting is one UserError."""
+    config = variant_config(name)
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise UserError(f"'{unknown[0]}' is not a model setting; the settings: "
+                        f"{', '.join(f.name for f in dataclasses.fields(ModelConfig))}")
+    try:
+        net = AlexNet(config, **overrides)
+    except ValueError as e:
+        raise UserError(f"{name}: {e}") from None
+    net.variant = name
+    return net

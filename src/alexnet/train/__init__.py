@@ -7,6 +7,7 @@ learning-rate schedule, run as a resumable training run.
     optim.py        §5's update rule and the learning-rate schedules
     distributed.py  processes under torchrun (DDP) and the two-device split's devices
     metrics.py      metrics.jsonl, metrics.csv and TensorBoard
+    finetune.py     §6 fine-tuning from Python, on a store or a plain class-folder tree
 """
 
 from alexnet.train.run import fit, start_or_resume
