@@ -28,6 +28,7 @@ in `GIVEN`; `CHECKS` then tests what the block's comments claim.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -449,7 +450,37 @@ PYTHON_BLOCKS = [b for b in BLOCKS if b.path.name == "README.md" and b.path.pare
 
 # The paths the README's examples open, as the conftest fixtures that provide them (linked into the
 # block's working directory under the README's name).
-FIXTURE_PATHS = {"demo-store": "demo_store", "runs/paper": "tiny_run"}
+FIXTURE_PATHS = {"demo-store": "demo_store", "runs/paper": "tiny_run", "photos": "readme_photos",
+                 "pets": "readme_pets"}
+
+
+@pytest.fixture
+def readme_photos(demo_store, tmp_path_factory):
+    """photos/cat.jpg, photos/dog.jpg, photos/more/bird.jpg: demo images of other sizes and shapes."""
+    from PIL import Image
+
+    from alexnet.data import ImageStore
+
+    store, root = ImageStore(demo_store, "val"), tmp_path_factory.mktemp("readme") / "photos"
+    (root / "more").mkdir(parents=True)
+    for name, i, size in (("cat.jpg", 0, (96, 72)), ("dog.jpg", 35, (72, 110)), ("more/bird.jpg", 71, (80, 80))):
+        Image.fromarray(store[i][0]).resize(size, Image.Resampling.BICUBIC).save(root / name, quality=95)
+    return root
+
+
+@pytest.fixture
+def readme_pets(demo_store, tmp_path_factory):
+    """pets/<cat, dog, emu>/0.jpg ... 11.jpg: a plain class-folder tree of three demo classes."""
+    from PIL import Image
+
+    from alexnet.data import ImageStore
+
+    store, root = ImageStore(demo_store, "train"), tmp_path_factory.mktemp("readme") / "pets"
+    for label, name in enumerate(("cat", "dog", "emu")):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(store[label * 100 + i][0]).save(root / name / f"{i}.jpg", quality=95)
+    return root
 
 
 def _given_x():
@@ -480,8 +511,36 @@ def _check_store(ns):
     assert ns["eigvals"].shape == (3,) and ns["eigvecs"].shape == (3, 3)
 
 
+def _check_front_door(ns):
+    import numpy as np
+    import torch
+
+    net, s = ns["net"], ns["net"].config.input_size
+    assert ns["x"].shape == (3, s, s) and ns["x10"].shape == (10, 3, s, s) and ns["logits"].shape == (1, 10)
+    assert list(ns["feats"]) == ["conv1", "conv5", "fc7"] and all(v.is_contiguous() for v in ns["feats"].values())
+    assert (ns["feats"]["conv1"] < 0).any()  # before the ReLU
+    assert list(ns["halves"]) == ["conv2.tower0", "conv2.tower1"]
+    assert [r["file"].split("photos/")[1] for r in ns["top5"]] == ["cat.jpg", "dog.jpg", "more/bird.jpg"]
+    assert ns["top5"][0]["top"][0]["label"] == int(ns["logits"].argmax())  # predict agrees with net(transforms)
+    assert ns["arrays"]["fc7"].shape == (3, net.config.fc_width) and ns["arrays"]["conv5"].ndim == 4
+    np.testing.assert_allclose(ns["rdm"], 1 - np.corrcoef(ns["arrays"]["fc7"].astype(np.float64)), atol=1e-9)
+    with torch.no_grad():
+        np.testing.assert_allclose(ns["arrays"]["fc7"][0], net.features(ns["x"][None], "fc7")["fc7"][0].numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def _check_library_tasks(ns):
+    import torch
+
+    result, tuned = ns["result"], ns["tuned"]
+    assert result["n"] == 100 and len(result["per_class"]) == 10 and 0 <= result["top1_err"] <= 1
+    assert tuned.classes == ["cat", "dog", "emu"] and torch.equal(tuned.input_mean, ns["net"].input_mean)
+
+
 # What a block's comments claim, keyed by a line of the block: each key must match exactly one block.
-CHECKS = {"net = AlexNet()": _check_model, 's = ImageStore("demo-store", "train")': _check_store}
+CHECKS = {"net = AlexNet()": _check_model, 's = ImageStore("demo-store", "train")': _check_store,
+          'x = net.transforms()("photos/cat.jpg")': _check_front_door,
+          'result = alexnet.evaluate(net, "demo-store", views=10)': _check_library_tasks}
 
 
 def test_every_check_has_its_block():
@@ -502,6 +561,14 @@ def test_readme_python_block_runs(block, request, tmp_path, monkeypatch):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(request.getfixturevalue(fixture), target_is_directory=True)
     monkeypatch.chdir(tmp_path)
+    import torch
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME"):  # alexnet.configure()
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])  # put back after the block
+        else:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the suite keeps its own thread count
     ns: dict = {"__name__": "__readme__"}
     for name, make in GIVEN.items():
         if re.search(rf"\b{name}\b", source):
