@@ -8,11 +8,14 @@ Which images go in which batch is a pure function of (seed, epoch, step, rank, w
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from alexnet.machine import usable_cores
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -41,10 +44,55 @@ def eval_plan(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[np
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def loader_workers(store_format: str, configured: int = 0, cores: int | None = None) -> int:
+    """`data.workers` resolved: the count configured, else 2 threads for a raw store (a memory copy per
+    image: two keep up) and one per core, up to 16, for a jpeg store, whose decoding is the work (at
+    thousands of images/s on a GPU it needs every core). `cores`: the cores this process may use
+    (default: all usable ones; under torchrun its share, `alexnet.runtime.thread_share`)."""
+    if configured:
+        return configured
+    if store_format == "raw":
+        return 2
+    return max(1, min(16, cores or usable_cores()))
+
+
+class PinnedRing:
+    """`slots` host buffers that batches are gathered into and copied to the device from without
+    blocking the host. The copy out of a buffer is queued on the device's stream and runs when the
+    device gets to it, so buffer k % slots is handed to batch k only once the copy that batch
+    k - slots made from it has completed (`wait`, on the event `copied` recorded after it)."""
+
+    def __init__(self, slots: int, shape: tuple[int, ...], pin: bool):
+        self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(slots)]
+        self.events: list[object | None] = [None] * slots
+
+    def wait(self, k: int) -> float:
+        """Block until buffer k % slots is free for batch k; returns the seconds waited."""
+        event = self.events[k % len(self.buffers)]
+        if event is None:
+            return 0.0
+        start = time.perf_counter()
+        event.synchronize()
+        return time.perf_counter() - start
+
+    def buffer(self, k: int, rows: int) -> torch.Tensor:
+        return self.buffers[k % len(self.buffers)][:rows]
+
+    def copied(self, k: int, event) -> None:
+        """Batch k's copy out of its buffer is queued; `event` completes when it has run."""
+        self.events[k % len(self.buffers)] = event
+
+
 class BatchLoader:
     """Iterates `plan` (a list of index arrays) as (uint8 (B, S, S, 3) images, int64 (B,) labels,
-    indices) with the tensors on `device`. `workers` threads gather whole batches ahead of use, at most
-    `prefetch` of them; on CUDA into a ring of pinned buffers, copied without blocking the host."""
+    indices) with the tensors on `device`. `workers` threads gather whole batches ahead of use: the
+    `max(prefetch, workers)` batches after the one awaited are in flight, so every thread has a batch
+    to gather. On CUDA they gather into a `PinnedRing` and the batches are copied without blocking
+    the host, on `device`'s own stream (whatever the current device is).
+
+    `waited`: seconds the consumer waited for batches the threads had not finished (the loader not
+    keeping up); `device_waited`: seconds it waited for the device to finish copying out of a buffer
+    before that buffer could be refilled (the device, not the loader, being behind)."""
 
     def __init__(self, store, plan: list[np.ndarray], device: torch.device | str = "cpu",
                  workers: int = 4, prefetch: int = 3):
@@ -53,44 +101,66 @@ class BatchLoader:
         self.device = torch.device(device)
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
+        self.ahead = max(self.prefetch, self.workers)
+        self.waited = 0.0
+        self.device_waited = 0.0
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __iter__(self):
+    def _asynchronous(self) -> bool:
+        """Whether batches go through a `PinnedRing` and an asynchronous copy (`_copy`)."""
+        return self.device.type == "cuda"
+
+    def _ring(self) -> PinnedRing:
         s = self.store.image_size
-        cuda = self.device.type == "cuda"
-        slots = self.prefetch + 2
         biggest = max((len(p) for p in self.plan), default=0)
-        buffers = [torch.empty((biggest, s, s, 3), dtype=torch.uint8, pin_memory=True) for _ in range(slots)] if cuda else None
-        events: list[torch.cuda.Event | None] = [None] * slots
+        # ahead + 1 batches in flight, one being copied and one more: batch k + ahead takes the
+        # buffer of batch k - 2, whose copy was queued two batches ago
+        slots = self.ahead + 2
+        if self.device.type != "cuda":
+            return PinnedRing(slots, (biggest, s, s, 3), pin=False)
+        with torch.cuda.device(self.device):  # pinned memory in this device's context, not cuda:0's
+            return PinnedRing(slots, (biggest, s, s, 3), pin=True)
 
-        def gather(k: int) -> np.ndarray | torch.Tensor:
-            idx = self.plan[k]
-            if not cuda:
-                return self.store.get_batch(idx)
-            slot = k % slots
-            if events[slot] is not None:
-                events[slot].synchronize()  # the copy out of this buffer, `slots` batches ago, is done
-            out = buffers[slot][: len(idx)]
-            self.store.get_batch(idx, out=out.numpy())
-            return out
+    def _copy(self, host: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """The batch on the device, copied without blocking, and an event recorded after the copy on
+        the stream it is queued on: `device`'s current stream, not the current device's (with
+        --device cuda:1 an event on cuda:0's idle stream would complete at once, and the buffer
+        would be refilled before the copy read it)."""
+        with torch.cuda.device(self.device):
+            images = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        return images, event
 
+    def _gather(self, k: int, ring: PinnedRing | None) -> np.ndarray | torch.Tensor:
+        idx = self.plan[k]
+        if ring is None:
+            return self.store.get_batch(idx)
+        out = ring.buffer(k, len(idx))
+        self.store.get_batch(idx, out=out.numpy())
+        return out
+
+    def __iter__(self):
+        ring = self._ring() if self._asynchronous() else None
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="alexnet-loader")
         pending: deque[Future] = deque()
         try:
             next_k = 0
             for k in range(len(self.plan)):
-                while next_k < len(self.plan) and next_k <= k + self.prefetch:
-                    pending.append(pool.submit(gather, next_k))
+                while next_k < len(self.plan) and next_k <= k + self.ahead:
+                    if ring is not None:
+                        self.device_waited += ring.wait(next_k)
+                    pending.append(pool.submit(self._gather, next_k, ring))
                     next_k += 1
+                start = time.perf_counter()
                 batch = pending.popleft().result()
+                self.waited += time.perf_counter() - start
                 labels = torch.from_numpy(self.store.labels[self.plan[k]])
-                if cuda:
-                    images = batch.to(self.device, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                    events[k % slots] = event
+                if ring is not None:
+                    images, event = self._copy(batch)
+                    ring.copied(k, event)
                     labels = labels.to(self.device, non_blocking=True)
                 else:
                     images = torch.from_numpy(batch).to(self.device)
