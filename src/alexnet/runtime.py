@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable
@@ -12,7 +13,8 @@ import torch
 from alexnet.errors import UserError
 
 __all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "private_compile_cache",
-           "resolve_device", "set_thread_count", "use_bf16_autocast"]
+           "resolve_device", "set_thread_count", "use_bf16_autocast", "thread_share", "training_math",
+           "full_float32", "inference_precision"]
 
 
 def capturing_graph() -> bool:
@@ -117,3 +119,84 @@ def private_compile_cache(environ: dict | None = None) -> Path:
                         f"in it: point TORCHINDUCTOR_CACHE_DIR at a private folder")
     environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     return folder
+
+
+def thread_share(cores: int, local_world: int) -> int:
+    """Threads (and loader threads) for one of the `local_world` processes torchrun starts on a
+    machine whose usable cores are `cores`: each its share, at least one. Every process sizing itself
+    from all the cores would put local_world times as many threads as cores on the machine."""
+    return max(1, cores // max(1, local_world))
+
+
+@contextlib.contextmanager
+def training_math(deterministic: bool = False, tf32: bool = False, environ: dict | None = None):
+    """PyTorch's process-wide arithmetic settings for one training run (`train.deterministic`,
+    `train.tf32`), made on entry and restored on exit, so that a program calling `fit` keeps its own:
+
+    deterministic  cuDNN's deterministic algorithms and no autotuning (`cudnn.benchmark` off),
+                   `torch.use_deterministic_algorithms(True)` (an op with no deterministic version is
+                   an error naming it) and CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS's condition for
+                   reproducible matmuls; read when cuBLAS starts, so set before any CUDA work) unless
+                   already set. Off: `cudnn.benchmark` on, which times cuDNN's algorithms once per
+                   shape and keeps the fastest (a run's shapes are fixed), and may pick another on
+                   the next run, so the bits of a CUDA run are then not repeatable.
+    tf32           whether float32 matmuls and convolutions on CUDA may use TF32 tensor cores (a
+                   10-bit mantissa). PyTorch's own default lets cuDNN's convolutions use it and not
+                   matmuls; here both follow the setting, off by default, so `--amp off` is float32
+                   throughout. Under bf16 autocast it only touches the ops autocast keeps in float32.
+
+    On the CPU none of these change a bit (a CPU run is repeatable as it is)."""
+    environ = os.environ if environ is None else environ
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    set_workspace = deterministic and "CUBLAS_WORKSPACE_CONFIG" not in environ
+    try:
+        if set_workspace:
+            environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        if deterministic:
+            cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True)
+        cudnn.benchmark = not deterministic
+        cudnn.allow_tf32 = matmul.allow_tf32 = tf32
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if set_workspace:
+            environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def full_float32():
+    """float32 matmuls and convolutions on CUDA without TF32 for the block, restored after: what
+    inference in "float32" means (`inference_precision`)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+# Inference's precision (eval, features, predict, figures) where the caller leaves it to "auto":
+# "bf16" or "float32" for every command of the process.
+INFERENCE_PRECISION_SWITCH = "ALEXNET_INFERENCE_PRECISION"
+PRECISIONS = ("auto", "bf16", "float32")
+
+
+def inference_precision(precision: str | None, device: torch.device, environ: dict | None = None) -> str:
+    """"bf16" or "float32" for running a trained net on `device`: `precision` when it is one of them;
+    "auto" (or None) takes INFERENCE_PRECISION_SWITCH where set, else bf16 autocast on CUDA (its
+    tensor cores) and float32 elsewhere, the CPU's path as it always was. "float32" on CUDA is full
+    float32, TF32 off (`full_float32`)."""
+    precision = precision or "auto"
+    if precision == "auto":
+        precision = (os.environ if environ is None else environ).get(INFERENCE_PRECISION_SWITCH, "").strip() or "auto"
+    if precision not in PRECISIONS:
+        raise UserError(f"inference precision must be one of {', '.join(PRECISIONS)}, got '{precision}' "
+                        f"(from {INFERENCE_PRECISION_SWITCH}?)")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "float32"
+    return precision

@@ -32,10 +32,10 @@ from alexnet.model.checkpoint import checkpoint_config, load_checkpoint, model_f
 from alexnet.config import DataConfig
 from alexnet.data import ImageStore
 from alexnet.data.augment import BatchTransforms
-from alexnet.data.loader import BatchLoader, eval_plan
+from alexnet.data.loader import BatchLoader, eval_plan, loader_workers
 from alexnet.data.store import check_usable
 from alexnet.errors import UserError
-from alexnet.runtime import resolve_device
+from alexnet.runtime import full_float32, inference_precision, resolve_device
 
 OUTPUTS = ("probabilities", "logits", "features")
 
@@ -93,6 +93,17 @@ def autocast_for(device: torch.device, amp: bool) -> Callable:
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def inference_autocast(device: torch.device, precision: str | None = None) -> Callable:
+    """A factory of the contexts a trained net runs in for eval, features, predict and figures, by
+    `alexnet.runtime.inference_precision` (None or "auto": ALEXNET_INFERENCE_PRECISION where set, else
+    bf16 autocast on CUDA and float32 elsewhere): bf16 autocast, or float32, which on CUDA is full
+    float32 (TF32 off for the block), so float32 features and error rates are the CPU's up to the
+    order of sums."""
+    if inference_precision(precision, device) == "bf16":
+        return autocast_for(device, True)
+    return full_float32 if device.type == "cuda" else nullcontext
+
+
 def patch_count(views: int, data_config: DataConfig) -> int:
     """How many patches `views` (1 or 10) averages for a run trained with `data_config`: §4.1's ten are
     five patches and their reflections, so a run trained without reflections (`data.flip = false`)
@@ -140,12 +151,14 @@ def view_outputs(model: torch.nn.Module, images: Tensor, transforms: BatchTransf
 
 def batch_outputs(model: torch.nn.Module, store, transforms: BatchTransforms, device: torch.device,
                   plan: list[np.ndarray], views: int = 1, output: str = "probabilities", *,
-                  autocast: Callable = nullcontext, channels_last: bool = False, workers: int = 2,
+                  autocast: Callable = nullcontext, channels_last: bool = False, workers: int | None = None,
                   progress: bool = False, desc: str = "eval") -> Iterator[tuple[Tensor, Tensor, np.ndarray]]:
     """(outputs (B, D) on the device, labels (B,), store indices (B,)) for each batch of `plan`, the
-    net in eval mode meanwhile (its mode is restored afterwards)."""
+    net in eval mode meanwhile (its mode is restored afterwards). `workers`: loader threads (None:
+    training's default for the store, `alexnet.data.loader.loader_workers`)."""
     was_training = model.training
     model.eval()
+    workers = workers or loader_workers(getattr(store, "format", "raw"))
     batches = tqdm(BatchLoader(store, plan, device, workers=workers), total=len(plan), unit="batch", desc=desc,
                    disable=not progress, leave=False, file=sys.stderr, dynamic_ncols=True)
     try:
@@ -161,7 +174,8 @@ def batch_outputs(model: torch.nn.Module, store, transforms: BatchTransforms, de
 def validate(model: torch.nn.Module, store, transforms: BatchTransforms, device: torch.device, views: int = 1,
              batch_size: int = 128, *, autocast: Callable | None = None, amp: bool = False,
              channels_last: bool = False, rank: int = 0, world: int = 1,
-             reduce: Callable[[Tensor], object] | None = None, progress: bool = False) -> dict:
+             reduce: Callable[[Tensor], object] | None = None, progress: bool = False,
+             workers: int | None = None) -> dict:
     """Cross-entropy loss and top-1/top-5 error of the averaged softmax over a whole split (§6).
 
     `batch_size` patches go through the net at once (batch_size // views images). Under several
@@ -173,7 +187,7 @@ def validate(model: torch.nn.Module, store, transforms: BatchTransforms, device:
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 correct, top-5 correct, n
     for probs, labels, _ in batch_outputs(model, store, transforms, device, plan, views, "probabilities",
                                           autocast=autocast, channels_last=channels_last, progress=progress,
-                                          desc="validation"):
+                                          desc="validation", workers=workers):
         sums[0] -= probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum()
         c1, c5 = topk_correct(probs, labels, (1, 5))
         sums[1] += c1
@@ -201,10 +215,12 @@ def store_transforms(model: torch.nn.Module, store, data_config: DataConfig | No
 def store_batches(model: torch.nn.Module, store, device: torch.device, *, output: str = "probabilities",
                   views: int = 1, indices: np.ndarray | None = None, batch_size: int = 128,
                   amp: bool | None = None, data_config: DataConfig | None = None, progress: bool = False,
-                  desc: str = "eval") -> Iterator[tuple[Tensor, Tensor, np.ndarray]]:
+                  desc: str = "eval", precision: str | None = None,
+                  workers: int | None = None) -> Iterator[tuple[Tensor, Tensor, np.ndarray]]:
     """`batch_outputs` over the store's images `indices` (default: all, in store order), `batch_size`
     patches at a time, with the net's test views of the store, in channels_last (as training's "auto").
-    bf16 autocast on CUDA unless `amp` says otherwise."""
+    In `precision` (`inference_autocast`: by default bf16 autocast on CUDA, float32 elsewhere); `amp`
+    True or False asks for bf16 autocast or none instead."""
     if views not in (1, 10):
         raise UserError(f"the test views must be 1 or 10, got {views}")
     if batch_size < 1:
@@ -214,15 +230,15 @@ def store_batches(model: torch.nn.Module, store, device: torch.device, *, output
     model = model.to(device, memory_format=torch.channels_last)
     per_batch = max(1, batch_size // views)
     plan = [indices[i : i + per_batch] for i in range(0, len(indices), per_batch)]
-    amp = device.type == "cuda" if amp is None else amp
-    yield from batch_outputs(model, store, transforms, device, plan, views, output, autocast=autocast_for(device, amp),
-                             channels_last=True, progress=progress, desc=desc)
+    autocast = inference_autocast(device, precision) if amp is None else autocast_for(device, amp)
+    yield from batch_outputs(model, store, transforms, device, plan, views, output, autocast=autocast,
+                             channels_last=True, progress=progress, desc=desc, workers=workers)
 
 
 def store_outputs(model: torch.nn.Module, store, device: torch.device, *, output: str = "probabilities",
                   views: int = 1, indices: np.ndarray | None = None, batch_size: int = 128,
                   amp: bool | None = None, data_config: DataConfig | None = None, out: np.ndarray | None = None,
-                  progress: bool = False, desc: str = "eval") -> np.ndarray:
+                  progress: bool = False, desc: str = "eval", precision: str | None = None) -> np.ndarray:
     """(N, D) outputs of `store_batches`, written into `out` when given (a memory map, so a split
     larger than RAM streams to disk)."""
     n = len(store) if indices is None else len(indices)
@@ -234,7 +250,7 @@ def store_outputs(model: torch.nn.Module, store, device: torch.device, *, output
     row = 0
     for y, _, _ in store_batches(model, store, device, output=output, views=views, indices=indices,
                                  batch_size=batch_size, amp=amp, data_config=data_config, progress=progress,
-                                 desc=desc):
+                                 desc=desc, precision=precision):
         out[row : row + len(y)] = y.cpu().numpy()
         row += len(y)
     return out
@@ -242,10 +258,12 @@ def store_outputs(model: torch.nn.Module, store, device: torch.device, *, output
 
 def predict_probabilities(model: torch.nn.Module, store, device: torch.device, views: int = 1,
                           batch_size: int = 128, amp: bool | None = None, progress: bool = False,
-                          indices: np.ndarray | None = None, data_config: DataConfig | None = None) -> np.ndarray:
+                          indices: np.ndarray | None = None, data_config: DataConfig | None = None,
+                          precision: str | None = None) -> np.ndarray:
     """(N, classes) softmax outputs of `model` on a store split, averaged over the views."""
     return store_outputs(model, store, device, output="probabilities", views=views, indices=indices,
-                         batch_size=batch_size, amp=amp, data_config=data_config, progress=progress)
+                         batch_size=batch_size, amp=amp, data_config=data_config, progress=progress,
+                         precision=precision)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,9 +290,11 @@ def error_rates(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict
 
 
 def evaluate(checkpoints: list[str | os.PathLike], data: str | os.PathLike | None = None, split: str = "val",
-             views: int = 1, batch_size: int = 128, device: str = "auto", progress: bool = True) -> dict:
+             views: int = 1, batch_size: int = 128, device: str = "auto", progress: bool = True,
+             precision: str | None = None) -> dict:
     """Error rates of one checkpoint, or of the average of several checkpoints' softmax outputs.
-    "patches" says how many patches `views` averaged (`patch_count`: 5 for a run without reflections)."""
+    "patches" says how many patches `views` averaged (`patch_count`: 5 for a run without reflections).
+    `precision`: "bf16", "float32" or "auto" (`inference_autocast`)."""
     if views not in (1, 10):
         raise UserError(f"--crops must be 1 or 10, got {views}")
     if batch_size < 1:
@@ -294,7 +314,7 @@ def evaluate(checkpoints: list[str | os.PathLike], data: str | os.PathLike | Non
     for p in payloads:
         data_config = checkpoint_config(p).data
         probs = predict_probabilities(model_from_checkpoint(p), store, dev, views, batch_size, progress=progress,
-                                      data_config=data_config)
+                                      data_config=data_config, precision=precision)
         rates = error_rates(probs, store.labels, len(store.classes))
         singles.append({"checkpoint": p["path"], "patches": patch_count(views, data_config),
                         **{k: v for k, v in rates.items() if k != "per_class"}})

@@ -20,7 +20,7 @@ from alexnet.data import ImageStore
 from alexnet.errors import UserError
 from alexnet.evaluate.error_rates import check_fits, store_outputs
 from alexnet.files import atomic_path, write_json_atomic
-from alexnet.runtime import resolve_device
+from alexnet.runtime import INFERENCE_PRECISION_SWITCH, resolve_device
 
 DTYPES = ("float32", "float16")
 
@@ -32,12 +32,17 @@ def _npy(path: str | os.PathLike) -> Path:
 
 def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, device: torch.device,
                      batch_size: int = 256, dtype: str = "float32", data_config: DataConfig | None = None,
-                     progress: bool = False, meta: dict | None = None) -> Path:
-    """Centre-patch fc7 features of every image of `store`, in store order, written to `out` (.npy)."""
+                     progress: bool = False, meta: dict | None = None, precision: str | None = None) -> Path:
+    """Centre-patch fc7 features of every image of `store`, in store order, written to `out` (.npy).
+    Computed in `precision` ("bf16", "float32", "auto": `inference_autocast`); left to None, float32
+    features are computed in float32 (on CUDA without TF32) and float16 ones under bf16 autocast on
+    CUDA, unless ALEXNET_INFERENCE_PRECISION says otherwise."""
     if dtype not in DTYPES:
         raise UserError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype}")
     if batch_size < 1:
         raise UserError(f"the batch size must be at least 1, got {batch_size}")
+    if precision is None and not os.environ.get(INFERENCE_PRECISION_SWITCH, "").strip():
+        precision = "float32" if dtype == "float32" else "auto"
     out = _npy(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dim = model.config.fc_width
@@ -45,7 +50,8 @@ def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, devi
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(store), dim))
         try:
             store_outputs(model, store, device, output="features", batch_size=batch_size,
-                          data_config=data_config, out=array, progress=progress, desc="features")
+                          data_config=data_config, out=array, progress=progress, desc="features",
+                          precision=precision)
             array.flush()
         finally:
             del array

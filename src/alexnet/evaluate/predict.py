@@ -23,7 +23,7 @@ from alexnet.data.augment import BatchTransforms
 from alexnet.data.image import IMAGE_SUFFIXES, BadImage
 from alexnet.data.transforms import store_pixels
 from alexnet.errors import UserError
-from alexnet.evaluate.error_rates import autocast_for, check_fits, view_outputs
+from alexnet.evaluate.error_rates import check_fits, inference_autocast, view_outputs
 from alexnet.runtime import resolve_device
 
 
@@ -143,7 +143,7 @@ class _BatchRunner:
             images = torch.from_numpy(np.stack([pixels for _, pixels in good])).to(self.device)
             with torch.no_grad():
                 probs = view_outputs(self.model, images, self.transforms, self.views, "probabilities",
-                                     autocast_for(self.device, self.device.type == "cuda"), channels_last=True).cpu()
+                                     inference_autocast(self.device), channels_last=True).cpu()
             broken = (~torch.isfinite(probs).all(1)).nonzero()
             if len(broken):  # finite weights whose sums overflow float32: every label would be arbitrary
                 raise UserError(f"the net's outputs for {good[int(broken[0])][0]['file']} are not finite (NaN or "
