@@ -341,8 +341,9 @@ class DataConfig:
                                                             "from each pixel\": the mean image at the crop's own "
                                                             "position. cuda-convnet2 subtracted the mean's centre "
                                                             "crop from every patch.")
-    workers: int = setting(0, "loader threads; 0 = 2 for a raw store, one per core (up to 16) for a jpeg one")
-    prefetch: int = setting(3, "batches the loader keeps ready")
+    workers: int = setting(0, "loader threads; 0 = 2 for a raw store, one per core (up to 16; under torchrun "
+                              "the process's share of the cores) for a jpeg one")
+    prefetch: int = setting(3, "batches the loader gathers ahead of the one in use (at least one per loader thread)")
     finetune_mean: Literal["source", "store"] = setting("source", "§6 fine-tuning (--finetune): subtract the source "
                                                                   "net's mean image, which its weights expect "
                                                                   "(\"source\"), or the new store's (\"store\")")
@@ -393,7 +394,14 @@ class TrainConfig:
     eval_crops: int = setting(1, "validation during training: centre crop (1) or ten patches (10)")
     checkpoint_every: int = setting(0, "also checkpoint every N steps mid-epoch (0 = at epoch ends only)")
     max_steps: int = setting(0, "stop after this many optimizer steps in total (0 = no limit; for tests)")
-    log_every: int = setting(20, "steps between progress-bar updates of the running loss")
+    log_every: int = setting(20, "steps between progress-bar updates of the running loss (under torchrun also "
+                                 "how often the processes agree on stopping: a Ctrl-C or a NaN loss)")
+    deterministic: bool = setting(False, "CUDA: deterministic cuDNN and cuBLAS and torch.use_deterministic_algorithms, "
+                                         "no cudnn.benchmark: a resumed run repeats the uninterrupted one bit for "
+                                         "bit (slower; the CPU is deterministic either way)")
+    tf32: bool = setting(False, "CUDA: let float32 matmuls and convolutions use TF32 tensor cores (10-bit "
+                                "mantissa); off, --amp off is float32 throughout (PyTorch's default lets cuDNN "
+                                "convolutions use TF32)")
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     private_compile_cache()  # --compile (or train.compile in a config) never runs code others could plant
     # a SIGTERM before fit's own handler raises cli_guard.Terminated: the run stops, its lock released, exit 143
-    result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config, train_overrides(args),
-                             progress=not args.quiet)
-    leave_processes()
+    finished = False
+    try:
+        result = start_or_resume(args.data, args.out, args.resume, args.finetune, args.config, train_overrides(args),
+                                 progress=not args.quiet)
+        finished = True
+    finally:  # under torchrun: leave the group however this ends; after a failure without waiting for the others
+        leave_processes(wait=finished)
     if result["rank"] == 0:
         if args.plot and result["history"]:
             from alexnet.report.curves import plot_curves, run_title

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from alexnet.config import Config, to_dict
 from alexnet.data import ImageStore
 from alexnet.data.augment import BatchTransforms
-from alexnet.data.loader import BatchLoader, train_plan
-from alexnet.train.distributed import Processes, model_parallel_devices
+from alexnet.data.loader import BatchLoader, loader_workers, train_plan
+from alexnet.train.distributed import Processes, agreed, model_parallel_devices
 from alexnet.errors import UserError
 from alexnet.evaluate.error_rates import validate
 from alexnet.model import AlexNet
@@ -46,6 +46,53 @@ class TrainingDiverged(UserError):
 def step_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed for one (epoch, step, ...) of a run, independent of every other."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _same_generator(device: torch.device) -> torch.device:
+    """The device whose random generator `device` draws from ("cuda" is the current GPU)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device if device.type == "cuda" else torch.device(device.type)
+
+
+def device_seeds(seed: int, epoch: int, step: int, rank: int,
+                 devices: tuple[torch.device, ...]) -> dict[torch.device, int]:
+    """The seed of the random generator of each of a step's devices (dropout masks), a function of
+    (seed, epoch, step, rank, the device's place in `devices`): the first device's is
+    step_seed(seed, epoch, step, 1 + rank), each further one's adds its place. §3.2's towers on two
+    GPUs draw their first masks of a step (drop6, same shape) from two generators; seeded alike, as
+    torch.manual_seed seeds every GPU, the towers would drop the same neurons. A device listed twice
+    (two towers on one GPU, or on the CPU) has one generator, whose draws follow each other."""
+    seeds: dict[torch.device, int] = {}
+    for place, device in enumerate(devices):
+        seeds.setdefault(_same_generator(device), step_seed(seed, epoch, step, 1 + rank, *([place] if place else [])))
+    return seeds
+
+
+def _seed_gpu(device: torch.device, seed: int) -> None:
+    with torch.cuda.device(device):
+        torch.cuda.manual_seed(seed)
+
+
+def seed_devices(seeds: dict[torch.device, int], seed_gpu: Callable[[torch.device, int], None] = _seed_gpu) -> None:
+    """Seed the generators `device_seeds` gave: torch.manual_seed with the first device's seed (the
+    CPU's generator and every GPU's), then each further GPU's own (`seed_gpu`)."""
+    (_, first), *others = seeds.items()
+    torch.manual_seed(first)
+    for device, seed in others:
+        if device.type == "cuda":
+            seed_gpu(device, seed)
+
+
+@dataclass
+class Window:
+    """The steps since the last check (`Trainer.check`): device-side sums of their loss and top-1
+    hits (no sync until the check), their images, when they began and the loader's wait by then."""
+
+    sums: torch.Tensor
+    images: int = 0
+    start: float = 0.0
+    data_before: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,8 +155,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best_err = math.inf
         self.best_epoch = 0  # the epoch whose weights best.pt holds (0: none yet)
-        workers = config.data.workers or (2 if self.train_store.format == "raw" else min(16, os.cpu_count() or 1))
-        self.loader_workers = workers
+        self.loader_workers = loader_workers(self.train_store.format, config.data.workers, procs.cores)
 
     def _open_stores(self, data: str | os.PathLike) -> None:
         config, t = self.config, self.config.train
@@ -141,6 +187,8 @@ class Trainer:
             except ValueError as e:
                 raise UserError(str(e)) from None
             self.device = devices[0]
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # the first tower's GPU, where the batches arrive
         else:
             model = model.to(self.device)
         if self.channels_last:
@@ -250,7 +298,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         gen.manual_seed(step_seed(c.train.seed, self.position.epoch, k))
-        torch.manual_seed(step_seed(c.train.seed, self.position.epoch, k, 1 + procs.rank))  # dropout masks
+        devices = self.model.devices if self.parallel else (self.device,)
+        seed_devices(device_seeds(c.train.seed, self.position.epoch, k, procs.rank, devices))  # dropout masks
         local = c.train.batch_size // procs.world
         x = self.transforms.train(images, gen, start=procs.rank * local, total=c.train.batch_size)
         if not self.channels_last:
@@ -277,11 +326,13 @@ class Trainer:
         return {"loss": loss / count, "top1_err": 1 - correct1 / count,
                 "images_per_s": count / max(r.seconds, 1e-9), "stopped": stopped}
 
-    def _log_progress(self, bar, lr: float, window: tuple[int, float], waited: float) -> None:
+    def _log_progress(self, bar, lr: float, images: int, seconds: float, waited: float) -> None:
         """The step line (pytorch/examples' `Data` and `Time`): running loss and top-1 error of the
-        epoch, lr, images/s and how the last steps' time split between waiting for the loader and
-        computing (a starved device shows as a large data share); also TensorBoard's step curves."""
-        r, (images, seconds) = self.running, window
+        epoch, lr, images/s of the last steps (`images` in `seconds`, which end after the device has
+        finished them) and how their time split between waiting for the loader (data) and the rest
+        (compute: the step, and on a device, waiting for it). A starved device shows as a large data
+        share, a busy one as compute. Also TensorBoard's step curves."""
+        r = self.running
         scalars = {"loss": r.loss / r.count, "top1_err": 1 - r.correct1 / r.count, "lr": lr,
                    "img_s": images * self.procs.world / max(seconds, 1e-9),
                    "data_s": waited, "compute_s": max(seconds - waited, 0.0)}
@@ -294,21 +345,30 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.log_step(self.position.global_step, scalars)
 
-    def _fold(self, sums: torch.Tensor, seen: int, start: float) -> None:
-        """Add the device-side sums of the last steps to the epoch's running totals (one sync)."""
-        if seen == 0:
-            return
-        loss, correct = sums.tolist()
-        sums.zero_()
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss} in epoch {self.position.epoch + 1} near step {self.position.step}; "
-                f"the learning rate ({self.config.optim.lr}) may be too high. The last good checkpoint is "
-                f"{self.out / 'last.pt'} (if one was written)")
+    def check(self, window: Window, requested: bool) -> tuple[bool, float]:
+        """Close `window`: add its sums to the epoch's running totals and agree with every process on
+        whether to stop, with one host sync (and under torchrun one all-reduce of two flags, the only
+        collective of the step loop besides DDP's own). Returns whether any process asked to stop and
+        the window's seconds, which end once the device has finished its steps. A NaN loss in any
+        process stops every process here, with the same error."""
+        flags = torch.stack([torch.ones((), device=self.device, dtype=torch.float64) * float(requested),
+                             (~torch.isfinite(window.sums[0])).double()])
+        self.procs.agree(flags)
+        loss, correct, stop, diverged = torch.cat([window.sums, flags]).tolist()  # the one sync
+        seconds = time.perf_counter() - window.start
+        window.sums.zero_()
+        if diverged:
+            where = f" in one of the {self.procs.world} processes" if self.procs.distributed else ""
+            raise agreed(TrainingDiverged(
+                f"the loss became {loss if not self.procs.distributed else 'NaN or infinite'}{where} in epoch "
+                f"{self.position.epoch + 1} near step {self.position.step}; the learning rate "
+                f"({self.config.optim.lr}) may be too high. The last good checkpoint is {self.out / 'last.pt'} "
+                f"(if one was written)"))
         self.running.loss += loss
         self.running.correct1 += correct
-        self.running.count += seen
-        self.running.seconds += time.perf_counter() - start
+        self.running.count += window.images
+        self.running.seconds += seconds
+        return bool(stop), seconds
 
     @torch.no_grad()
     def validate(self, views: int = 1) -> dict:
@@ -317,7 +377,7 @@ class Trainer:
         return validate(self.model, self.val_store, self.transforms, self.device, views,
                         self.config.train.batch_size // self.procs.world, autocast=self.autocast,
                         channels_last=self.channels_last, rank=self.procs.rank, world=self.procs.world,
-                        reduce=self.procs.sum, progress=self.progress)
+                        reduce=self.procs.sum, progress=self.progress, workers=self.loader_workers)
 
     def close_epoch(self, metrics: dict, epoch_seconds: float) -> tuple[dict, bool]:
         """The end of a complete epoch: validation, the epoch's metrics.jsonl row (`train_one_epoch`'s
@@ -344,10 +404,15 @@ def train_one_epoch(trainer: Trainer, stop, save: Callable[[], None] | None = No
     """§5's steps for the rest of the trainer's current epoch; `stop.requested` (a flag the caller's signal handler sets)
     and max_steps cut it short, `save` is called every `train.checkpoint_every` steps. Returns the
     epoch's running metrics (over every process once the epoch is complete) and `stopped`, the
-    reason it was cut short or None."""
-    c, epoch = trainer.config, trainer.position.epoch
-    plan = train_plan(len(trainer.train_store), c.train.batch_size, epoch, c.train.seed, trainer.procs.rank,
-                      trainer.procs.world)
+    reason it was cut short or None.
+
+    The host never waits for the device inside a step: every `every` steps (`train.log_every`, at
+    least twice an epoch), at a checkpoint, at max_steps and at the epoch's end, `Trainer.check`
+    syncs once, folds the steps' sums and (under torchrun) agrees with the other processes on
+    stopping; the step line then covers exactly those steps, so the step lines' windows add up to the
+    epoch's time. A single process also stops at the first step after a Ctrl-C."""
+    c, epoch, procs = trainer.config, trainer.position.epoch, trainer.procs
+    plan = train_plan(len(trainer.train_store), c.train.batch_size, epoch, c.train.seed, procs.rank, procs.world)
     lr = trainer.lr_for(epoch)
     gen = torch.Generator(trainer.device)
     trainer.net.train()
@@ -355,38 +420,37 @@ def train_one_epoch(trainer: Trainer, stop, save: Callable[[], None] | None = No
                          c.data.prefetch)
     bar = tqdm(total=len(plan), initial=trainer.position.step, desc=f"epoch {epoch + 1}/{c.train.epochs}",
                unit="batch", disable=not trainer.progress, dynamic_ncols=True, file=sys.stderr, leave=False)
-    sums = torch.zeros(2, device=trainer.device, dtype=torch.float64)  # loss, top-1 correct since the last fold
-    stopped, seen, start = None, 0, time.perf_counter()
-    # a line every log_every steps, and at least twice an epoch (the demo's epochs have 20 steps)
-    every = max(1, min(c.train.log_every, len(plan) // 2))
-    waited, fetch = 0.0, time.perf_counter()  # seconds spent waiting for the loader since the last line
+    # loss, top-1 correct since the last check, on the device
+    window = Window(torch.zeros(2, device=trainer.device, dtype=torch.float64), 0, time.perf_counter())
+    stopped = None
+    every = max(1, min(c.train.log_every, len(plan) // 2))  # the demo's epochs have 20 steps
     try:
         for images, labels, _ in loader:
-            waited += time.perf_counter() - fetch
             step_lr = lr * warmup_factor(trainer.position.global_step, len(plan), c.schedule.warmup_epochs)
-            trainer._run_step(bar, images, labels, step_lr, gen, sums)
-            seen += len(labels)
+            trainer._run_step(bar, images, labels, step_lr, gen, window.sums)
+            window.images += len(labels)
             bar.update(1)
-            if trainer.position.step == len(plan):
+            step, done = trainer.position.step, trainer.position.global_step
+            logging = step % every == 0 or step == len(plan)
+            saving = bool(c.train.checkpoint_every) and done % c.train.checkpoint_every == 0 and step < len(plan)
+            limit = bool(c.train.max_steps) and done >= c.train.max_steps
+            asked = stop.requested and not procs.distributed  # under torchrun asked at the checks only
+            if not (logging or saving or limit or asked):
+                continue
+            requested, seconds = trainer.check(window, stop.requested)
+            waited = loader.waited - window.data_before
+            if logging:
+                trainer._log_progress(bar, step_lr, window.images, seconds, waited)
+            window.images, window.start, window.data_before = 0, time.perf_counter(), loader.waited
+            if step == len(plan):  # a complete epoch: the run's epoch end decides whether to go on
                 break
-            logging = trainer.position.step % every == 0
-            stopped = trainer.should_stop(stop.requested)
-            saving = c.train.checkpoint_every and trainer.position.global_step % c.train.checkpoint_every == 0
-            if logging or stopped or saving:
-                window = (seen, time.perf_counter() - start)
-                trainer._fold(sums, seen, start)
-                seen, start = 0, time.perf_counter()
-                if logging:
-                    trainer._log_progress(bar, step_lr, window, waited)
-                    waited = 0.0
+            stopped = "interrupted" if requested else "stopped at max_steps" if limit else None
             if stopped:
                 break
             if saving and save is not None:
                 save()
-            fetch = time.perf_counter()
     finally:
         bar.close()
-    trainer._fold(sums, seen, start)
     return trainer.epoch_metrics(stopped)
 
 

@@ -38,9 +38,10 @@ from alexnet.model.checkpoint import checkpoint_config, load_checkpoint, save_ch
 from alexnet.config import Config, apply, load_toml, resolve, resume_config, to_toml, validate
 from alexnet.data import ImageStore
 from alexnet.data.store import check_usable
-from alexnet.train.distributed import setup_processes
+from alexnet.train.distributed import Processes, agreed, setup_processes
 from alexnet.errors import UserError
 from alexnet.files import append_text, remove_leftover_temporaries, run_lock, write_text_atomic
+from alexnet.runtime import training_math
 from alexnet.train.metrics import MetricsLog
 from alexnet.train.loop import Position, Trainer, format_epoch, train_one_epoch
 
@@ -252,16 +253,42 @@ def _train_epochs(trainer: Trainer, stop: StopRequest, out: Path, log: RunLog) -
     return "finished"
 
 
+def _arithmetic(trainer: Trainer) -> str:
+    """The run's arithmetic for its first log line: "bf16 autocast" or "fp32", and on CUDA whether
+    TF32 and deterministic algorithms are on."""
+    t = trainer.config.train
+    words = ["bf16 autocast" if trainer.amp else "fp32"]
+    if trainer.device.type == "cuda":
+        words += ["TF32" if t.tf32 else "no TF32"] + (["deterministic"] if t.deterministic else [])
+    return " ".join(words[:1]) + (f" ({', '.join(words[1:])})" if words[1:] else "")
+
+
 def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, resume: bool = False,
         progress: bool = True, echo: bool = True, finetune: str | os.PathLike | None = None) -> dict:
     """Train as §5 describes into the run folder `out` and return a summary: status ("finished",
     "interrupted", "stopped at max_steps"), the signal that stopped it (if one did), last and best
     metrics, history, paths.
     With `resume`, continue the run in `out` from its last.pt; with `finetune`, start from that
-    checkpoint's weights (all but fc8, §6) instead of the paper's init."""
+    checkpoint's weights (all but fc8, §6) instead of the paper's init.
+
+    PyTorch's process-wide arithmetic settings (`train.deterministic`, `train.tf32`, cudnn.benchmark:
+    `alexnet.runtime.training_math`) hold while it trains and are restored when it returns. Under
+    torchrun a process that fails alone tells the others (`Processes.shared_failure`), which stop
+    with its one-line reason."""
     config = validate(config)  # a Config built with dataclasses.replace has not been checked yet
-    procs, device = setup_processes(config.train.device)
-    out = Path(out)
+    with training_math(config.train.deterministic, config.train.tf32):  # before any CUDA work (cuBLAS)
+        procs, device = setup_processes(config.train.device)
+        try:
+            return _fit(config, data, Path(out), resume, progress, echo, finetune, procs, device)
+        except Exception as e:
+            failure = procs.shared_failure(e)
+            if failure is e:
+                raise
+            raise failure from None
+
+
+def _fit(config: Config, data, out: Path, resume: bool, progress: bool, echo: bool, finetune,
+         procs: Processes, device: torch.device) -> dict:
     if resume and not (out / "last.pt").is_file():
         raise UserError(f"nothing to resume: {out / 'last.pt'} does not exist")
     created = not out.exists()
@@ -276,7 +303,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
             except UserError as e:
                 refused = e
         if procs.any(refused is not None, device):  # every process stops, not only the first
-            raise refused or UserError(f"{out} is being trained by another process")
+            raise agreed(refused or UserError(f"{out} is being trained by another process"))
         log = RunLog(out / "train.log" if procs.main else None, echo and procs.main)
         try:
             with _faults_as_user_errors(device, config.train.batch_size // procs.world, out):
@@ -292,7 +319,7 @@ def fit(config: Config, data: str | os.PathLike | None, out: str | os.PathLike, 
         log(f"training {c.variant} ({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on "
             f"{len(trainer.train_store)} images of {c.model.num_classes} classes, {trainer.device}"
             f"{f' x {procs.world} processes' if procs.distributed else ''}, batch {c.train.batch_size}, "
-            f"{'bf16 autocast' if trainer.amp else 'fp32'}, {torch.get_num_threads()} threads, {c.train.epochs} epochs -> {out}")
+            f"{_arithmetic(trainer)}, {torch.get_num_threads()} threads, {c.train.epochs} epochs -> {out}")
         with StopRequest() as stop, _faults_as_user_errors(trainer.device, c.train.batch_size // procs.world, out):
             status = _train_epochs(trainer, stop, out, log)
     finally:
