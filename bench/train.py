@@ -13,7 +13,8 @@ glibc's allocator as it comes, or told to keep freed memory through the environm
 the CPU's defaults (fp32, NCHW) or bf16 autocast + channels_last; 1000 classes on both sides.
 Images/s of the steps after the warm-up ones, end to end: data, augmentation and the optimizer
 included, validation and checkpoint writes left out on both sides (the project's from its step lines,
-one a step; the peer's from the end of its last warm-up step). Every configuration runs as its own
+one a step, each of whose windows ends once the device has finished the step, as the peer's timing
+ends on a torch.cuda.synchronize; the peer's from the end of its last warm-up step). Every configuration runs as its own
 process once a round, in an order reversed every other round; each ratio is the median of the
 per-round ratios, with their range. Both sides get the same thread count (--threads, default: as
 OMP_NUM_THREADS, else every usable core) and sleeping waiting OpenMP threads, as `alexnet` sets them:
@@ -21,15 +22,19 @@ this compares the implementations, bench/threads.py the thread placement. The de
 says where the lead over the peer comes from: the allocator setting (peer with and without it), bf16
 + channels_last, and the LRN's share of the step (the same run with --no-model.lrn).
 
-On CUDA (--device auto finds it) the configurations are the GPU ones: the paper net at batch 128 in
-bf16 + channels_last with and without --compile against the peer in bf16, and each as a share of the
-device's measured bf16 matmul rate.
+On CUDA (--device auto finds it) the configurations are every one that runs there but the allocator
+ones (glibc's setting is about the CPU's memory): the paper net at batch 128 in fp32 (TF32 off, as
+`--amp off` is; and with `--train.tf32`, as the peer's fp32 is by PyTorch's default for convolutions),
+bf16 with and without channels_last, without the LRN, and with --compile, against the peer in fp32 and
+bf16, each as a share of the device's measured matmul rate. A configuration that fails is a row saying
+so (with the first line of its error), and the others are measured: one crash does not end the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -58,13 +64,16 @@ CONFIGS = {
     "alexnet bf16 channels_last": ("alexnet", ["--amp", "bf16", "--channels-last", "on"]),
     "alexnet bf16 channels_last (no LRN)": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--no-model.lrn"]),
     "alexnet bf16 channels_last compile": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--compile"]),
+    "alexnet fp32 channels_last tf32": ("alexnet", ["--amp", "off", "--channels-last", "on", "--train.tf32"]),
 }
 CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32", "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
             "alexnet bf16 channels_last (no LRN)"]
 # where the lead over the peer comes from: the allocator setting, bf16 + channels_last, the LRN's share
 CPU_ATTRIBUTION = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",
                    "alexnet bf16 channels_last", "alexnet bf16 channels_last (no LRN)"]
-CUDA_DEFAULT = ["peer bf16", "alexnet bf16 channels_last", "alexnet bf16 channels_last compile"]
+CUDA_DEFAULT = ["peer fp32", "peer bf16", "alexnet fp32", "alexnet fp32 channels_last", "alexnet fp32 channels_last tf32",
+                "alexnet bf16", "alexnet bf16 channels_last", "alexnet bf16 channels_last (no LRN)",
+                "alexnet bf16 channels_last compile"]
 
 # (ours, baseline, what the ratio says): a row whenever both were measured
 COMPARISONS = [
@@ -82,6 +91,8 @@ COMPARISONS = [
     ("alexnet fp32", "alexnet fp32 (torch update)", "the update rule's kernel, fp32"),
     ("alexnet bf16 channels_last", "alexnet bf16", "channels_last, bf16"),
     ("alexnet bf16 channels_last", "alexnet fp32", "bf16 + channels_last"),
+    ("alexnet fp32 channels_last tf32", "alexnet fp32 channels_last", "TF32 tensor cores, fp32"),
+    ("alexnet fp32 channels_last tf32", "peer fp32", "fp32 with TF32 on both sides (the peer's convolutions)"),
 ]
 
 
@@ -128,29 +139,45 @@ def run_peer(src: Path, settings: dict, a: argparse.Namespace) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["images/s"]
 
 
-def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul: dict | None = None) -> list[dict]:
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul: dict | None = None,
+              failures: dict[str, str] | None = None) -> list[dict]:
     """One row per configuration (median images/s, share of the matmul ceiling where measured), then one
-    per comparison whose two sides were both measured (median and range of the per-round ratios)."""
+    per comparison whose two sides were both measured (median and range of the per-round ratios). A
+    round that failed is NaN in `rates`, its reason in `failures`: the row says how many rounds failed
+    and why, and the comparisons use the rounds both sides completed."""
     import statistics
 
+    failures = failures or {}
     rows = []
     for name, values in rates.items():
-        row = {"measure": name, "images/s": statistics.median(values),
-               "range": f"{min(values):.1f}-{max(values):.1f}", "vs": "", "ratio": ""}
+        good = finite(values)
+        if not good:
+            rows.append({"measure": name, "images/s": float("nan"), "range": "", "vs": "",
+                         "ratio": f"failed: {failures.get(name, 'no result')}"})
+            continue
+        row = {"measure": name, "images/s": statistics.median(good),
+               "range": f"{min(good):.1f}-{max(good):.1f}", "vs": "", "ratio": ""}
         precision = "bf16" if "bf16" in name else "fp32"
         if matmul and precision in matmul and not name.startswith("peer"):
             rate = matmul[precision]
             row["vs"] = f"{rate / 1e12:.2f} TFLOP/s {precision} matmul"
-            row["ratio"] = f"{statistics.median(values) * flop_per_image / rate:.1%} of it"
+            row["ratio"] = f"{statistics.median(good) * flop_per_image / rate:.1%} of it"
+        if len(good) < len(values):
+            row["ratio"] = (row["ratio"] + "; " if row["ratio"] else "") + \
+                f"{len(values) - len(good)} of {len(values)} rounds failed: {failures.get(name, '')}"
         rows.append(row)
     for ours, base, what in COMPARISONS:
-        if ours in rates and base in rates:
-            r = pair_ratio(rates[ours], rates[base])
-            rows.append({"measure": f"{ours} / {base}: {what}", "images/s": statistics.median(rates[ours]),
-                         "range": "", "vs": f"{statistics.median(rates[base]):.1f}", "ratio": ratio_text(r)})
-    if "alexnet bf16 channels_last (no LRN)" in rates and "alexnet bf16 channels_last" in rates:
-        # rate without / rate with = time with / time without, so 1 - 1/ratio is the LRN's share of the step
-        r = pair_ratio(rates["alexnet bf16 channels_last (no LRN)"], rates["alexnet bf16 channels_last"])
+        r = paired(rates.get(ours, []), rates.get(base, []))
+        if r is not None:
+            rows.append({"measure": f"{ours} / {base}: {what}", "images/s": r["ours"], "range": "",
+                         "vs": f"{r['base']:.1f}", "ratio": ratio_text(r)})
+    # rate without / rate with = time with / time without, so 1 - 1/ratio is the LRN's share of the step
+    r = paired(rates.get("alexnet bf16 channels_last (no LRN)", []), rates.get("alexnet bf16 channels_last", []))
+    if r is not None:
         share = [1 - 1 / x for x in (r["ratio"], r["low"], r["high"])]
         rows.append({"measure": "LRN's share of the bf16 channels_last step (1 - rate with / rate without)",
                      "images/s": float("nan"), "range": "", "vs": "",
@@ -158,9 +185,38 @@ def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul
     return rows
 
 
+def paired(ours: list[float], base: list[float]) -> dict | None:
+    """`pair_ratio` over the rounds both sides completed, with both sides' medians ("ours", "base");
+    None when there is no such round."""
+    import statistics
+
+    pairs = [(o, b) for o, b in zip(ours, base) if math.isfinite(o) and math.isfinite(b)]
+    if not pairs:
+        return None
+    r = pair_ratio([o for o, _ in pairs], [b for _, b in pairs])
+    return {**r, "ours": statistics.median(o for o, _ in pairs), "base": statistics.median(b for _, b in pairs)}
+
+
+def failing(name: str, run: Callable[[], float], failures: dict[str, str]) -> Callable[[], float]:
+    """`run`, printing its rate; when it raises, the last line of why (the failed command's own last
+    error line) goes into `failures` and the round's rate is NaN: one configuration that crashes is a
+    row saying so, not the end of the benchmark."""
+    def logged() -> float:
+        try:
+            rate = run()
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            failures[name] = (lines[-1] if lines else type(e).__name__)[:200]
+            print(f"  {name}: failed: {failures[name]}", flush=True)
+            return float("nan")
+        print(f"  {name}: {rate:.1f} img/s", flush=True)
+        return rate
+    return logged
+
+
 def pick_configs(spec: str, cuda: bool) -> list[str]:
-    names = {"default": CUDA_DEFAULT if cuda else CPU_ATTRIBUTION, "attribution": CPU_ATTRIBUTION,
-             "full": CPU_FULL + (CUDA_DEFAULT[2:] if cuda else [])}
+    names = {"default": CUDA_DEFAULT if cuda else CPU_ATTRIBUTION, "attribution": CPU_ATTRIBUTION, "cuda": CUDA_DEFAULT,
+             "full": CPU_FULL + ([c for c in CUDA_DEFAULT if c not in CPU_FULL] if cuda else [])}
     chosen = names.get(spec) or [s.strip() for s in spec.split(",")]
     unknown = [c for c in chosen if c not in CONFIGS]
     if unknown:
@@ -187,7 +243,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--configs", default="default", help="default, attribution, full, or names from CONFIGS, "
+    p.add_argument("--configs", default="default", help="default, attribution, cuda, full, or names from CONFIGS, "
                                                         "comma-separated")
     p.add_argument("--threads", type=int, default=0, help="both sides' thread count (default: OMP_NUM_THREADS, "
                                                           "else every usable core)")
@@ -215,22 +271,19 @@ def main() -> None:
                        env=child_env(a.threads), check=True, stdout=subprocess.DEVNULL)
         scratch.mkdir()
 
+        failures: dict[str, str] = {}
+
         def measure(name: str):
             side, settings, *env = CONFIGS[name]
             run = (lambda: run_peer(src, settings, a)) if side == "peer" else \
                 (lambda: run_alexnet(store, scratch, settings, a, *env))
-
-            def logged() -> float:
-                rate = run()
-                print(f"  {name}: {rate:.1f} img/s", flush=True)
-                return rate
-            return logged
+            return failing(name, run, failures)
 
         rates = interleave({name: measure(name) for name in chosen}, a.rounds)
     matmul = measure_matmul(a.device)
     from ceiling import training_flop_per_image
 
-    rows = summarise(rates, training_flop_per_image(), matmul)
+    rows = summarise(rates, training_flop_per_image(), matmul, failures)
     report("train", f"training images/s, paper net, batch {a.batch}, {a.warmup}+{a.steps} steps, {a.images} JPEGs, "
            f"{a.device}, {a.threads} threads, peer workers {a.workers}, {a.rounds} interleaved rounds", rows, a.out)
 
