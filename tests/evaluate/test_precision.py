@@ -100,7 +100,8 @@ def test_float32_on_cuda_is_the_cpus_float32(tiny_run, demo_store):
 
     cpu = error_rates.evaluate([tiny_run / "last.pt"], demo_store, device="cpu", progress=False)
     gpu = error_rates.evaluate([tiny_run / "last.pt"], demo_store, device="cuda", progress=False, precision="float32")
-    assert (gpu["top1_err"], gpu["top5_err"]) == (cpu["top1_err"], cpu["top5_err"])
+    one = 1 / cpu["n"]  # a near-tie may fall the other way under another order of float32 sums
+    assert abs(gpu["top1_err"] - cpu["top1_err"]) <= one and abs(gpu["top5_err"] - cpu["top5_err"]) <= one
     store = ImageStore(demo_store, "val")
     model = model_from_checkpoint(load_checkpoint(tiny_run / "last.pt"))
     want = error_rates.store_outputs(model, store, CPU, output="features")
