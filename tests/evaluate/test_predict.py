@@ -78,3 +78,29 @@ def test_predict_command_reports_each_unreadable_input_and_exits_2(tiny_run, pho
     for argv in (["--top", "0"], ["--top", "-1"]):
         assert main(["predict", str(tiny_run), str(photos / "a.png"), *argv]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_precision_flag_reaches_the_arithmetic_of_predict_eval_and_features(tiny_run, demo_store, photos, tmp_path,
+                                                                           capsys, monkeypatch):
+    """--precision float32 is the CPU's default arithmetic, bit for bit; bf16 autocast rounds differently
+    (the same top label here, probabilities within bf16's precision)."""
+    monkeypatch.delenv("ALEXNET_INFERENCE_PRECISION", raising=False)
+    outputs = {}
+    for precision in ("auto", "float32", "bf16"):
+        assert main(["predict", str(tiny_run), str(photos / "a.png"), "--json", "--device", "cpu",
+                     "--precision", precision]) == 0
+        outputs[precision] = json.loads(capsys.readouterr().out)[0]["top"]
+    assert outputs["auto"] == outputs["float32"] and outputs["bf16"] != outputs["float32"]
+    assert np.allclose([t["probability"] for t in outputs["bf16"]],
+                       [t["probability"] for t in outputs["float32"]], atol=0.03)
+    for precision in ("float32", "bf16"):
+        out = tmp_path / f"{precision}.npy"
+        assert main(["features", str(tiny_run), "--data", str(demo_store), "--split", "val", "--out", str(out),
+                     "--device", "cpu", "--quiet", "--precision", precision]) == 0
+        assert main(["eval", str(tiny_run), "--data", str(demo_store), "--device", "cpu", "--quiet",
+                     "--precision", precision, "--json", str(tmp_path / f"{precision}.json")]) == 0
+    f32, b16 = np.load(tmp_path / "float32.npy"), np.load(tmp_path / "bf16.npy")
+    assert not np.array_equal(f32, b16) and np.allclose(f32, b16, atol=0.05 * np.abs(f32).max())
+    with pytest.raises(SystemExit) as usage:
+        main(["eval", str(tiny_run), "--precision", "half"])
+    assert usage.value.code == 2

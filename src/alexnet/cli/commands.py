@@ -180,7 +180,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from alexnet.files import write_json_atomic
 
     result = evaluate(args.checkpoints, args.data, args.split, args.crops, args.batch_size, args.device,
-                      progress=not args.quiet)
+                      progress=not args.quiet, precision=args.precision)
     print_eval(result)
     if args.json:
         write_json_atomic(args.json, result)
@@ -238,7 +238,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from alexnet.evaluate.predict import iter_predictions
 
-    results = iter_predictions(args.checkpoint, args.images, args.crops, args.device, args.top)
+    results = iter_predictions(args.checkpoint, args.images, args.crops, args.device, args.top,
+                               precision=args.precision)
     failed = 0
     if args.json:
         print("[")
@@ -262,7 +263,7 @@ def _cmd_features(args: argparse.Namespace) -> None:
     from alexnet.evaluate.features import write_features
 
     r = write_features(args.checkpoint, args.data, args.split, args.out, args.device, args.batch_size, args.dtype,
-                       progress=not args.quiet)
+                       progress=not args.quiet, precision=None if args.precision == "auto" else args.precision)
     print(f"wrote {r['path']}: {r['n']} x {r['dim']} {r['dtype']} ({r['split']} split of {r['data']})")
 
 

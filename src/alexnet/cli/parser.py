@@ -14,6 +14,12 @@ def _device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
+def _precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto",
+                   help="arithmetic of the net: auto (default) is bf16 autocast on CUDA and float32 on the CPU, "
+                   "unless ALEXNET_INFERENCE_PRECISION says otherwise; float32 on CUDA is full float32 (TF32 off)")
+
+
 def _quiet_flag(p: argparse.ArgumentParser, what: str = "no progress bar") -> None:
     p.add_argument("--quiet", action="store_true", help=what)
 
@@ -109,6 +115,7 @@ def _eval_parser(sub) -> None:
                    help="1: centre patch, 10: ten patches (the five unmirrored for a run trained without reflections)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
     _device_flag(p)
+    _precision_flag(p)
     p.add_argument("--json", help="also write the results, with per-class accuracy, to this JSON file")
     _quiet_flag(p)
 
@@ -142,6 +149,7 @@ def _predict_parser(sub) -> None:
                    help="1: centre patch, 10: ten patches (the five unmirrored for a run trained without reflections)")
     p.add_argument("--top", type=int, default=5, help="labels to show (default: 5)")
     _device_flag(p)
+    _precision_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -156,8 +164,10 @@ def _features_parser(sub) -> None:
     p.add_argument("--split", default="train", help="split (default: train)")
     p.add_argument("--out", required=True, help=".npy file to write")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="of the stored vectors; float32 (default) also computes them in float32 on CUDA")
     _device_flag(p)
+    _precision_flag(p)
     _quiet_flag(p)
 
 

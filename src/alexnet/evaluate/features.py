@@ -63,8 +63,9 @@ def extract_features(model: torch.nn.Module, store, out: str | os.PathLike, devi
 
 def write_features(checkpoint: str | os.PathLike, data: str | os.PathLike | None, split: str,
                    out: str | os.PathLike, device: str = "auto", batch_size: int = 256, dtype: str = "float32",
-                   progress: bool = False) -> dict:
-    """`alexnet features`: a checkpoint's fc7 vectors of one split of a store it fits, to `out`.
+                   progress: bool = False, precision: str | None = None) -> dict:
+    """`alexnet features`: a checkpoint's fc7 vectors of one split of a store it fits, to `out`, computed
+    in `precision` (`extract_features`).
     Returns {"path", "n", "dim", "dtype", "split", "data"}."""
     payload = load_checkpoint(checkpoint)
     data = data or payload.get("data")
@@ -74,7 +75,8 @@ def write_features(checkpoint: str | os.PathLike, data: str | os.PathLike | None
     check_fits(payload, store, same_classes=False)  # fc7 of a net trained elsewhere (ImageNet weights) is the point
     model = model_from_checkpoint(payload)
     path = extract_features(model, store, out, resolve_device(device), batch_size, dtype,
-                            checkpoint_config(payload).data, progress=progress, meta={"checkpoint": payload["path"]})
+                            checkpoint_config(payload).data, progress=progress, meta={"checkpoint": payload["path"]},
+                            precision=precision)
     return {"path": path, "n": len(store), "dim": model.config.fc_width, "dtype": dtype, "split": split,
             "data": str(data)}
 

@@ -57,18 +57,21 @@ def _check(views: int, top: int, batch_size: int) -> None:
 
 
 def iter_predictions(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLike], views: int = 1,
-                     device: str = "auto", top: int = 5, batch_size: int = 64) -> Iterator[dict]:
+                     device: str = "auto", top: int = 5, batch_size: int = 64,
+                     precision: str | None = None) -> Iterator[dict]:
     """One result per file, in input order, a batch at a time: {"file", "top": [{"label", "wnid",
-    "name", "probability"}...]}, or {"file", "error"} for a file that cannot be read as an image.
+    "name", "probability"}...]}, or {"file", "error"} for a file that cannot be read as an image; the
+    net run in `precision` (`inference_autocast`).
     The checkpoint is loaded and the arguments checked before this returns."""
     _check(views, top, batch_size)
     payload = load_checkpoint(checkpoint)
     check_fits(payload)
     model = model_from_checkpoint(payload).to(resolve_device(device), memory_format=torch.channels_last)
-    return stream_predictions(model, inputs, views, top, batch_size)
+    return stream_predictions(model, inputs, views, top, batch_size, precision)
 
 
-def predict(net: AlexNet, images, top: int = 5, views: int = 1, batch_size: int = 64) -> list[dict]:
+def predict(net: AlexNet, images, top: int = 5, views: int = 1, batch_size: int = 64,
+            precision: str | None = None) -> list[dict]:
     """`alexnet.predict`: the `top` most probable classes of each image for a net that carries its
     preprocessing (`alexnet.load`), as `alexnet predict` prints them. `images`: a path, folder or glob
     pattern, a PIL image, an H x W x 3 uint8 array, or a list of them; one result per image, in order:
@@ -79,12 +82,13 @@ def predict(net: AlexNet, images, top: int = 5, views: int = 1, batch_size: int 
         images = [images]
     was_training = net.training
     try:
-        return list(stream_predictions(net.eval(), images, views, top, batch_size))
+        return list(stream_predictions(net.eval(), images, views, top, batch_size, precision))
     finally:
         net.train(was_training)
 
 
-def stream_predictions(model: AlexNet, inputs: Iterable, views: int, top: int, batch_size: int) -> Iterator[dict]:
+def stream_predictions(model: AlexNet, inputs: Iterable, views: int, top: int, batch_size: int,
+                       precision: str | None = None) -> Iterator[dict]:
     """The results of `predict`, a batch at a time: the net's own mean image, image size, test-view
     settings and classes (a net without class names reports label numbers)."""
     if model.input_mean is None:
@@ -94,7 +98,7 @@ def stream_predictions(model: AlexNet, inputs: Iterable, views: int, top: int, b
     transforms = BatchTransforms(model.input_mean.cpu(), np.ones(3), np.eye(3), model.config.input_size,
                                  model.data_config, dev)
     classes = model.classes or [str(i) for i in range(model.config.num_classes)]
-    run = _BatchRunner(model, transforms, views, top, classes, model.class_names or classes, dev)
+    run = _BatchRunner(model, transforms, views, top, classes, model.class_names or classes, dev, precision)
     return _stream(run, inputs, model.image_size, batch_size)
 
 
@@ -133,9 +137,10 @@ def predict_files(checkpoint: str | os.PathLike, paths: Iterable[str | os.PathLi
 class _BatchRunner:
     """Runs the decoded images of a batch of results through the net and fills in their top labels."""
 
-    def __init__(self, model, transforms, views, top, classes, names, device):
+    def __init__(self, model, transforms, views, top, classes, names, device, precision=None):
         self.model, self.transforms, self.views, self.top = model.eval(), transforms, views, top
         self.classes, self.names, self.device = classes, names, device
+        self.autocast = inference_autocast(device, precision)
 
     def __call__(self, pending: list[tuple[dict, np.ndarray | None]]) -> list[dict]:
         good = [(result, pixels) for result, pixels in pending if pixels is not None]
@@ -143,7 +148,7 @@ class _BatchRunner:
             images = torch.from_numpy(np.stack([pixels for _, pixels in good])).to(self.device)
             with torch.no_grad():
                 probs = view_outputs(self.model, images, self.transforms, self.views, "probabilities",
-                                     inference_autocast(self.device), channels_last=True).cpu()
+                                     self.autocast, channels_last=True).cpu()
             broken = (~torch.isfinite(probs).all(1)).nonzero()
             if len(broken):  # finite weights whose sums overflow float32: every label would be arbitrary
                 raise UserError(f"the net's outputs for {good[int(broken[0])][0]['file']} are not finite (NaN or "
