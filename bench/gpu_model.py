@@ -59,8 +59,9 @@ def layer_shapes(variant: str = "paper") -> list[tuple[str, nn.Module, int, int]
     return seen
 
 
-def step_parts(batch: int, master_weights: bool = True, variant: str = "paper") -> list[Part]:
-    """Every part of one training step at `batch`, its FLOP and bytes."""
+def step_parts(batch: int, master_weights: bool = True, variant: str = "paper", eager_lrn: bool = False) -> list[Part]:
+    """Every part of one training step at `batch`, its FLOP and bytes. `eager_lrn`: the LRN as the
+    eager CUDA path runs it, ~10 float32 elementwise passes each way (two reads and a write each)."""
     parts: list[Part] = []
     params = 0
     for name, m, n_in, n_out in layer_shapes(variant):
@@ -74,6 +75,8 @@ def step_parts(batch: int, master_weights: bool = True, variant: str = "paper") 
         elif isinstance(m, nn.MaxPool2d):  # forward: in, out, int64 indices; backward: zero-fill + scatter
             parts.append(Part(name, "memory", 0, batch * (BF16 * (n_in + n_out) + 8 * n_out
                                                           + BF16 * n_out + 8 * n_out + 2 * BF16 * n_in), 3))
+        elif type(m).__name__ == "LocalResponseNorm" and eager_lrn:
+            parts.append(Part(name, "memory", 0, batch * 20 * 3 * 4 * n_in, 20))
         elif type(m).__name__ == "LocalResponseNorm":  # fused: forward x -> y; backward x, g -> dx
             parts.append(Part(name, "memory", 0, batch * BF16 * 5 * n_in, 2))
         elif isinstance(m, nn.ReLU):  # forward x -> y; backward y, g -> dx
@@ -98,7 +101,7 @@ def model_table(args) -> tuple[list[tuple[str, float, float]], float, float]:
     """[(part, ms, share)], the predicted step in ms, and the images/s the matmul rate allows at the
     project's 3 x 2 x multiply-adds FLOP an image (bench/ceiling.py's convention)."""
     flops, bandwidth = GPUS[args.gpu]
-    parts = step_parts(args.batch, master_weights=not args.autocast_casts)
+    parts = step_parts(args.batch, master_weights=not args.autocast_casts, eager_lrn=args.eager_lrn)
     times = [(p.name, part_seconds(p, flops, bandwidth, args)) for p in parts]
     launches = sum(p.kernels for p in parts) * args.launch_us * 1e-6
     times.append(("kernel launches (0 with CUDA graphs)", launches))
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-per-core", type=float, default=2671.0,
                     help="images/s one core decodes from the jpeg store (bench/results/latest.md, q90 at 256px)")
     ap.add_argument("--autocast-casts", action="store_true", help="float32 weights cast by autocast every step")
+    ap.add_argument("--eager-lrn", action="store_true", help="the LRN unfused: ~10 float32 passes each way")
     args = ap.parse_args(argv)
     rows, step_ms, ceiling = model_table(args)
     print(f"paper net, bf16 + channels_last, batch {args.batch}, {args.gpu}: predicted step {step_ms:.2f} ms, "

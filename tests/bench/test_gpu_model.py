@@ -9,7 +9,7 @@ from alexnet.model.net import count_parameters, create_model, multiply_adds
 
 def _args(**kw):
     base = dict(gpu="h100-sxm", batch=128, matmul_efficiency=0.5, conv1_efficiency=0.25, memory_efficiency=0.8,
-                launch_us=5.0, autocast_casts=False, cores=16, decode_per_core=2671.0)
+                launch_us=5.0, autocast_casts=False, eager_lrn=False, cores=16, decode_per_core=2671.0)
     return argparse.Namespace(**{**base, **kw})
 
 
