@@ -204,7 +204,7 @@ def mark_layers(net: nn.Module) -> None:
         module.register_forward_hook(lambda m, i, o, ranges=ranges: ranges.pop().__exit__(None, None, None))
 
 
-BACKWARD_KINDS = {"Convolution": "conv", "_LocalResponseNorm": "LRN", "MaxPool": "max pool", "Addmm": "fully connected",
+BACKWARD_KINDS = {"Convolution": "conv", "_LocalResponseNorm": "LRN", "LrnBackward": "LRN", "alexnet::lrn": "LRN", "MaxPool": "max pool", "Addmm": "fully connected",
                   "Mm": "fully connected", "Relu": "relu", "Threshold": "relu", "Mul": "dropout",
                   "Log": "loss", "Nll": "loss"}
 
@@ -223,9 +223,10 @@ def step_kind(name: str) -> str:
     return "other"
 
 
-def profile_step(batch: int, bf16: bool, channels_last: bool, device: torch.device, rows: int = 20) -> None:
-    """Print torch.profiler's table by op for one training step of the paper net, then by layer kind.
-    The step uses the optimizer `alexnet train` uses (§5's update rule, alexnet.train.optim)."""
+def profile_step(batch: int, bf16: bool, channels_last: bool, device: torch.device, rows: int = 20) -> list[dict]:
+    """Print torch.profiler's table by op for one training step of the paper net, then by layer kind
+    (returned as rows). The step uses the optimizer `alexnet train` uses (§5's update rule,
+    alexnet.train.optim)."""
     from torch.profiler import ProfilerActivity, profile
 
     from alexnet.config import OptimConfig
@@ -242,16 +243,19 @@ def profile_step(batch: int, bf16: bool, channels_last: bool, device: torch.devi
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=rows))
     if device.type == "cuda":
-        return
+        return []
     kinds: dict[str, float] = {}
     for evt in prof.events():
         if evt.cpu_parent is None:
             kinds[step_kind(evt.name)] = kinds.get(step_kind(evt.name), 0.0) + evt.cpu_time_total / 1e3
-    table = [{"part of the step": k, "ms": v, "share": f"{v / (wall * 1e3):.1%}"}
+    precision = "bf16" if bf16 else "fp32"
+    table = [{"precision": precision, "layout": "channels_last" if channels_last else "NCHW", "batch": batch,
+              "part of the step": k, "ms": round(v, 1), "share": f"{v / (wall * 1e3):.1%}"}
              for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
     print(f"\none training step, batch {batch}, {'bf16 autocast' if bf16 else 'fp32'}: {wall * 1e3:.0f} ms "
           f"({batch / wall:.1f} img/s, under the profiler)")
     print(markdown_table(table))
+    return table
 
 
 def main() -> None:
@@ -283,7 +287,11 @@ def main() -> None:
     if not set(precisions) <= {"fp32", "bf16"} or not set(modes) <= {"train", "forward"}:
         p.error(f"--precision takes fp32,bf16 and --mode train,forward; got '{args.precision}', '{args.mode}'")
     if args.profile:
-        return profile_step(batches[0], precisions[0] == "bf16", channels_last, device)
+        for precision in precisions:
+            table = profile_step(batches[0], precision == "bf16", channels_last, device)
+            if args.out and table:
+                write_results(args.out, "profile", table)
+        return None
     rows = []
     for precision in precisions:
         for mode in modes:

@@ -32,11 +32,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import environment, markdown_table  # noqa: E402
 
-BENCHES = ("lrn", "loader", "prepare", "train", "eval", "peer")
+BENCHES = ("lrn", "loader", "prepare", "train", "eval", "peer", "profile")
+
+
+def script_of(name: str) -> str:
+    """The script a benchmark runs: its own, but "profile" is peer.py --profile."""
+    return "peer.py" if name == "profile" else f"{name}.py"
 
 
 def bench_args(name: str, device: str, quick: bool, cuda: bool) -> list[str] | None:
     """The arguments each benchmark script gets (None: the script is not in this checkout)."""
+    if name == "profile":  # where a step goes, in each precision, in the layout `alexnet train` uses
+        return ["--profile", "--precision", "fp32,bf16", "--channels-last", "on", "--device", device,
+                "--batch", "16" if quick else "64"]
     script = HERE / f"{name}.py"
     if not script.exists():
         return None
@@ -140,7 +148,13 @@ def prepare_rows(entry: dict) -> list[Row]:
              f"{x['prepare / loop']:.2f}x ({x.get('pairs', '?')} pairs)") for x in entry["rows"]]
 
 
-SUMMARISERS = {"lrn": lrn_rows, "loader": loader_rows, "prepare": prepare_rows,
+def profile_rows(entry: dict) -> list[Row]:
+    """peer.py --profile: each part's share of a training step (after the work of issue 28)."""
+    return [(f"share of a {x['precision']} {x['layout']} training step at batch {x['batch']}: {x['part of the step']}",
+             f"{x['ms']:,.1f} ms", "the whole step under the profiler", x["share"]) for x in entry["rows"]]
+
+
+SUMMARISERS = {"profile": profile_rows, "lrn": lrn_rows, "loader": loader_rows, "prepare": prepare_rows,
                "train": lambda e: measure_rows(e, "pytorch/examples main.py"),
                "eval": lambda e: measure_rows(e, "pytorch/examples validate()"),
                "peer": peer_rows, "ceiling": peer_rows}
@@ -198,9 +212,9 @@ def main() -> int:
         if extra is None:
             continue
         try:
-            results[name] = run(f"{name}.py", extra, jsonl)
+            results[name] = run(script_of(name), extra, jsonl)
         except subprocess.CalledProcessError as e:
-            failed.append(f"{name}.py (exit {e.returncode})")
+            failed.append(f"{script_of(name)} (exit {e.returncode})")
     env = environment()
     header = (f"# Benchmarks, {time.strftime('%Y-%m-%d')}\n\n`python bench/run_all.py{' --quick' if args.quick else ''}"
               f"{'' if args.device == 'auto' else ' --device ' + args.device}` on {env.get('gpu', env['cpu'])}, "

@@ -148,7 +148,7 @@ def test_run_all_quick_arguments_are_ones_the_scripts_take(bench):
             args = run_all.bench_args(name, "cuda" if cuda else "cpu", True, cuda)
             if args is None:
                 continue
-            source = (run_all.HERE / f"{name}.py").read_text()
+            source = (run_all.HERE / run_all.script_of(name)).read_text()
             for flag in (a for a in args + ["--out"] if a.startswith("--")):  # run() adds --out
                 assert f'"{flag}"' in source, (name, flag)
     train = bench("train")
@@ -239,3 +239,17 @@ def test_decode_ceiling_rows_time_the_same_pixels_at_each_quality(bench, tmp_pat
     sizes, errors = [r["KB an image"] for r in by_quality], [r["mean abs error"] for r in by_quality]
     assert sizes == sorted(sizes, reverse=True) and errors == sorted(errors)
     assert all(float(r["decode alone vs naive per core"].rstrip("x")) > 0 for r in rows)
+
+
+def test_the_profile_of_a_step_is_summarised_part_by_part(bench):
+    run_all = bench("run_all")
+    rows = [{"precision": "bf16", "layout": "channels_last", "batch": 64, "part of the step": "backward conv",
+             "ms": 300.0, "share": "30.0%"},
+            {"precision": "bf16", "layout": "channels_last", "batch": 64, "part of the step": "optimizer",
+             "ms": 50.0, "share": "5.0%"}]
+    summary, unread = run_all.summary_rows({"profile": [{"bench": "profile", "rows": rows}]})
+    assert not unread and [r[0] for r in summary] == [
+        "share of a bf16 channels_last training step at batch 64: backward conv",
+        "share of a bf16 channels_last training step at batch 64: optimizer"]
+    assert [r[3] for r in summary] == ["30.0%", "5.0%"] and summary[0][1] == "300.0 ms"
+    assert run_all.bench_args("profile", "cpu", False, False)[:2] == ["--profile", "--precision"]
