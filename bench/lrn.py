@@ -4,12 +4,15 @@
 
 torch's module is given alpha*n (it divides alpha by n) so all compute the paper's formula, within
 towers for ours (groups=2, as the paper net's norm1 and norm2). "autograd formula" is the formula
-with shifted adds over the channels and torch.pow, differentiated by autograd: what the hand-written
-backward, the band-matrix window sum and exp(-beta log s) replace. The implementations run in turn,
-`--rounds` times (A B C C B A ...); each row gives the median time and the median of the per-round
-speed-ups over the autograd formula, so load from other processes hits all alike. `--compile` adds
-this package's LRN through torch.compile (inductor fuses its elementwise passes); "alexnet
-local_response_norm" is what the net runs eagerly.
+with shifted adds over the channels and torch.pow, differentiated by autograd. This package's two
+paths: "alexnet torch operations" (`lrn_torch`: band-matrix window sum, hand-written backward) and
+"alexnet operator" (`alexnet::lrn`, the torch.library operator of alexnet/model/lrn_op.py, built on
+first use); "alexnet local_response_norm" is what the net runs (the operator where it builds and
+ALEXNET_LRN_OP is not 0). The implementations run in turn, `--rounds` times (A B C C B A ...); each
+row gives the median time and the medians of the per-round speed-ups over the autograd formula and
+over the torch operations, so load from other processes hits all alike. `--compile` adds this
+package's layer through torch.compile (the operator as one node on the CPU where it builds) and the
+formula through torch.compile (what inductor fuses on CUDA).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(__file__))
 from common import report, sync  # noqa: E402
 
-from alexnet.model import lrn  # noqa: E402
+from alexnet.model import lrn, lrn_op  # noqa: E402
 from alexnet.machine import keep_freed_memory  # noqa: E402
 from alexnet.runtime import resolve_device
 
@@ -70,10 +73,17 @@ def main() -> None:
     device = resolve_device(args.device)
     fmt = torch.channels_last if args.layout == "cl" else torch.contiguous_format
     torch_lrn = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
+    paper = (5, 1e-4, 0.75, 2.0, 2)
     impls = {"torch.nn.LocalResponseNorm": torch_lrn, "autograd formula": autograd_formula,
-             "alexnet local_response_norm": lambda x: lrn.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)}
+             "alexnet torch operations": lambda x: lrn.lrn_torch(x, *paper),
+             "alexnet local_response_norm": lambda x: lrn.local_response_norm(x, *paper)}
+    if device.type == "cpu" and lrn_op.load():
+        impls["alexnet operator"] = lambda x: lrn_op.lrn(x, *paper)
+    else:
+        print(f"the LRN operator does not run: {lrn_op.status()}")
     if args.compile:
         impls["alexnet local_response_norm, torch.compile"] = torch.compile(impls["alexnet local_response_norm"])
+        impls["alexnet formula, torch.compile"] = torch.compile(lambda x: lrn.lrn_formula(x, *paper))
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -92,11 +102,12 @@ def main() -> None:
                 except (RuntimeError, NotImplementedError) as e:  # torch's has no bf16 avg_pool3d on CPU
                     print(f"{name} {dtype_name}: fails: {str(e).splitlines()[0][:70]}")
             times = interleaved(runnable, device, args.rounds)
-            base = times["autograd formula"]
             for name, t in times.items():
-                rows.append({"dtype": dtype_name, "layer": layer, "batch": args.batch, "layout": args.layout,
-                             "impl": name, "ms": statistics.median(t) * 1000,
-                             "speed-up over autograd formula": f"{statistics.median(b / s for b, s in zip(base, t)):.2f}x"})
+                row = {"dtype": dtype_name, "layer": layer, "batch": args.batch, "layout": args.layout, "impl": name,
+                       "ms": statistics.median(t) * 1000}
+                for base in ("autograd formula", "alexnet torch operations"):
+                    row[f"speed-up over {base}"] = f"{statistics.median(b / s for b, s in zip(times[base], t)):.2f}x"
+                rows.append(row)
     report("lrn", f"LRN forward+backward, batch {args.batch}, {device}, keep_freed_memory={kept}", rows, args.out)
 
 

@@ -65,6 +65,13 @@ CONFIGS = {
     "alexnet bf16 channels_last (no LRN)": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--no-model.lrn"]),
     "alexnet bf16 channels_last compile": ("alexnet", ["--amp", "bf16", "--channels-last", "on", "--compile"]),
     "alexnet fp32 channels_last tf32": ("alexnet", ["--amp", "off", "--channels-last", "on", "--train.tf32"]),
+    # §3.3's LRN through the torch.library operator (alexnet/model/lrn_op.py) or as torch operations
+    "alexnet fp32 channels_last (LRN op)": ("alexnet", ["--amp", "off", "--channels-last", "on"], {"ALEXNET_LRN_OP": "1"}),
+    "alexnet fp32 channels_last (torch LRN)": ("alexnet", ["--amp", "off", "--channels-last", "on"],
+                                               {"ALEXNET_LRN_OP": "0"}),
+    "alexnet bf16 channels_last (LRN op)": ("alexnet", ["--amp", "bf16", "--channels-last", "on"], {"ALEXNET_LRN_OP": "1"}),
+    "alexnet bf16 channels_last (torch LRN)": ("alexnet", ["--amp", "bf16", "--channels-last", "on"],
+                                               {"ALEXNET_LRN_OP": "0"}),
 }
 CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep freed)", "alexnet fp32", "alexnet fp32 channels_last", "alexnet bf16", "alexnet bf16 channels_last",
             "alexnet bf16 channels_last (no LRN)"]
@@ -93,6 +100,8 @@ COMPARISONS = [
     ("alexnet bf16 channels_last", "alexnet fp32", "bf16 + channels_last"),
     ("alexnet fp32 channels_last tf32", "alexnet fp32 channels_last", "TF32 tensor cores, fp32"),
     ("alexnet fp32 channels_last tf32", "peer fp32", "fp32 with TF32 on both sides (the peer's convolutions)"),
+    ("alexnet fp32 channels_last (LRN op)", "alexnet fp32 channels_last (torch LRN)", "the LRN operator, fp32"),
+    ("alexnet bf16 channels_last (LRN op)", "alexnet bf16 channels_last (torch LRN)", "the LRN operator, bf16"),
 ]
 
 

@@ -13,8 +13,8 @@ import torch
 from alexnet.errors import UserError
 
 __all__ = ["capturing_graph", "cpu_bf16_is_default", "cpu_flags", "cpu_has_fast_bf16", "private_compile_cache",
-           "resolve_device", "set_thread_count", "use_bf16_autocast", "thread_share", "training_math",
-           "full_float32", "inference_precision"]
+           "private_folder", "resolve_device", "set_thread_count", "use_bf16_autocast", "thread_share",
+           "training_math", "full_float32", "inference_precision"]
 
 
 def capturing_graph() -> bool:
@@ -96,6 +96,21 @@ def set_thread_count(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+def private_folder(folder: Path, what: str, hint: str) -> Path:
+    """`folder` made 0700 (parents too) where missing, and refused in one line (UserError naming
+    `what`, then `hint`) unless it is a folder of this user's own, not a link, closed to group and
+    others: for folders whose files this process runs (compiled code)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(folder, follow_symlinks=False)
+    except OSError as e:
+        raise UserError(f"cannot make {what} {folder}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UserError(f"{what} {folder} is not a folder of this user's own closed to group and others "
+                        f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); {hint}")
+    return folder
+
+
 def private_compile_cache(environ: dict | None = None) -> Path:
     """A cache folder for torch.compile's generated code that only this user can write, set as
     TORCHINDUCTOR_CACHE_DIR (process-wide: a command's entry only). Inductor's default is
@@ -103,20 +118,12 @@ def private_compile_cache(environ: dict | None = None) -> Path:
     makes it first, with compiled libraries of theirs inside, gets their code run by `--compile`. The
     folder the user names in TORCHINDUCTOR_CACHE_DIR, else $XDG_CACHE_HOME/alexnet/torchinductor
     (~/.cache/...), is created 0700 and refused in one line unless it is this user's own and closed to
-    group and others."""
+    group and others (`private_folder`)."""
     environ = os.environ if environ is None else environ
     given = environ.get("TORCHINDUCTOR_CACHE_DIR")
     base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = Path(given) if given else base / "alexnet" / "torchinductor"
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.stat(folder, follow_symlinks=False)
-    except OSError as e:
-        raise UserError(f"cannot make the compile cache {folder}: {e.strerror or e}") from None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise UserError(f"the compile cache {folder} is not a folder of this user's own closed to group and others "
-                        f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); torch.compile would run the code "
-                        f"in it: point TORCHINDUCTOR_CACHE_DIR at a private folder")
+    folder = private_folder(Path(given) if given else base / "alexnet" / "torchinductor", "the compile cache",
+                            "torch.compile would run the code in it: point TORCHINDUCTOR_CACHE_DIR at a private folder")
     environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     return folder
 

@@ -1,5 +1,5 @@
 """alexnet.model.lrn: the channel-window sum (§3.3's sum over n adjacent maps) in every way it is computed,
-the layer in chunks and whole, eager and compiled, against float64."""
+the layer eager and compiled, against float64 (the CPU operator on its own: test_lrn_op.py)."""
 
 from __future__ import annotations
 
@@ -97,14 +97,16 @@ def test_lrn_traces_as_one_graph():
         assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
 
 
+@pytest.mark.parametrize("layer", [lrn.lrn_formula, local_response_norm], ids=["formula", "layer"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_the_compiled_layer_matches_float64_forward_and_backward(relu):  # relu: as the net feeds it
-    """What `torch.compile` runs (`lrn_formula`, differentiated by inductor) against §3.3 in float64,
-    the window stopping at each tower's boundary, in channels_last as the net feeds it."""
+def test_the_compiled_layer_matches_float64_forward_and_backward(relu, layer):  # relu: as the net feeds it
+    """What `torch.compile` runs against §3.3 in float64, the window stopping at each tower's
+    boundary, in channels_last as the net feeds it: `lrn_formula` differentiated by inductor (what it
+    fuses on CUDA) and the layer (on the CPU the operator, where it builds)."""
     torch.manual_seed(0)
     a = (torch.randn(2, 12, 3, 4, dtype=torch.float64) * 40).contiguous(memory_format=torch.channels_last)
     alpha = 1e-3  # large, so the cross-map term of the gradient matters
-    compiled = torch.compile(lambda t: local_response_norm(torch.relu(t) if relu else t, 5, alpha, 0.75, 2.0, groups=2))
+    compiled = torch.compile(lambda t: layer(torch.relu(t) if relu else t, 5, alpha, 0.75, 2.0, 2))
     x = a.float().requires_grad_()
     out = compiled(x)
     b = a.clone().requires_grad_()

@@ -2,7 +2,9 @@
 
     net.py         AlexNet, layer by layer in the paper's order; its layer spec (§3.5), the paper's
                    dropout (§4.2) and initialisation (§5), parameter and multiply-add counts
-    lrn.py         §3.3 local response normalisation
+    lrn.py         §3.3 local response normalisation: the one seam, choosing how it is computed
+    lrn_op.py      §3.3 on the CPU as the torch operator alexnet::lrn (C++ in csrc/lrn.cpp, built on
+                   first use with torch.utils.cpp_extension into a private folder)
     parallel.py    §3.2 the two towers on two devices
     checkpoint.py  a net's weights and run state on disk: safe save and load, the net of a checkpoint
 

@@ -2,17 +2,27 @@
 
     b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2) ** beta
 
-The layer is torch operations with a hand-written backward (`_LocalResponseNorm`) when run eagerly,
-and the plain formula (`lrn_formula`) under `torch.compile`, which inductor fuses, forward and
-backward, into a few elementwise loops on the CPU and on CUDA. `torch.fx` records the layer as one
-call (`torch.fx.wrap`), so the net traces whole.
+Three ways to compute it, one seam (`local_response_norm`), chosen by measurement
+(bench/docs/native.md):
 
-The window sum over channels is the one costly part that is not elementwise. On the CPU it is a
-matrix product with a band matrix over the channels, `(B*H*W, C) @ (C, C)` on a channels_last tensor
-or `(C, C) @ (C, H*W)` per image on a contiguous one, with alpha folded into the band: one GEMM in
-place of the 2(n/2)+1 strided passes of shifted adds. Elsewhere (CUDA) the shifted adds stay:
-elementwise passes are cheap there, and a TF32 matmul would round the sum. Each tower's maps are
-their own block of the band (groups).
+- On the CPU, in float32 and bfloat16, the torch operator `alexnet::lrn` (lrn_op.py, csrc/lrn.cpp):
+  a few pixels' maps at a time read once into float32 buffers, computed in one pass, written once;
+  the backward computes the scale again from the input (nothing else is kept). It earns its keep end to end (a paper-net training step 1.11x over the torch operations
+  below in float32, 1.21x in bf16) and under `torch.compile` too, where inductor sees it as one
+  node: the compiled formula ran 20-24x slower than it (forward + backward, norm1 and norm2).
+- Elsewhere (CUDA, float64, ALEXNET_LRN_OP=0, no compiler to build the operator with) eager torch
+  operations with a hand-written backward (`lrn_torch`). The window sum over channels, the one
+  costly part that is not elementwise, is on the CPU a matrix product with a band matrix, `(B*H*W,
+  C) @ (C, C)` on a channels_last tensor or `(C, C) @ (C, H*W)` per image on a contiguous one, with
+  alpha folded into the band: one GEMM in place of the 2(n/2)+1 strided passes of shifted adds. On
+  CUDA the shifted adds stay: elementwise passes are cheap there, and a TF32 matmul would round the
+  sum. Each tower's maps are their own block of the band (groups).
+- Under `torch.compile` off the CPU's operator, and always under `torch.export` (an exported or
+  ONNX graph must run where this package's library is not), the plain formula (`lrn_formula`),
+  which inductor fuses, forward and backward, into a few elementwise loops.
+
+`torch.fx` records the layer as one call (`torch.fx.wrap`), so the net traces whole; the choice of
+path is made inside the call, never in the net's `forward`.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from alexnet.model import lrn_op
 
 
 def _window_band(blocks: Tensor, size: int, weight: float, dtype: torch.dtype) -> Tensor | None:
@@ -151,6 +163,25 @@ class _LocalResponseNorm(torch.autograd.Function):
         return _gradient(grad, x, scale, inv, size, alpha, beta, groups), None, None, None, None, None
 
 
+def lrn_torch(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
+    """§3.3 as eager torch operations: the band-matrix window sum and, when a gradient is wanted, the
+    hand-written backward (the path wherever the operator does not run: off the CPU, float64,
+    ALEXNET_LRN_OP=0, no compiler)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
+    return _normalise(_dense(x), size, alpha, beta, k, groups)[0]
+
+
+@torch.compiler.assume_constant_result  # dynamo calls it (building the operator) and keeps the answer
+def _op_loaded() -> bool:
+    return lrn_op.load()
+
+
+def _op_applies(x: Tensor) -> bool:
+    """Whether alexnet::lrn computes x: CPU float32 or bfloat16 maps, the operator built (lrn_op)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4 and _op_loaded()
+
+
 @torch.fx.wrap
 def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
                         groups: int = 1) -> Tensor:
@@ -159,11 +190,11 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
     Computed in at least float32 whatever the input dtype; the output has the input's dtype and layout."""
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} maps do not split into {groups} groups")
-    if torch.compiler.is_compiling():  # the formula, for inductor to fuse and differentiate
-        return lrn_formula(x, size, alpha, beta, k, groups)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
-    return _normalise(_dense(x), size, alpha, beta, k, groups)[0]
+    if torch.compiler.is_compiling() and (torch.compiler.is_exporting() or not _op_applies(x)):
+        return lrn_formula(x, size, alpha, beta, k, groups)  # for inductor to fuse; plain ops to export
+    if _op_applies(x):
+        return lrn_op.lrn(x, size, alpha, beta, k, groups)
+    return lrn_torch(x, size, alpha, beta, k, groups)
 
 
 class LocalResponseNorm(nn.Module):
