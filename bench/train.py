@@ -58,6 +58,8 @@ CONFIGS = {
     "peer fp32 (keep freed)": ("peer", {"amp": "off", "keep_freed": True}),
     "peer bf16": ("peer", {"amp": "bf16", "keep_freed": False}),
     "peer bf16 (keep freed)": ("peer", {"amp": "bf16", "keep_freed": True}),
+    "alexnet as it comes": ("alexnet", []),  # no flag: this machine's default precision, channels_last
+    "alexnet as it comes compile": ("alexnet", ["--compile"]),
     "alexnet fp32": ("alexnet", ["--amp", "off", "--channels-last", "off"]),
     "alexnet fp32 channels_last": ("alexnet", ["--amp", "off", "--channels-last", "on"]),
     "alexnet bf16": ("alexnet", ["--amp", "bf16", "--channels-last", "off"]),
@@ -78,12 +80,17 @@ CPU_FULL = ["peer fp32", "peer fp32 (keep freed)", "peer bf16", "peer bf16 (keep
 # where the lead over the peer comes from: the allocator setting, bf16 + channels_last, the LRN's share
 CPU_ATTRIBUTION = ["peer fp32", "peer fp32 (keep freed)", "peer bf16 (keep freed)", "alexnet fp32",
                    "alexnet bf16 channels_last", "alexnet bf16 channels_last (no LRN)"]
+# issue 28's figures: each side as it comes and in bf16, torch.compile against eager
+CPU_SHARES = ["peer fp32", "peer bf16", "alexnet as it comes", "alexnet bf16 channels_last", "alexnet as it comes compile",
+              "alexnet bf16 channels_last compile"]
 CUDA_DEFAULT = ["peer fp32", "peer bf16", "alexnet fp32", "alexnet fp32 channels_last", "alexnet fp32 channels_last tf32",
                 "alexnet bf16", "alexnet bf16 channels_last", "alexnet bf16 channels_last (no LRN)",
                 "alexnet bf16 channels_last compile"]
 
 # (ours, baseline, what the ratio says): a row whenever both were measured
 COMPARISONS = [
+    ("alexnet as it comes", "peer fp32", "as each comes (peer: fp32, glibc's allocator)"),
+    ("alexnet as it comes compile", "alexnet as it comes", "what --compile adds, as it comes"),
     ("alexnet fp32", "peer fp32", "as each comes (peer: glibc's allocator)"),
     ("alexnet fp32", "peer fp32 (keep freed)", "fp32, allocator setting on both sides"),
     ("alexnet bf16 channels_last", "peer bf16", "bf16"),
@@ -153,11 +160,12 @@ def finite(values: list[float]) -> list[float]:
 
 
 def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul: dict | None = None,
-              failures: dict[str, str] | None = None) -> list[dict]:
+              failures: dict[str, str] | None = None, default_precision: str = "fp32") -> list[dict]:
     """One row per configuration (median images/s, share of the matmul ceiling where measured), then one
     per comparison whose two sides were both measured (median and range of the per-round ratios). A
     round that failed is NaN in `rates`, its reason in `failures`: the row says how many rounds failed
-    and why, and the comparisons use the rounds both sides completed."""
+    and why, and the comparisons use the rounds both sides completed. A configuration "as it comes"
+    runs in `default_precision`, what `--amp auto` resolves to on this machine."""
     import statistics
 
     failures = failures or {}
@@ -170,7 +178,7 @@ def summarise(rates: dict[str, list[float]], flop_per_image: float = 0.0, matmul
             continue
         row = {"measure": name, "images/s": statistics.median(good),
                "range": f"{min(good):.1f}-{max(good):.1f}", "vs": "", "ratio": ""}
-        precision = "bf16" if "bf16" in name else "fp32"
+        precision = default_precision if "as it comes" in name else "bf16" if "bf16" in name else "fp32"
         if matmul and precision in matmul and not name.startswith("peer"):
             rate = matmul[precision]
             row["vs"] = f"{rate / 1e12:.2f} TFLOP/s {precision} matmul"
@@ -225,6 +233,7 @@ def failing(name: str, run: Callable[[], float], failures: dict[str, str]) -> Ca
 
 def pick_configs(spec: str, cuda: bool) -> list[str]:
     names = {"default": CUDA_DEFAULT if cuda else CPU_ATTRIBUTION, "attribution": CPU_ATTRIBUTION, "cuda": CUDA_DEFAULT,
+             "shares": CPU_SHARES,
              "full": CPU_FULL + ([c for c in CUDA_DEFAULT if c not in CPU_FULL] if cuda else [])}
     chosen = names.get(spec) or [s.strip() for s in spec.split(",")]
     unknown = [c for c in chosen if c not in CONFIGS]
@@ -292,7 +301,10 @@ def main() -> None:
     matmul = measure_matmul(a.device)
     from ceiling import training_flop_per_image
 
-    rows = summarise(rates, training_flop_per_image(), matmul, failures)
+    from alexnet.runtime import resolve_device, use_bf16_autocast
+
+    default = "bf16" if use_bf16_autocast("auto", resolve_device(a.device)) else "fp32"
+    rows = summarise(rates, training_flop_per_image(), matmul, failures, default)
     report("train", f"training images/s, paper net, batch {a.batch}, {a.warmup}+{a.steps} steps, {a.images} JPEGs, "
            f"{a.device}, {a.threads} threads, peer workers {a.workers}, {a.rounds} interleaved rounds", rows, a.out)
 
