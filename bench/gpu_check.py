@@ -95,7 +95,7 @@ def run_tests(timeout: float, pytest_args: list[str]) -> tuple[list[dict], float
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "cuda.xml"
-        cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+        cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-n", "0", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
                "-o", "junit_family=xunit1", *pytest_args]
         try:
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)

@@ -216,7 +216,8 @@ def main() -> int:
         except subprocess.CalledProcessError as e:
             failed.append(f"{script_of(name)} (exit {e.returncode})")
     env = environment()
-    header = (f"# Benchmarks, {time.strftime('%Y-%m-%d')}\n\n`python bench/run_all.py{' --quick' if args.quick else ''}"
+    only = "" if args.only == ",".join(BENCHES) else f" --only {args.only}"
+    header = (f"# Benchmarks, {time.strftime('%Y-%m-%d')}\n\n`python bench/run_all.py{' --quick' if args.quick else ''}{only}"
               f"{'' if args.device == 'auto' else ' --device ' + args.device}` on {env.get('gpu', env['cpu'])}, "
               f"{env['threads']} CPU threads, torch {env['torch']}, Python {env['python']}, commit {env['commit']} "
               f"({time.time() - start:.0f} s). Each figure beside its baseline, measured interleaved in the same "
