@@ -63,10 +63,13 @@ HOLD_A_LOCK = """
 import os, sys, time
 from alexnet.files import FolderLock
 lock = FolderLock(sys.argv[1]).acquire()
+started, ready = os.pipe()
 worker = os.fork()
 if worker == 0:  # a worker (as prepare's): it must not keep the lock once its parent is gone
+    os.write(ready, b"1")  # the fork handlers (which drop the lock) have run by the time fork returns here
     time.sleep(60)
     os._exit(0)
+os.read(started, 1)
 print("held", worker, flush=True)
 time.sleep(60)
 """
